@@ -1,0 +1,302 @@
+"""Decode (``flash_mla_with_kvcache``) against ``reference.decode_ref``.
+
+CPU runs use the Triton interpreter with fp16/fp32 and small latent sizes; GPU runs use bf16 and
+DeepSeek's 512 + 64. Every case: fresh random inputs, NaN in unused pages and in the tail of each last
+page, a shuffled block table, the output poisoned with NaN before the call.
+"""
+
+import math
+import random
+
+import pytest
+import torch
+from conftest import CPU_DTYPES, DEVICE, HAS_GPU, assert_close, gpu
+
+import triton_mla as tm
+from triton_mla import configs
+from triton_mla.reference import decode_ref
+
+# many small parts, so that short CPU inputs still go through split + combine
+SPLIT_HEAVY = dict(PARTS_PER_SM=8, MIN_BLOCKS_PER_PART=1)
+
+
+def make_case(lens, s_q, h_q, dv=64, dr=16, page_size=16, dtype=torch.float16, device=DEVICE, seed=0,
+              spare_pages=3):
+    """Random q, a NaN-poisoned paged cache in shuffled page order, block table, lengths."""
+    g = torch.Generator().manual_seed(seed)
+    b, d = len(lens), dv + dr
+    pages = [math.ceil(n / page_size) for n in lens]
+    width = max(pages + [1])
+    num_blocks = sum(pages) + spare_pages
+    k_cache = torch.full((num_blocks, page_size, 1, d), float("nan"), dtype=dtype)
+    perm = torch.randperm(num_blocks, generator=g).tolist()
+    # unused table entries hold an id far out of range: the kernel must never read them
+    block_table = torch.full((b, width), 1 << 30, dtype=torch.int32)
+    for i, n in enumerate(lens):
+        ids = [perm.pop() for _ in range(pages[i])]
+        block_table[i, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
+        tokens = torch.randn(n, d, generator=g).to(dtype)
+        flat = k_cache[ids].view(-1, d) if ids else k_cache[:0].view(-1, d)
+        flat[:n] = tokens
+        if ids:
+            k_cache[ids] = flat.view(len(ids), page_size, 1, d)
+    q = torch.randn(b, s_q, h_q, d, generator=g).to(dtype)
+    cache_seqlens = torch.tensor(lens, dtype=torch.int32)
+    return [t.to(device) for t in (q, k_cache, block_table, cache_seqlens)]
+
+
+def check_decode(lens, s_q, h_q, dv=64, dr=16, page_size=16, dtype=torch.float16, causal=False, style="old",
+                 softmax_scale=None, seed=0):
+    q, k_cache, block_table, cache_seqlens = make_case(lens, s_q, h_q, dv, dr, page_size, dtype, seed=seed)
+    if style == "old":
+        md, num_splits = tm.get_mla_metadata(cache_seqlens, s_q * h_q, 1)
+    elif style == "new":
+        md, num_splits = tm.get_mla_metadata(cache_seqlens, s_q * h_q, 1)[0], None
+    else:
+        md, num_splits = None, None
+    out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, dv, md, num_splits,
+                                         softmax_scale=softmax_scale, causal=causal)
+    # the kernel ignored the poisoned cache entries (NaN would propagate), so poisoning the output
+    # is covered by torch.empty + the NaN check; poison explicitly through the reference comparison
+    ref_out, ref_lse = decode_ref(q.cpu(), k_cache.cpu(), block_table.cpu(), cache_seqlens.cpu(), dv,
+                                  softmax_scale, causal, dtype=torch.float64)
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    assert out.shape == (len(lens), s_q, h_q, dv) and lse.shape == (len(lens), h_q, s_q)
+    assert_close(out, ref_out, dtype)
+    assert_close(lse, ref_lse, torch.float32 if dtype == torch.float32 else torch.float16, "lse")
+
+
+@pytest.fixture(autouse=True)
+def _poison_allocations(monkeypatch):
+    """Every torch.empty the library makes is filled with NaN, so an unwritten element fails."""
+    real_empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("lens", [[0], [1], [63], [64], [65], [1, 0, 63, 64, 65, 300]])
+def test_lengths(lens, dtype):
+    check_decode(lens, s_q=1, h_q=4, dtype=dtype)
+
+
+@pytest.mark.parametrize("page_size", [1, 16, 64, 128])
+def test_page_sizes(page_size):
+    check_decode([5, 130, 64], s_q=1, h_q=3, page_size=page_size)
+
+
+@pytest.mark.parametrize("split_heavy", [False, True])
+@pytest.mark.parametrize("h_q", [1, 2, 3, 4, 8, 12, 16, 17, 32, 64, 96, 128])
+def test_head_counts(h_q, split_heavy):
+    with configs.overridden(**(SPLIT_HEAVY if split_heavy else {})):
+        check_decode([70, 33, 129], s_q=1, h_q=h_q, seed=h_q)
+
+
+@pytest.mark.parametrize("s_q", [1, 2, 3, 4])
+@pytest.mark.parametrize("h_q", [1, 5, 16])
+def test_causal_s_q(s_q, h_q):
+    # lengths below s_q leave early query rows with no key at all: out 0, lse +inf
+    with configs.overridden(**SPLIT_HEAVY):
+        check_decode([0, 1, 2, 3, 40, 97], s_q=s_q, h_q=h_q, causal=True, seed=s_q)
+
+
+def test_non_causal_s_q():
+    check_decode([3, 50], s_q=3, h_q=2, causal=False)
+
+
+@pytest.mark.parametrize("style", ["old", "new", "none"])
+def test_calling_styles(style):
+    with configs.overridden(**SPLIT_HEAVY):
+        check_decode([200, 7, 0, 90], s_q=2, h_q=4, causal=True, style=style)
+
+
+def test_deepseek_dims_cpu():
+    """The real latent (512 + 64) and 16 heads, as TP=8 gives DeepSeek-V3."""
+    with configs.overridden(**SPLIT_HEAVY):
+        check_decode([130, 1, 64], s_q=1, h_q=16, dv=512, dr=64, page_size=64)
+
+
+@pytest.mark.parametrize("dv,dr", [(512, 0), (256, 32), (128, 64), (96, 32), (48, 8)])
+def test_latent_sizes(dv, dr):
+    """No rope part (d = 512), MiniCPM3's 256 + 32, and sizes that are not powers of two."""
+    check_decode([40, 17], s_q=1, h_q=3, dv=dv, dr=dr)
+
+
+def test_batch_128():
+    with configs.overridden(**SPLIT_HEAVY):
+        lens = [random.Random(i).randint(0, 90) for i in range(128)]
+        check_decode(lens, s_q=1, h_q=2, dv=32, dr=16)
+
+
+def test_softmax_scale():
+    check_decode([50], s_q=1, h_q=2, softmax_scale=0.3)
+
+
+def test_metadata_plan():
+    """num_splits is cumulative and matches the plan: an empty sequence has no split."""
+    lens = torch.tensor([0, 640, 64, 0, 1], dtype=torch.int32, device=DEVICE)
+    with configs.overridden(**SPLIT_HEAVY):
+        md, num_splits = tm.get_mla_metadata(lens, 16, 1)
+    assert num_splits.dtype == torch.int32 and num_splits.shape == (6,)
+    per_seq = (num_splits[1:] - num_splits[:-1]).tolist()
+    assert per_seq[0] == 0 and per_seq[3] == 0 and per_seq[1] >= 2
+    assert all(n >= 1 for n in (per_seq[2], per_seq[4]))
+    assert md.shape[1] == 8 and md.dtype == torch.int32
+
+
+# -- bad input --------------------------------------------------------------------------------------
+def _valid():
+    return make_case([10, 20], s_q=1, h_q=2)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda a: a.update(q=a["q"].to(torch.int32)), TypeError, "q"),
+        (lambda a: a.update(q=a["q"][0]), ValueError, "q"),
+        (lambda a: a.update(k_cache=a["k_cache"].float()), TypeError, "k_cache"),
+        (lambda a: a.update(k_cache=a["k_cache"].expand(-1, -1, 2, -1)), ValueError, "k_cache"),
+        (lambda a: a.update(k_cache=a["k_cache"][..., :40]), ValueError, "k_cache"),
+        (lambda a: a.update(block_table=a["block_table"].long()), TypeError, "block_table"),
+        (lambda a: a.update(block_table=a["block_table"][:1]), ValueError, "block_table"),
+        (lambda a: a.update(cache_seqlens=a["cache_seqlens"].long()), TypeError, "cache_seqlens"),
+        (lambda a: a.update(cache_seqlens=a["cache_seqlens"][:1]), ValueError, "cache_seqlens"),
+        (lambda a: a.update(head_dim_v=1000), ValueError, "head_dim_v"),
+        (lambda a: a.update(head_dim_v=0), ValueError, "head_dim_v"),
+        (lambda a: a.update(head_dim_v=64.0), TypeError, "head_dim_v"),
+        (lambda a: a.update(q=a["q"].transpose(-1, -2).contiguous().transpose(-1, -2)), ValueError, "q"),
+        (lambda a: a.update(q=a["q"][:, :0]), ValueError, "q"),
+        (lambda a: a.update(cache_seqlens=a["cache_seqlens"] * 0 - 1), ValueError, "cache_seqlens"),
+        (lambda a: a.update(cache_seqlens=a["cache_seqlens"] + 100), ValueError, "cache_seqlens"),
+        (lambda a: a["block_table"].__setitem__((0, 0), 10**6), ValueError, "block_table"),
+        (lambda a: a.update(num_splits=torch.zeros(7, dtype=torch.int32, device=a["q"].device)),
+         ValueError, "num_splits"),
+    ],
+)
+def test_bad_input(mutate, exc, match):
+    q, k_cache, block_table, cache_seqlens = _valid()
+    args = dict(q=q, k_cache=k_cache, block_table=block_table, cache_seqlens=cache_seqlens, head_dim_v=64)
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        tm.flash_mla_with_kvcache(**args)
+
+
+def test_bad_device():
+    if not HAS_GPU:
+        pytest.skip("needs a second device")
+    q, k_cache, block_table, cache_seqlens = _valid()
+    with pytest.raises(ValueError, match="k_cache"):
+        tm.flash_mla_with_kvcache(q, k_cache.cpu(), block_table, cache_seqlens, 64)
+
+
+def test_unsupported_features_say_so():
+    q, k_cache, block_table, cache_seqlens = _valid()
+    with pytest.raises(NotImplementedError, match="indices"):
+        tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, indices=block_table)
+    with pytest.raises(ValueError, match="num_heads_k"):
+        tm.get_mla_metadata(cache_seqlens, 2, 2)
+
+
+def test_out_of_range_values_clamped_without_checks(monkeypatch):
+    """Without TRITON_MLA_CHECK a bad length or page id must not read out of bounds (finite output)."""
+    monkeypatch.setenv("TRITON_MLA_CHECK", "0")
+    q, k_cache, block_table, cache_seqlens = make_case([10, 20], s_q=1, h_q=2, spare_pages=0)
+    k_cache = torch.nan_to_num(k_cache)
+    block_table[0, 0] = 1 << 30
+    cache_seqlens[1] = 10**6
+    out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64)
+    assert torch.isfinite(out.float()).all()
+
+
+# -- GPU -------------------------------------------------------------------------------------------
+@gpu
+@pytest.mark.parametrize("h_q", [1, 4, 8, 12, 16, 32, 64, 96, 128])
+@pytest.mark.parametrize("s_q", [1, 2, 4])
+def test_gpu_bf16_deepseek(h_q, s_q):
+    lens = [0, 1, 63, 64, 65, 1000, 4097] + [random.Random(h_q + s_q + i).randint(1, 3000) for i in range(9)]
+    check_decode(lens, s_q=s_q, h_q=h_q, dv=512, dr=64, page_size=64, dtype=torch.bfloat16, causal=True,
+                 seed=h_q * 10 + s_q)
+
+
+@gpu
+def test_gpu_fp16_batch128():
+    lens = [random.Random(i).randint(0, 2000) for i in range(128)]
+    check_decode(lens, s_q=1, h_q=16, dv=512, dr=64, page_size=64, dtype=torch.float16)
+
+
+@gpu
+def test_gpu_long_context():
+    """DeepSeek-V3's longest context, 163840 tokens."""
+    check_decode([163840, 5], s_q=2, h_q=16, dv=512, dr=64, page_size=64, dtype=torch.bfloat16, causal=True)
+
+
+@gpu
+def test_gpu_cuda_graph_replay_new_lengths():
+    """Captured once; replayed with new cache_seqlens (and a new block table) in the same buffers."""
+    lens = [300, 5, 1000, 64]
+    q, k_cache, block_table, cache_seqlens = make_case(lens, 2, 16, 512, 64, 64, torch.bfloat16, seed=1)
+    k_cache = torch.nan_to_num(k_cache)
+    md, num_splits = tm.get_mla_metadata(cache_seqlens, 32, 1)
+    run = lambda: tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, md, num_splits,
+                                            causal=True)
+    run()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = run()
+    for step in range(3):
+        g = torch.Generator().manual_seed(step)
+        new = torch.randint(0, block_table.shape[1] * 64 + 1, (4,), generator=g, dtype=torch.int32)
+        new[step] = 0
+        cache_seqlens.copy_(new)
+        block_table.copy_(block_table[:, torch.randperm(block_table.shape[1], generator=g)])
+        q.copy_(torch.randn(q.shape, generator=g).to(q.dtype))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref_out, ref_lse = decode_ref(q.cpu(), k_cache.cpu(), block_table.cpu(), cache_seqlens.cpu(), 512,
+                                      causal=True)
+        assert_close(out, ref_out, torch.bfloat16)
+        assert_close(lse, ref_lse, torch.bfloat16, "lse")
+
+
+@gpu
+def test_gpu_no_host_sync():
+    q, k_cache, block_table, cache_seqlens = make_case([100, 200], 1, 16, 512, 64, 64, torch.bfloat16)
+    md, num_splits = tm.get_mla_metadata(cache_seqlens, 16, 1)
+    tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, md, num_splits)
+    torch.cuda.synchronize()
+    import os
+
+    old = os.environ.get("TRITON_MLA_CHECK")
+    os.environ["TRITON_MLA_CHECK"] = "0"
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        md, num_splits = tm.get_mla_metadata(cache_seqlens, 16, 1)
+        tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, md, num_splits)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        os.environ["TRITON_MLA_CHECK"] = old or "1"
+
+
+@gpu
+def test_gpu_cache_beyond_2_31_elements():
+    """Pages whose element offset overflows int32 (needs ~5 GB of GPU memory)."""
+    page_size, d = 64, 576
+    num_blocks = (1 << 31) // (page_size * d) + 8
+    k_cache = torch.empty(num_blocks, page_size, 1, d, dtype=torch.bfloat16, device="cuda")
+    high = torch.arange(num_blocks - 4, num_blocks, dtype=torch.int32, device="cuda")
+    k_cache[high.long()] = torch.randn(4, page_size, 1, d, dtype=torch.bfloat16, device="cuda")
+    block_table = high.view(1, 4)
+    cache_seqlens = torch.tensor([4 * page_size - 3], dtype=torch.int32, device="cuda")
+    q = torch.randn(1, 1, 16, d, dtype=torch.bfloat16, device="cuda")
+    out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512)
+    ref_out, ref_lse = decode_ref(q.cpu(), k_cache[high.long()].cpu(), torch.arange(4, dtype=torch.int32)[None],
+                                  cache_seqlens.cpu(), 512)
+    assert_close(out, ref_out, torch.bfloat16)

@@ -1,0 +1,71 @@
+"""Validation at the API boundary: shapes, dtypes and devices only, so no check ever syncs the GPU.
+
+Checks on values (lengths, page ids) need the host to read device memory; they run only when
+``TRITON_MLA_CHECK=1`` is set (the tests set it). Without it the kernels clamp what they read.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def value_checks_enabled() -> bool:
+    return os.environ.get("TRITON_MLA_CHECK", "0") not in ("", "0")
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _dtype_name(dtypes):
+    if isinstance(dtypes, torch.dtype):
+        return str(dtypes).replace("torch.", "")
+    return " or ".join(_dtype_name(d) for d in dtypes)
+
+
+def check_tensor(x, name, *, ndim=None, dtype=None, shape=None, device=None, last_contiguous=False):
+    """Raise TypeError/ValueError naming ``name`` unless ``x`` is a tensor of the given form.
+
+    ``shape`` may hold None for a free dimension.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if dtype is not None:
+        allowed = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
+        if x.dtype not in allowed:
+            raise TypeError(f"{name}: expected dtype {_dtype_name(allowed)}, got {_dtype_name(x.dtype)}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
+    if shape is not None:
+        if x.dim() != len(shape) or any(s is not None and s != t for s, t in zip(shape, x.shape)):
+            want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+            raise ValueError(f"{name}: expected shape {want}, got {list(x.shape)}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device}, got one on {x.device}")
+    if last_contiguous and x.dim() > 0 and x.shape[-1] > 1 and x.stride(-1) != 1:
+        raise ValueError(f"{name}: the last dimension must be contiguous (stride 1), got strides {x.stride()}")
+    return x
+
+
+def check_runnable(device: torch.device, name="q"):
+    """Kernels need a CUDA device, or the Triton interpreter for CPU tensors."""
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and interpreting():
+        return
+    raise ValueError(
+        f"{name}: tensors are on {device}; the kernels run on a CUDA device "
+        "(or on the CPU under the Triton interpreter, TRITON_INTERPRET=1)"
+    )
+
+
+def check_int(value, name, *, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name}: expected a value in [{low}, {high}], got {value}")
+    return value

@@ -1,0 +1,140 @@
+"""FlashMLA-compatible entry points: ``get_mla_metadata`` and ``flash_mla_with_kvcache``."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from . import configs
+from ._checks import (
+    FLOAT_DTYPES,
+    check_int,
+    check_runnable,
+    check_tensor,
+    value_checks_enabled,
+)
+from .kernels import decode as _decode
+
+MAX_HEAD_DIM_V = 512
+MAX_ROPE_DIM = 128
+_UNCLAMPED_LEN = 1 << 30
+
+
+def _num_parts(rows: int, config: dict, device: torch.device) -> int:
+    row_blocks = triton.cdiv(rows, config["BLOCK_H"])
+    return max(1, config["PARTS_PER_SM"] * configs.num_sms(device) // row_blocks)
+
+
+def get_mla_metadata(cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_heads_q=None,
+                     is_fp8_kvcache=False, topk=None):
+    """Plan the split of a decode batch over the GPU, FlashMLA's way of calling.
+
+    cache_seqlens: (b,) int32, on the GPU. num_q_tokens_per_head_k: s_q * h_q // h_kv.
+    num_heads_k: h_kv (1 for MLA). num_heads_q, is_fp8_kvcache, topk: accepted for FlashMLA
+    compatibility (the plan does not depend on them).
+
+    Returns ``(tile_scheduler_metadata, num_splits)``: (num_parts, 8) int32, per part
+    [first seq, first token, last seq, end token, first block, end block, parts in use, 0], and
+    (b + 1,) int32, the cumulative number of splits per sequence. Computed on the device: no host
+    sync. The decode kernels re-derive the same plan from the ``cache_seqlens`` they are called with,
+    so passing these back (older FlashMLA) and passing ``num_splits=None`` (newest FlashMLA) both work,
+    and a CUDA graph replayed with new lengths stays correct.
+    """
+    check_tensor(cache_seqlens, "cache_seqlens", ndim=1, dtype=torch.int32)
+    check_int(num_q_tokens_per_head_k, "num_q_tokens_per_head_k", low=1)
+    check_int(num_heads_k, "num_heads_k", low=1)
+    if num_heads_k != 1:
+        raise ValueError(f"num_heads_k: MLA decode has one KV head, got {num_heads_k}")
+    if topk is not None:
+        raise NotImplementedError("topk: sparse (DSA) decode is not implemented yet")
+    check_runnable(cache_seqlens.device, "cache_seqlens")
+    config = configs.decode_config(num_q_tokens_per_head_k, torch.bfloat16, cache_seqlens.device)
+    num_parts = _num_parts(num_q_tokens_per_head_k, config, cache_seqlens.device)
+    return _decode.plan(cache_seqlens, _UNCLAMPED_LEN, num_parts, config)
+
+
+def _check_values(k_cache, block_table, cache_seqlens):
+    """Value checks (TRITON_MLA_CHECK=1): these read device memory, so they sync."""
+    page_size, num_blocks = k_cache.shape[1], k_cache.shape[0]
+    lens = cache_seqlens.long().cpu()
+    if bool((lens < 0).any()):
+        raise ValueError(f"cache_seqlens: negative length {int(lens.min())}")
+    cap = block_table.shape[1] * page_size
+    if bool((lens > cap).any()):
+        raise ValueError(f"cache_seqlens: length {int(lens.max())} exceeds the block table's "
+                         f"{block_table.shape[1]} pages of {page_size} tokens")
+    pages_used = (lens + page_size - 1) // page_size
+    cols = torch.arange(block_table.shape[1])[None, :]
+    used = block_table.cpu()[cols < pages_used[:, None]]
+    if used.numel() and bool(((used < 0) | (used >= num_blocks)).any()):
+        bad = used[(used < 0) | (used >= num_blocks)][0]
+        raise ValueError(f"block_table: page id {int(bad)} out of range [0, {num_blocks})")
+
+
+def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata=None,
+                           num_splits=None, softmax_scale=None, causal=False, is_fp8_kvcache=False,
+                           indices=None):
+    """MLA decode over a paged latent cache (MQA with one KV head, V = the first head_dim_v dims of K).
+
+    q: (b, s_q, h_q, d) bfloat16/float16/float32, d = head_dim_v + rope dims (576 for DeepSeek).
+    k_cache: (num_blocks, page_size, 1, d), q's dtype. Any page size >= 1.
+    block_table: (b, max_pages) int32: page ids of each sequence, in order.
+    cache_seqlens: (b,) int32: tokens of each sequence in the cache (0 allowed).
+    head_dim_v: dv, 512 for DeepSeek (any value 1..512 with d - dv <= 128).
+    tile_scheduler_metadata, num_splits: from :func:`get_mla_metadata`, or None.
+    softmax_scale: default d ** -0.5. causal: for s_q > 1, query row i sees keys [0, len - s_q + i].
+
+    Returns out (b, s_q, h_q, head_dim_v) in q's dtype, softmax_lse (b, h_q, s_q) float32 (natural log;
+    +inf for a query with no keys, whose out is 0). Semantics: ``triton_mla.reference.decode_ref``.
+    """
+    if indices is not None:
+        raise NotImplementedError("indices: sparse (DSA) decode is not implemented yet")
+    if is_fp8_kvcache:
+        raise NotImplementedError("is_fp8_kvcache: the FP8 latent cache is not implemented yet")
+    check_tensor(q, "q", ndim=4, dtype=FLOAT_DTYPES, last_contiguous=True)
+    b, s_q, h_q, d = q.shape
+    if s_q < 1 or h_q < 1:
+        raise ValueError(f"q: needs s_q >= 1 and h_q >= 1, got shape {list(q.shape)}")
+    device = q.device
+    check_tensor(k_cache, "k_cache", ndim=4, dtype=q.dtype, device=device, last_contiguous=True)
+    if k_cache.shape[2] != 1:
+        raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_cache.shape[2]}")
+    if k_cache.shape[3] != d:
+        raise ValueError(f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
+    if k_cache.shape[0] < 1 or k_cache.shape[1] < 1:
+        raise ValueError(f"k_cache: needs at least one page of at least one token, got {list(k_cache.shape)}")
+    check_tensor(block_table, "block_table", ndim=2, dtype=torch.int32, device=device)
+    if block_table.shape[0] != b:
+        raise ValueError(f"block_table: expected {b} rows (q's batch), got {block_table.shape[0]}")
+    check_tensor(cache_seqlens, "cache_seqlens", shape=(b,), dtype=torch.int32, device=device)
+    check_int(head_dim_v, "head_dim_v", low=1, high=min(d, MAX_HEAD_DIM_V))
+    if d - head_dim_v > MAX_ROPE_DIM:
+        raise ValueError(f"head_dim_v: q's head dim {d} leaves {d - head_dim_v} rope dims; "
+                         f"at most {MAX_ROPE_DIM} are supported")
+    if softmax_scale is None:
+        softmax_scale = d ** -0.5
+    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool):
+        raise TypeError(f"softmax_scale: expected a float, got {type(softmax_scale).__name__}")
+    check_runnable(device)
+
+    config = configs.decode_config(s_q * h_q, q.dtype, device)
+    if tile_scheduler_metadata is not None and isinstance(tile_scheduler_metadata, torch.Tensor):
+        check_tensor(tile_scheduler_metadata, "tile_scheduler_metadata", ndim=2, dtype=torch.int32,
+                     device=device)
+        if tile_scheduler_metadata.shape[1] != _decode.TILE_SCHEDULER_METADATA_SIZE:
+            raise ValueError("tile_scheduler_metadata: expected shape [num_parts, 8] from get_mla_metadata, "
+                             f"got {list(tile_scheduler_metadata.shape)}")
+        num_parts = max(1, tile_scheduler_metadata.shape[0])
+    else:
+        num_parts = _num_parts(s_q * h_q, config, device)
+    if num_splits is not None:
+        check_tensor(num_splits, "num_splits", shape=(b + 1,), dtype=torch.int32, device=device)
+    if value_checks_enabled():
+        _check_values(k_cache, block_table, cache_seqlens)
+
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=device)
+    if b == 0:
+        return out, lse
+    return _decode.decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, float(softmax_scale),
+                                  causal, num_parts, config, out, lse)

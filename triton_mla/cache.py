@@ -1,0 +1,152 @@
+"""Paged latent KV cache in FlashMLA's layout, and the page allocator that serves it.
+
+A cache is ``[num_blocks, page_size, 1, r + d_rope]`` (576 = 512 + 64 for DeepSeek): one latent
+vector per token, shared by all heads. A sequence owns a list of pages; ``block_table`` lists them in
+order and ``cache_seqlens`` says how many tokens are filled. Token t of a sequence lives in slot
+``page * page_size + t % page_size`` with ``page = block_table[seq, t // page_size]``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from ._checks import FLOAT_DTYPES, check_int, check_runnable, check_tensor, value_checks_enabled
+from .kernels import cache_write as _cache_write
+
+__all__ = ["PageAllocator", "PagedLatentCache", "write_kv_cache"]
+
+
+def write_kv_cache(k_cache, kv_c, k_pe, slot_mapping):
+    """Write tokens into a paged latent cache (in place) and return it.
+
+    k_cache: (num_blocks, page_size, 1, r + d_rope) bfloat16/float16/float32.
+    kv_c: (T, r) latent, k_pe: (T, d_rope) rope key (any float dtype: cast on write).
+    slot_mapping: (T,) int64 (or int32): slot = page * page_size + offset; -1 skips the token.
+    """
+    check_tensor(k_cache, "k_cache", ndim=4, dtype=FLOAT_DTYPES, last_contiguous=True)
+    device = k_cache.device
+    if k_cache.shape[2] != 1:
+        raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_cache.shape[2]}")
+    check_tensor(kv_c, "kv_c", ndim=2, dtype=FLOAT_DTYPES, device=device, last_contiguous=True)
+    num_tokens = kv_c.shape[0]
+    check_tensor(k_pe, "k_pe", ndim=2, dtype=FLOAT_DTYPES, device=device, last_contiguous=True)
+    if k_pe.shape[0] != num_tokens:
+        raise ValueError(f"k_pe: expected {num_tokens} tokens (kv_c's), got {k_pe.shape[0]}")
+    if kv_c.shape[1] + k_pe.shape[1] != k_cache.shape[3]:
+        raise ValueError(f"kv_c, k_pe: {kv_c.shape[1]} + {k_pe.shape[1]} dims do not fill the cache's "
+                         f"{k_cache.shape[3]}")
+    check_tensor(slot_mapping, "slot_mapping", shape=(num_tokens,), dtype=(torch.int64, torch.int32),
+                 device=device)
+    check_runnable(device, "k_cache")
+    if value_checks_enabled() and num_tokens:
+        num_slots = k_cache.shape[0] * k_cache.shape[1]
+        slots = slot_mapping.cpu()
+        bad = slots[(slots < -1) | (slots >= num_slots)]
+        if bad.numel():
+            raise ValueError(f"slot_mapping: slot {int(bad[0])} out of range [-1, {num_slots})")
+    return _cache_write.write_kv(k_cache, kv_c, k_pe, slot_mapping)
+
+
+class PageAllocator:
+    """Hands out and frees pages per sequence (host-side bookkeeping; the kernels never see it)."""
+
+    def __init__(self, num_blocks: int, page_size: int = 64):
+        check_int(num_blocks, "num_blocks", low=1)
+        check_int(page_size, "page_size", low=1)
+        self.num_blocks = num_blocks
+        self.page_size = page_size
+        self._free = deque(range(num_blocks))
+        self._pages: dict[object, list[int]] = {}
+        self._lengths: dict[object, int] = {}
+
+    @property
+    def num_free_pages(self) -> int:
+        return len(self._free)
+
+    def seqlen(self, seq_id) -> int:
+        return self._lengths[seq_id]
+
+    def pages(self, seq_id) -> list[int]:
+        return list(self._pages[seq_id])
+
+    def pages_needed(self, seq_id, num_tokens: int) -> int:
+        length = self._lengths.get(seq_id, 0)
+        have = len(self._pages.get(seq_id, ()))
+        return max(0, -(-(length + num_tokens) // self.page_size) - have)
+
+    def can_allocate(self, seq_id, num_tokens: int) -> bool:
+        return self.pages_needed(seq_id, num_tokens) <= len(self._free)
+
+    def allocate(self, seq_id, num_tokens: int, device=None) -> torch.Tensor:
+        """Grow ``seq_id`` (new or known) by ``num_tokens``; returns their slots, (num_tokens,) int64."""
+        check_int(num_tokens, "num_tokens", low=0)
+        need = self.pages_needed(seq_id, num_tokens)
+        if need > len(self._free):
+            raise RuntimeError(f"out of cache pages: sequence {seq_id!r} needs {need}, "
+                               f"{len(self._free)} free")
+        pages = self._pages.setdefault(seq_id, [])
+        pages.extend(self._free.popleft() for _ in range(need))
+        start = self._lengths.get(seq_id, 0)
+        self._lengths[seq_id] = start + num_tokens
+        return self.slot_mapping(seq_id, start, start + num_tokens, device=device)
+
+    def free(self, seq_id) -> None:
+        self._free.extend(self._pages.pop(seq_id))
+        del self._lengths[seq_id]
+
+    def slot_mapping(self, seq_id, start: int, end: int, device=None) -> torch.Tensor:
+        """Slots of positions [start, end) of a sequence: (end - start,) int64."""
+        pages = torch.tensor(self._pages[seq_id], dtype=torch.int64)
+        pos = torch.arange(start, end, dtype=torch.int64)
+        slots = pages[pos // self.page_size] * self.page_size + pos % self.page_size
+        return slots.to(device) if device is not None else slots
+
+    def block_table(self, seq_ids, max_pages: int | None = None, device=None) -> torch.Tensor:
+        """(len(seq_ids), max_pages) int32; entries past a sequence's pages are 0 (never read)."""
+        rows = [self._pages[s] for s in seq_ids]
+        width = max([len(r) for r in rows] + [1]) if max_pages is None else max_pages
+        table = torch.zeros(len(rows), width, dtype=torch.int32)
+        for i, r in enumerate(rows):
+            if len(r) > width:
+                raise ValueError(f"max_pages: sequence {seq_ids[i]!r} holds {len(r)} pages, more than {width}")
+            table[i, : len(r)] = torch.tensor(r, dtype=torch.int32)
+        return table.to(device) if device is not None else table
+
+    def cache_seqlens(self, seq_ids, device=None) -> torch.Tensor:
+        lens = torch.tensor([self._lengths[s] for s in seq_ids], dtype=torch.int32)
+        return lens.to(device) if device is not None else lens
+
+
+class PagedLatentCache:
+    """Per-layer paged latent caches sharing one page allocator.
+
+    ``k_cache(layer)`` is (num_blocks, page_size, 1, kv_lora_rank + rope_dim), ready for
+    :func:`triton_mla.flash_mla_with_kvcache`.
+    """
+
+    def __init__(self, num_blocks: int, page_size: int = 64, kv_lora_rank: int = 512, rope_dim: int = 64,
+                 num_layers: int = 1, dtype: torch.dtype = torch.bfloat16, device="cuda"):
+        check_int(kv_lora_rank, "kv_lora_rank", low=1)
+        check_int(rope_dim, "rope_dim", low=0)
+        check_int(num_layers, "num_layers", low=1)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype: expected bfloat16, float16 or float32, got {dtype}")
+        self.allocator = PageAllocator(num_blocks, page_size)
+        self.kv_lora_rank, self.rope_dim = kv_lora_rank, rope_dim
+        self.page_size = page_size
+        self.dtype = dtype
+        self.caches = torch.zeros(num_layers, num_blocks, page_size, 1, kv_lora_rank + rope_dim,
+                                  dtype=dtype, device=device)
+
+    def k_cache(self, layer: int = 0) -> torch.Tensor:
+        return self.caches[layer]
+
+    def write(self, layer: int, kv_c, k_pe, slot_mapping) -> None:
+        write_kv_cache(self.caches[layer], kv_c, k_pe, slot_mapping)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes per token per layer."""
+        return (self.kv_lora_rank + self.rope_dim) * self.caches.element_size()

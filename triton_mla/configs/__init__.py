@@ -1,0 +1,92 @@
+"""Launch configs as data: one JSON file per GPU family, the only place tile sizes live.
+
+``decode_config(rows, dtype, device)`` picks the entry for a shape bucket (rows = s_q * h_q) from the
+file of the device's family, chosen by compute capability. A GPU of an unknown family gets the
+smallest family (99 KB of shared memory), which fits every GPU Triton supports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+from pathlib import Path
+
+import torch
+
+CONFIG_DIR = Path(__file__).parent
+
+# compute capability -> family file
+FAMILIES = {
+    (8, 0): "sm80",
+    (8, 6): "sm86",
+    (8, 7): "sm86",
+    (8, 9): "sm89",
+    (9, 0): "sm90",
+    (12, 0): "sm120",
+    (12, 1): "sm120",
+}
+SAFE_DEFAULT = "sm86"
+
+
+def family_names():
+    return sorted({*FAMILIES.values()})
+
+
+@functools.lru_cache(maxsize=None)
+def load_family(name: str) -> dict:
+    with open(CONFIG_DIR / f"{name}.json") as f:
+        return json.load(f)
+
+
+@functools.lru_cache(maxsize=None)
+def family_of(device_index: int | None) -> str:
+    """The family file for a CUDA device (None: the CPU interpreter)."""
+    override = os.environ.get("TRITON_MLA_CONFIG_FAMILY")
+    if override:
+        return override
+    if device_index is None:
+        return SAFE_DEFAULT
+    cap = torch.cuda.get_device_capability(device_index)
+    return FAMILIES.get(cap, SAFE_DEFAULT)
+
+
+def pick(entries, rows: int, dtype: torch.dtype) -> dict:
+    """The first entry of the dtype class whose ``max_rows`` bucket holds ``rows``."""
+    kind = "float32" if dtype == torch.float32 else "16bit"
+    candidates = [e for e in entries if e["dtype"] == kind]
+    for entry in candidates:
+        if entry["max_rows"] is None or rows <= entry["max_rows"]:
+            return entry
+    return candidates[-1]
+
+
+_overrides: dict = {}
+
+
+@contextlib.contextmanager
+def overridden(**fields):
+    """Temporarily replace config fields (tests use it to force many splits on small inputs)."""
+    saved = dict(_overrides)
+    _overrides.update(fields)
+    try:
+        yield
+    finally:
+        _overrides.clear()
+        _overrides.update(saved)
+
+
+def decode_config(rows: int, dtype: torch.dtype, device: torch.device) -> dict:
+    index = device.index if device.type == "cuda" else None
+    if device.type == "cuda" and index is None:
+        index = torch.cuda.current_device()
+    entry = pick(load_family(family_of(index))["decode"], rows, dtype)
+    return {**entry, **_overrides} if _overrides else entry
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few parts exercise the split path
+    return torch.cuda.get_device_properties(device).multi_processor_count

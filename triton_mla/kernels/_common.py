@@ -1,0 +1,72 @@
+"""Shared @triton.jit helpers: the split plan that decode and combine derive from ``cache_seqlens``.
+
+The plan: every sequence is cut into key blocks of BLOCK_N tokens; the blocks of all sequences,
+laid end to end, are dealt to ``num_parts`` programs in equal contiguous ranges. Part p covers
+global blocks [T*p // P, T*(p+1) // P) where T is the total. Each kernel re-derives the plan from the
+lengths it is given, so a plan can never be stale (a CUDA graph replayed with new lengths stays
+right) and nothing is read on the host.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def seq_blocks(seqlens_ptr, stride_seqlens, idx, mask, max_len, BLOCK_N: tl.constexpr):
+    """Key blocks of sequences ``idx``; lengths clamped to [0, max_len] so no read leaves the table."""
+    length = tl.load(seqlens_ptr + idx * stride_seqlens, mask=mask, other=0)
+    length = tl.minimum(tl.maximum(length, 0), max_len)
+    return tl.where(mask, (length + BLOCK_N - 1) // BLOCK_N, 0)
+
+
+@triton.jit
+def plan_totals(seqlens_ptr, stride_seqlens, batch, upto, max_len, BLOCK_N: tl.constexpr,
+                CHUNK_B: tl.constexpr):
+    """(blocks of all sequences, blocks of sequences [0, upto))."""
+    total = 0
+    before = 0
+    for b0 in range(0, batch, CHUNK_B):
+        idx = b0 + tl.arange(0, CHUNK_B)
+        n = seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
+        total += tl.sum(n, axis=0)
+        before += tl.sum(tl.where(idx < upto, n, 0), axis=0)
+    return total, before
+
+
+@triton.jit
+def find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: tl.constexpr,
+                  CHUNK_B: tl.constexpr):
+    """The sequence holding global block ``g`` and the global index of its first block."""
+    count = 0
+    start = 0
+    running = 0
+    for b0 in range(0, batch, CHUNK_B):
+        idx = b0 + tl.arange(0, CHUNK_B)
+        n = seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
+        cu_end = running + tl.cumsum(n, axis=0)
+        # cu_end is nondecreasing, so the sequences ending at or before g form a prefix
+        done = (cu_end <= g) & (idx < batch)
+        count += tl.sum(done.to(tl.int32), axis=0)
+        start = tl.maximum(start, tl.max(tl.where(done, cu_end, 0), axis=0))
+        running += tl.sum(n, axis=0)
+    return count, start
+
+
+@triton.jit
+def effective_parts(total, num_parts, MIN_BLOCKS_PER_PART: tl.constexpr):
+    """Fewer parts when there is little work, so no part is left with a sliver of a sequence."""
+    return tl.maximum(tl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
+
+
+@triton.jit
+def part_start(total, part, parts):
+    return ((total.to(tl.int64) * part) // parts).to(tl.int32)
+
+
+@triton.jit
+def part_of_block(g, total, parts):
+    """The part whose range holds global block g (the inverse of part_start)."""
+    return (((g.to(tl.int64) + 1) * parts - 1) // tl.maximum(total, 1)).to(tl.int32)

@@ -1,0 +1,310 @@
+"""Split-KV MLA decode over a paged latent cache, and the combine of partial results.
+
+One program handles a block of BLOCK_H query rows (row = s * h_q + h, all heads and query tokens of
+one sequence share the single KV head) over one part of the split plan (see ``_common``). K tiles are
+loaded once and serve both QK^T and PV: V is the first DV dims of the latent. A part that holds a
+whole sequence writes the final output directly; split sequences write partial (out, lse) pairs that
+``_combine_kernel`` merges.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    LN2,
+    LOG2E,
+    effective_parts,
+    find_sequence,
+    part_of_block,
+    part_start,
+    plan_totals,
+    seq_blocks,
+)
+
+
+@triton.jit
+def _attend_range(acc, m_i, l_i, q_nope, q_pe, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit,
+                  stride_kb, stride_kt, stride_btb, stride_btp, num_blocks, page_size, qk_scale,
+                  DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
+                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over keys [tok_lo, tok_hi) of sequence ``seq``; carries (acc, m, l) in log2 units."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_dr = tl.arange(0, BLOCK_DR)
+    bt_row = block_table_ptr + seq.to(tl.int64) * stride_btb
+    for start in range(tok_lo, tok_hi, BLOCK_N):
+        toks = start + offs_n
+        tok_ok = toks < tok_hi
+        page = tl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
+        # a bad page id must not become a wild read: clamp into the cache
+        page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
+        tok_off = page * stride_kb + (toks % page_size).to(tl.int64) * stride_kt
+        k_mask = tok_ok[:, None]
+        if BLOCK_DV != DV:
+            k_mask = k_mask & (offs_dv[None, :] < DV)
+        k = tl.load(k_ptr + tok_off[:, None] + offs_dv[None, :], mask=k_mask, other=0.0)
+        # -- scores, in log2 units -------------------------------------------------------
+        qk = tl.dot(q_nope, tl.trans(k), input_precision=DOT_PRECISION)
+        if DR > 0:
+            pe_mask = tok_ok[:, None]
+            if BLOCK_DR != DR:
+                pe_mask = pe_mask & (offs_dr[None, :] < DR)
+            k_pe = tl.load(k_ptr + tok_off[:, None] + DV + offs_dr[None, :], mask=pe_mask, other=0.0)
+            qk += tl.dot(q_pe, tl.trans(k_pe), input_precision=DOT_PRECISION)
+        qk = qk * qk_scale
+        visible = tok_ok[None, :] & (toks[None, :] < row_limit[:, None])
+        qk = tl.where(visible, qk, float("-inf"))
+        # -- online softmax; a row that has seen nothing keeps m = -inf and l = 0 --------
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(k.dtype), k, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _decode_kernel(
+    q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt,
+    stride_btb, stride_btp,
+    stride_seqlens,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
+    DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS_PER_PART: tl.constexpr,
+    CAUSAL: tl.constexpr, CHUNK_B: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    part = tl.program_id(0)
+    row_block = tl.program_id(1)
+    total, _ = plan_totals(seqlens_ptr, stride_seqlens, batch, 0, max_len, BLOCK_N, CHUNK_B)
+    parts = effective_parts(total, num_parts, MIN_BLOCKS_PER_PART)
+    g_lo = part_start(total, part, parts)
+    g_hi = part_start(total, part + 1, parts)
+    if part >= parts:
+        g_hi = g_lo  # this program has no work
+    seq, seq_g0 = find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, CHUNK_B)
+
+    rows_per_seq = s_q * h_q
+    rows = row_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < rows_per_seq
+    row_s = rows // h_q
+    row_h = rows % h_q
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_dr = tl.arange(0, BLOCK_DR)
+    q_rows = row_s.to(tl.int64) * stride_qs + row_h.to(tl.int64) * stride_qh
+    dv_ok = offs_dv < DV
+
+    g = g_lo
+    while g < g_hi:
+        length = tl.load(seqlens_ptr + seq * stride_seqlens)
+        length = tl.minimum(tl.maximum(length, 0), max_len)
+        n = (length + BLOCK_N - 1) // BLOCK_N
+        seg_hi = tl.minimum(g_hi, seq_g0 + n)
+        if n > 0:
+            q_base = q_ptr + seq.to(tl.int64) * stride_qb + q_rows
+            q_nope = tl.load(q_base[:, None] + offs_dv[None, :], mask=row_ok[:, None] & dv_ok[None, :],
+                             other=0.0)
+            q_pe = q_nope  # unused when DR == 0
+            if DR > 0:
+                q_pe = tl.load(q_base[:, None] + DV + offs_dr[None, :],
+                               mask=row_ok[:, None] & (offs_dr[None, :] < DR), other=0.0)
+            if CAUSAL:
+                row_limit = length - s_q + row_s + 1
+            else:
+                row_limit = tl.zeros([BLOCK_H], dtype=tl.int32) + length
+            acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
+            m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+            l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+            tok_lo = (g - seq_g0) * BLOCK_N
+            tok_hi = tl.minimum((seg_hi - seq_g0) * BLOCK_N, length)
+            acc, m_i, l_i = _attend_range(
+                acc, m_i, l_i, q_nope, q_pe, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit,
+                stride_kb, stride_kt, stride_btb, stride_btp, num_blocks, page_size, qk_scale,
+                DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, DOT_PRECISION)
+            # -- epilogue ------------------------------------------------------------------
+            empty = l_i == 0.0
+            o = acc / tl.where(empty, 1.0, l_i)[:, None]
+            lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+            if (g == seq_g0) & (seg_hi == seq_g0 + n):
+                # the whole sequence is ours: no combine needed
+                o_ptrs = (out_ptr + seq.to(tl.int64) * stride_ob + row_s.to(tl.int64) * stride_os
+                          + row_h.to(tl.int64) * stride_oh)
+                tl.store(o_ptrs[:, None] + offs_dv[None, :], o.to(out_ptr.dtype.element_ty),
+                         mask=row_ok[:, None] & dv_ok[None, :])
+                lse_ptrs = lse_ptr + seq.to(tl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
+                tl.store(lse_ptrs, tl.where(empty, float("inf"), lse2 * LN2), mask=row_ok)
+            else:
+                # slot 0: the sequence this part starts in; slot 1: the one it ends in
+                slot = part * 2 + tl.where(g == g_lo, 0, 1)
+                part_rows = slot.to(tl.int64) * rows_per_seq + rows
+                tl.store(o_part_ptr + part_rows[:, None] * BLOCK_DV + offs_dv[None, :], o,
+                         mask=row_ok[:, None])
+                tl.store(lse_part_ptr + part_rows, lse2, mask=row_ok)
+        g = seg_hi
+        seq_g0 += n
+        seq += 1
+
+
+@triton.jit
+def _combine_kernel(
+    o_part_ptr, lse_part_ptr, seqlens_ptr, out_ptr, lse_ptr,
+    stride_seqlens,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    batch, s_q, h_q, max_len, num_parts,
+    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+    MIN_BLOCKS_PER_PART: tl.constexpr, CHUNK_B: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    row_block = tl.program_id(1)
+    total, seq_g0 = plan_totals(seqlens_ptr, stride_seqlens, batch, seq, max_len, BLOCK_N, CHUNK_B)
+    parts = effective_parts(total, num_parts, MIN_BLOCKS_PER_PART)
+    n = seq_blocks(seqlens_ptr, stride_seqlens, seq, seq < batch, max_len, BLOCK_N)
+
+    rows_per_seq = s_q * h_q
+    rows = row_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < rows_per_seq
+    row_s = rows // h_q
+    row_h = rows % h_q
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dv_ok = offs_dv < DV
+    o_ptrs = (out_ptr + seq.to(tl.int64) * stride_ob + row_s.to(tl.int64) * stride_os
+              + row_h.to(tl.int64) * stride_oh)[:, None] + offs_dv[None, :]
+    lse_ptrs = lse_ptr + seq.to(tl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
+    first = part_of_block(seq_g0, total, parts)
+    last = part_of_block(seq_g0 + n - 1, total, parts)
+    if n == 0:
+        # no keys at all (FlashMLA's convention: out = 0, lse = +inf)
+        tl.store(o_ptrs, tl.zeros([BLOCK_H, BLOCK_DV], dtype=out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & dv_ok[None, :])
+        tl.store(lse_ptrs, tl.full([BLOCK_H], float("inf"), dtype=tl.float32), mask=row_ok)
+    elif first != last:
+        # the first part holds this sequence in slot 0 only if its range starts at the sequence
+        first_slot = first * 2 + tl.where(part_start(total, first, parts) == seq_g0, 0, 1)
+        m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+        for p in range(first, last + 1):
+            slot = tl.where(p == first, first_slot, p * 2)
+            lse2 = tl.load(lse_part_ptr + slot.to(tl.int64) * rows_per_seq + rows, mask=row_ok,
+                           other=float("-inf"))
+            m = tl.maximum(m, lse2)
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
+        wsum = tl.zeros([BLOCK_H], dtype=tl.float32)
+        for p in range(first, last + 1):
+            slot = tl.where(p == first, first_slot, p * 2)
+            part_rows = slot.to(tl.int64) * rows_per_seq + rows
+            lse2 = tl.load(lse_part_ptr + part_rows, mask=row_ok, other=float("-inf"))
+            w = tl.math.exp2(lse2 - m_safe)
+            o = tl.load(o_part_ptr + part_rows[:, None] * BLOCK_DV + offs_dv[None, :], mask=row_ok[:, None],
+                        other=0.0)
+            acc += w[:, None] * o
+            wsum += w
+        empty = wsum == 0.0
+        out = acc / tl.where(empty, 1.0, wsum)[:, None]
+        lse = tl.where(empty, float("inf"), (m_safe + tl.math.log2(tl.where(empty, 1.0, wsum))) * LN2)
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+        tl.store(lse_ptrs, lse, mask=row_ok)
+
+
+def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, num_parts,
+                   config, out, lse):
+    """Launch decode + combine. Arguments are validated by the caller (``triton_mla.api``).
+
+    q [b, s_q, h_q, d]; k_cache [num_blocks, page_size, 1, d]; block_table [b, max_pages] int32;
+    cache_seqlens [b] int32; out [b, s_q, h_q, head_dim_v]; lse [b, h_q, s_q] float32.
+    """
+    b, s_q, h_q, d = q.shape
+    num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
+    dv, dr = head_dim_v, d - head_dim_v
+    block_dv = max(16, triton.next_power_of_2(dv))
+    block_dr = max(16, triton.next_power_of_2(dr)) if dr > 0 else 16
+    block_h, block_n = config["BLOCK_H"], config["BLOCK_N"]
+    rows = s_q * h_q
+    row_blocks = triton.cdiv(rows, block_h)
+    max_len = block_table.shape[1] * page_size
+    o_part = torch.empty(2 * num_parts, rows, block_dv, dtype=torch.float32, device=q.device)
+    lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    common = dict(DV=dv, BLOCK_DV=block_dv, BLOCK_H=block_h, BLOCK_N=block_n,
+                  MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
+    _decode_kernel[(num_parts, row_blocks)](
+        q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1),
+        block_table.stride(0), block_table.stride(1),
+        cache_seqlens.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * 1.4426950408889634,
+        DR=dr, BLOCK_DR=block_dr, CAUSAL=bool(causal and s_q > 1), DOT_PRECISION=precision,
+        num_warps=config["num_warps"], num_stages=config["num_stages"], **common,
+    )
+    combine_h = min(block_h, 16)
+    _combine_kernel[(b, triton.cdiv(rows, combine_h))](
+        o_part, lse_part, cache_seqlens, out, lse,
+        cache_seqlens.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        b, s_q, h_q, max_len, num_parts,
+        **{**common, "BLOCK_H": combine_h}, num_warps=4,
+    )
+    return out, lse
+
+
+TILE_SCHEDULER_METADATA_SIZE = 8
+
+
+@triton.jit
+def _plan_kernel(seqlens_ptr, stride_seqlens, part_info_ptr, splits_ptr, batch, max_len, num_parts,
+                 BLOCK_N: tl.constexpr, MIN_BLOCKS_PER_PART: tl.constexpr, CHUNK_B: tl.constexpr):
+    """Write down the plan the decode kernels derive on their own (for inspection and FlashMLA's API):
+    per part [first seq, first token, last seq, end token, first block, end block, parts in use, 0]
+    and per sequence its number of splits (0 for an empty sequence)."""
+    pid = tl.program_id(0)
+    total, seq_g0 = plan_totals(seqlens_ptr, stride_seqlens, batch, pid, max_len, BLOCK_N, CHUNK_B)
+    parts = effective_parts(total, num_parts, MIN_BLOCKS_PER_PART)
+    if pid < num_parts:
+        g_lo = part_start(total, pid, parts)
+        g_hi = part_start(total, pid + 1, parts)
+        if pid >= parts:
+            g_lo = total
+            g_hi = total
+        s0, s0_g0 = find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, CHUNK_B)
+        s1, s1_g0 = find_sequence(seqlens_ptr, stride_seqlens, batch, tl.maximum(g_hi - 1, g_lo), max_len,
+                                  BLOCK_N, CHUNK_B)
+        end_tok = tl.where(g_hi > g_lo, (g_hi - s1_g0) * BLOCK_N, 0)
+        length = tl.load(seqlens_ptr + tl.minimum(s1, batch - 1) * stride_seqlens)
+        end_tok = tl.minimum(end_tok, tl.minimum(tl.maximum(length, 0), max_len))
+        base = part_info_ptr + pid * 8
+        tl.store(base + 0, s0)
+        tl.store(base + 1, (g_lo - s0_g0) * BLOCK_N)
+        tl.store(base + 2, s1)
+        tl.store(base + 3, end_tok)
+        tl.store(base + 4, g_lo)
+        tl.store(base + 5, g_hi)
+        tl.store(base + 6, parts)
+        tl.store(base + 7, 0)
+    if pid < batch:
+        n = seq_blocks(seqlens_ptr, stride_seqlens, pid, pid < batch, max_len, BLOCK_N)
+        first = part_of_block(seq_g0, total, parts)
+        last = part_of_block(seq_g0 + n - 1, total, parts)
+        tl.store(splits_ptr + pid, tl.where(n > 0, last - first + 1, 0))
+
+
+def plan(cache_seqlens, max_len, num_parts, config):
+    """Returns (tile_scheduler_metadata [num_parts, 8] int32, num_splits [b + 1] int32 cumulative)."""
+    b = cache_seqlens.shape[0]
+    part_info = torch.empty(num_parts, TILE_SCHEDULER_METADATA_SIZE, dtype=torch.int32,
+                            device=cache_seqlens.device)
+    splits = torch.zeros(b + 1, dtype=torch.int32, device=cache_seqlens.device)
+    _plan_kernel[(max(num_parts, b),)](
+        cache_seqlens, cache_seqlens.stride(0), part_info, splits[1:], b, max_len, num_parts,
+        BLOCK_N=config["BLOCK_N"], MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128,
+    )
+    return part_info, torch.cumsum(splits, 0, dtype=torch.int32)

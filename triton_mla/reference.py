@@ -1,0 +1,120 @@
+"""Plain-torch oracles: the specification every kernel is tested against.
+
+Everything here runs in float32 or float64 on any device and favours clarity over speed.
+
+Two equivalent views of MLA attention (DeepSeek-V2/V3):
+
+* naive: the latent ``c_kv`` [S, r] is decompressed per head by ``W_UK`` [h, d_nope, r] into keys
+  and by ``W_UV`` [h, d_v, r] into values; the rope key ``k_pe`` [S, d_rope] is shared by all heads.
+* absorbed: ``W_UK`` is folded into the query (q_lat = W_UK^T q_nope) and ``W_UV`` into the output,
+  so attention runs as MQA over the (r + d_rope)-dim latent, with V = the first r dims of K.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "attention_ref",
+    "mla_naive_ref",
+    "mla_absorbed_ref",
+    "absorb_query",
+    "unabsorb_output",
+    "split_kv_b_proj",
+    "gather_paged_kv",
+    "decode_ref",
+]
+
+
+def attention_ref(q, k, v, softmax_scale, causal=False):
+    """Single-sequence attention with FlashMLA's edge conventions.
+
+    q: [s_q, h, d]; k: [s_k, h or 1, d]; v: [s_k, h or 1, d_v]. Causal masks are bottom-right
+    aligned: query row i sees keys [0, s_k - s_q + i]. A row with no visible key gives out = 0 and
+    lse = +inf. Returns out [s_q, h, d_v] and lse [h, s_q] (natural log of the scaled logits).
+    """
+    s_q, s_k = q.shape[0], k.shape[0]
+    scores = torch.einsum("qhd,khd->hqk", q, k.expand(-1, q.shape[1], -1)) * softmax_scale
+    if causal:
+        qpos = torch.arange(s_q, device=q.device)[:, None] + (s_k - s_q)
+        kpos = torch.arange(s_k, device=q.device)[None, :]
+        scores = scores.masked_fill(kpos > qpos, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # [h, s_q]; -inf where a row sees nothing
+    empty = torch.isneginf(lse)
+    p = torch.exp(scores - torch.where(empty, 0.0, lse)[..., None])
+    out = torch.einsum("hqk,khd->qhd", p, v.expand(-1, q.shape[1], -1))
+    return out, torch.where(empty, float("inf"), lse)
+
+
+def split_kv_b_proj(weight, num_heads, qk_nope_head_dim, v_head_dim):
+    """Split a Hugging Face ``kv_b_proj.weight`` [h * (d_nope + d_v), r] into W_UK [h, d_nope, r]
+    and W_UV [h, d_v, r]."""
+    w = weight.view(num_heads, qk_nope_head_dim + v_head_dim, -1)
+    return w[:, :qk_nope_head_dim], w[:, qk_nope_head_dim:]
+
+
+def mla_naive_ref(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, softmax_scale=None, causal=True):
+    """Naive MLA: decompress the latent into per-head K and V, then standard attention.
+
+    q_nope [T, h, d_nope], q_pe [T, h, d_rope], c_kv [S, r], k_pe [S, d_rope],
+    w_uk [h, d_nope, r], w_uv [h, d_v, r]. The T queries are the last T of the S positions.
+    Returns out [T, h, d_v], lse [h, T].
+    """
+    h = q_nope.shape[1]
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q_nope.shape[-1] + q_pe.shape[-1])
+    k_nope = torch.einsum("hdr,sr->shd", w_uk, c_kv)
+    v = torch.einsum("hdr,sr->shd", w_uv, c_kv)
+    k = torch.cat([k_nope, k_pe[:, None, :].expand(-1, h, -1)], dim=-1)
+    q = torch.cat([q_nope, q_pe], dim=-1)
+    return attention_ref(q, k, v, softmax_scale, causal)
+
+
+def absorb_query(q_nope, q_pe, w_uk):
+    """q_lat = W_UK^T q_nope per head, concatenated with q_pe: [T, h, r + d_rope]."""
+    return torch.cat([torch.einsum("thd,hdr->thr", q_nope, w_uk), q_pe], dim=-1)
+
+
+def unabsorb_output(o_lat, w_uv):
+    """Project the latent output [T, h, r] through W_UV: [T, h, d_v]."""
+    return torch.einsum("thr,hvr->thv", o_lat, w_uv)
+
+
+def mla_absorbed_ref(q_nope, q_pe, c_kv, k_pe, w_uk, w_uv, softmax_scale=None, causal=True):
+    """Absorbed MLA: MQA over the latent [S, r + d_rope] with V = the first r dims. Same arguments and
+    results as :func:`mla_naive_ref`; the softmax scale stays that of the naive head dim."""
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q_nope.shape[-1] + q_pe.shape[-1])
+    q = absorb_query(q_nope, q_pe, w_uk)
+    kv = torch.cat([c_kv, k_pe], dim=-1)[:, None, :]
+    o_lat, lse = attention_ref(q, kv, kv[..., : c_kv.shape[-1]], softmax_scale, causal)
+    return unabsorb_output(o_lat, w_uv), lse
+
+
+def gather_paged_kv(k_cache, block_table_row, seqlen):
+    """The first ``seqlen`` tokens of one sequence from a paged cache: [seqlen, h_kv, d]."""
+    page_size = k_cache.shape[1]
+    num_pages = (seqlen + page_size - 1) // page_size
+    pages = block_table_row[:num_pages].long()
+    return k_cache[pages].reshape(-1, *k_cache.shape[2:])[:seqlen]
+
+
+def decode_ref(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale=None, causal=False,
+               dtype=torch.float32):
+    """Reference for :func:`triton_mla.flash_mla_with_kvcache` (dense, bf16/fp16/fp32 cache).
+
+    q [b, s_q, h_q, d]; k_cache [num_blocks, page_size, 1, d]; block_table [b, max_pages];
+    cache_seqlens [b]. Returns out [b, s_q, h_q, head_dim_v] and lse [b, h_q, s_q] in ``dtype``.
+    """
+    b, s_q, h_q, d = q.shape
+    if softmax_scale is None:
+        softmax_scale = d ** -0.5
+    outs, lses = [], []
+    for i in range(b):
+        kv = gather_paged_kv(k_cache, block_table[i], int(cache_seqlens[i])).to(dtype)
+        o, lse = attention_ref(q[i].to(dtype), kv, kv[..., :head_dim_v], softmax_scale, causal)
+        outs.append(o)
+        lses.append(lse)
+    return torch.stack(outs), torch.stack(lses)
