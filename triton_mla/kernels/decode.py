@@ -241,7 +241,7 @@ def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_s
         cache_seqlens.stride(0),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
-        b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * 1.4426950408889634,
+        b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         DR=dr, BLOCK_DR=block_dr, CAUSAL=bool(causal and s_q > 1), DOT_PRECISION=precision,
         num_warps=config["num_warps"], num_stages=config["num_stages"], **common,
     )

@@ -1,0 +1,94 @@
+"""Compile every shipped launch config for its GPU family, with no GPU, and compare shared memory.
+
+``python -m triton_mla check-configs`` runs this: for each family file it compiles each decode entry
+with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", capability, 32))`` and reads
+``metadata.shared``. A config that needs more shared memory than the family has would crash at launch
+on that GPU (an sm89 L40S has 99 KB), so any such entry makes the check fail.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+
+from . import load_family
+
+# family -> (compute capability used to compile, shared memory per block, bytes)
+TARGETS = {
+    "sm80": (80, 166912),
+    "sm86": (86, 101376),
+    "sm89": (89, 101376),
+    "sm90": (90, 232448),
+    "sm120": (120, 101376),
+}
+
+# DeepSeek's latent: the shapes the configs are sized for
+DV, DR = 512, 64
+
+
+def _signature(fn, pointer_types, constexprs):
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = pointer_types.get(name, "*i32")
+        elif name in ("qk_scale",):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def _compile(fn, pointer_types, constexprs, cap, num_warps, num_stages):
+    src = ASTSource(fn=fn, signature=_signature(fn, pointer_types, constexprs), constexprs=constexprs)
+    kernel = compile(src, target=GPUTarget("cuda", cap, 32),
+                     options=dict(num_warps=num_warps, num_stages=num_stages))
+    return kernel.metadata.shared
+
+
+def decode_kernels(entry):
+    """(name, fn, pointer types, constexprs, warps, stages) for each kernel one decode entry launches."""
+    from ..kernels import decode as k
+
+    elem = "*fp32" if entry["dtype"] == "float32" else "*bf16"
+    block_h, block_n = entry["BLOCK_H"], entry["BLOCK_N"]
+    common = dict(DV=DV, BLOCK_DV=DV, BLOCK_H=block_h, BLOCK_N=block_n,
+                  MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
+    ptrs = dict(q_ptr=elem, k_ptr=elem, out_ptr=elem, lse_ptr="*fp32", o_part_ptr="*fp32",
+                lse_part_ptr="*fp32")
+    precision = "ieee" if entry["dtype"] == "float32" else "tf32"
+    for causal in (False, True):
+        yield (f"decode(causal={causal})", k._decode_kernel, ptrs,
+               dict(common, DR=DR, BLOCK_DR=DR, CAUSAL=causal, DOT_PRECISION=precision),
+               entry["num_warps"], entry["num_stages"])
+    yield ("combine", k._combine_kernel, ptrs, dict(common, BLOCK_H=min(block_h, 16)), 4, 1)
+
+
+def check(families=None, out=sys.stdout) -> bool:
+    ok = True
+    for fam in families or list(TARGETS):
+        cap, limit = TARGETS[fam]
+        for entry in load_family(fam)["decode"]:
+            label = (f"{entry['dtype']:>7} rows<={entry['max_rows'] or 'any':<4} H{entry['BLOCK_H']} "
+                     f"N{entry['BLOCK_N']} w{entry['num_warps']} s{entry['num_stages']}")
+            for name, fn, ptrs, consts, warps, stages in decode_kernels(entry):
+                try:
+                    shared = _compile(fn, ptrs, consts, cap, warps, stages)
+                    fits = shared <= limit
+                    verdict = "ok" if fits else "EXCEEDS"
+                except Exception as e:  # a config the compiler rejects fails the check too
+                    shared, fits, verdict = -1, False, f"FAILED {type(e).__name__}: {str(e)[:120]}"
+                ok &= fits
+                print(f"{fam:>6} {label:<36} {name:<20} shared {shared:>7} / {limit} B  {verdict}",
+                      file=out, flush=True)
+    return ok
+
+
+def main(argv=None) -> int:
+    fams = argv or None
+    ok = check(fams)
+    print("all configs fit" if ok else "some configs do not fit: see EXCEEDS/FAILED above")
+    return 0 if ok else 1
