@@ -1,4 +1,4 @@
-"""python -m triton_mla [check-configs [FAMILY...] | bench ARGS...]
+"""python -m triton_mla [check-configs [FAMILY...] | bench ARGS... | tune ARGS...]
 
 With no command: a self-check of decode against the float64 reference, then a short benchmark.
 On a machine without a CUDA GPU the kernels run in the Triton interpreter on small fp16 shapes (the
@@ -77,6 +77,10 @@ def main(argv=None) -> int:
         from triton_mla.configs.check import main as check_main
 
         return check_main(argv[1:])
+    if argv and argv[0] == "tune":
+        from triton_mla.tune import main as tune_main
+
+        return tune_main(argv[1:])
     if argv and argv[0] == "bench":
         from triton_mla.bench import main as bench_main
 

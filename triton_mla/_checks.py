@@ -41,7 +41,7 @@ def check_tensor(x, name, *, ndim=None, dtype=None, shape=None, device=None, las
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
     if shape is not None:
-        if x.dim() != len(shape) or any(s is not None and s != t for s, t in zip(shape, x.shape)):
+        if x.dim() != len(shape) or any(s is not None and s != t for s, t in zip(shape, x.shape, strict=True)):
             want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
             raise ValueError(f"{name}: expected shape {want}, got {list(x.shape)}")
     if device is not None and x.device != device:

@@ -13,6 +13,7 @@ engines do per step. The peers' figures recorded on the same kind of device
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import subprocess
@@ -88,8 +89,8 @@ def bench_decode(shapes, check=True, batch_invariant=False, log=print):
         q, k_cache, block_table, lens = make_decode_case(b, s_k, h_q, s_q, varlen)
         causal, scale = s_q > 1, D ** -0.5
         md, num_splits = tm.get_mla_metadata(lens, s_q * h_q, 1)
-        run = lambda: tm.flash_mla_with_kvcache(q, k_cache, block_table, lens, DV, md, num_splits,
-                                                softmax_scale=scale, causal=causal)
+        run = functools.partial(tm.flash_mla_with_kvcache, q, k_cache, block_table, lens, DV, md, num_splits,
+                                softmax_scale=scale, causal=causal)
         out, _ = run()
         torch.cuda.synchronize()
         row = dict(b=b, s_k=s_k, h_q=h_q, s_q=s_q, varlen=varlen)
@@ -103,7 +104,7 @@ def bench_decode(shapes, check=True, batch_invariant=False, log=print):
                    TFLOPS=decode_flops(s_q, h_q, total) / ms / 1e9)
         rows.append(row)
         log(json.dumps(row))
-        del q, k_cache
+        run = q = k_cache = None
         torch.cuda.empty_cache()
     return rows
 
@@ -113,15 +114,13 @@ def ceilings():
     import triton
 
     x = torch.empty(1 << 30, dtype=torch.bfloat16, device="cuda")
-    y = torch.empty_like(x)
-    ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=25, rep=200, return_mode="median")
+    ms = triton.testing.do_bench(functools.partial(torch.clone, x), warmup=25, rep=200, return_mode="median")
     bw = 2 * x.numel() * 2 / ms / 1e6
-    del x, y
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    ms = triton.testing.do_bench(lambda: a @ a, warmup=25, rep=200, return_mode="median")
-    del a
+    ms_mm = triton.testing.do_bench(functools.partial(torch.matmul, a, a), warmup=25, rep=200, return_mode="median")
+    x = a = None
     torch.cuda.empty_cache()
-    return bw, 2 * 8192**3 / ms / 1e9
+    return bw, 2 * 8192**3 / ms_mm / 1e9
 
 
 def format_table(rows, peers):

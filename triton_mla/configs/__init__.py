@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 from pathlib import Path
 
 import torch
 
 CONFIG_DIR = Path(__file__).parent
+logger = logging.getLogger("triton_mla")
 
 # compute capability -> family file
 FAMILIES = {
@@ -34,13 +36,13 @@ def family_names():
     return sorted({*FAMILIES.values()})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_family(name: str) -> dict:
     with open(CONFIG_DIR / f"{name}.json") as f:
         return json.load(f)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family_of(device_index: int | None) -> str:
     """The family file for a CUDA device (None: the CPU interpreter)."""
     override = os.environ.get("TRITON_MLA_CONFIG_FAMILY")
@@ -77,15 +79,39 @@ def overridden(**fields):
         _overrides.update(saved)
 
 
+def tuned_dir() -> Path:
+    return Path(os.environ.get("TRITON_MLA_TUNED_DIR", Path.home() / ".cache" / "triton_mla"))
+
+
+def sanitize(device_name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in device_name).strip("_").lower()
+
+
+@functools.cache
+def device_configs(device_index: int | None) -> dict:
+    """The tuned file for this device if ``python -m triton_mla tune`` wrote one, else its family's."""
+    if device_index is not None:
+        name = torch.cuda.get_device_name(device_index)
+        path = tuned_dir() / (sanitize(name) + ".json")
+        if path.exists():
+            doc = json.loads(path.read_text())
+            if doc.get("device") == name:
+                logger.info("triton_mla: launch configs from %s (tuned for %s)", path, name)
+                return doc
+    fam = family_of(device_index)
+    logger.info("triton_mla: launch configs from %s", CONFIG_DIR / f"{fam}.json")
+    return load_family(fam)
+
+
 def decode_config(rows: int, dtype: torch.dtype, device: torch.device) -> dict:
     index = device.index if device.type == "cuda" else None
     if device.type == "cuda" and index is None:
         index = torch.cuda.current_device()
-    entry = pick(load_family(family_of(index))["decode"], rows, dtype)
+    entry = pick(device_configs(index)["decode"], rows, dtype)
     return {**entry, **_overrides} if _overrides else entry
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: a few parts exercise the split path

@@ -1,0 +1,70 @@
+"""Shipped launch configs fit the shared memory of every GPU family (compiled here, no GPU needed).
+
+The compile runs in a child process: the test session may run kernels in the Triton interpreter,
+whose kernels cannot be compiled.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from triton_mla import configs
+
+TARGETS = ("sm80", "sm86", "sm89", "sm90", "sm120")
+LIMITS = {"sm80": 166912, "sm86": 101376, "sm89": 101376, "sm90": 232448, "sm120": 101376}
+
+
+def _compiling_env():
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+@pytest.mark.parametrize("family", TARGETS)
+def test_every_shipped_config_fits(family):
+    res = subprocess.run([sys.executable, "-m", "triton_mla", "check-configs", family], env=_compiling_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "all configs fit" in res.stdout and f"{family:>6}" in res.stdout
+
+
+def test_oversized_config_is_caught():
+    """An L40S's 99 KB must reject a tile that only an H100 could hold, and the check must say so."""
+    code = (
+        "from triton_mla.configs import check\n"
+        "e = dict(max_rows=None, dtype='16bit', BLOCK_H=64, BLOCK_N=64, num_warps=8, num_stages=3,"
+        " PARTS_PER_SM=1, MIN_BLOCKS_PER_PART=4)\n"
+        "name, fn, ptrs, consts, w, s = next(check.decode_kernels(e))\n"
+        "print(check._compile(fn, ptrs, consts, 89, w, s))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], env=_compiling_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.split()[-1]) > LIMITS["sm89"]
+
+
+def test_families_cover_targets():
+    from triton_mla.configs import check
+
+    assert set(configs.family_names()) == set(TARGETS) == set(check.TARGETS)
+    for fam in TARGETS:
+        doc = configs.load_family(fam)
+        assert doc["smem_limit"] == LIMITS[fam] == check.TARGETS[fam][1]
+        kinds = {e["dtype"] for e in doc["decode"]}
+        assert kinds == {"16bit", "float32"}
+        for kind in kinds:  # every bucket list ends in a catch-all
+            assert [e for e in doc["decode"] if e["dtype"] == kind][-1]["max_rows"] is None
+
+
+def test_pick_buckets():
+    entries = configs.load_family("sm90")["decode"]
+    assert configs.pick(entries, 16, torch.bfloat16)["BLOCK_H"] == 16
+    assert configs.pick(entries, 17, torch.bfloat16)["max_rows"] == 32
+    assert configs.pick(entries, 1000, torch.bfloat16)["max_rows"] is None
+    assert configs.pick(entries, 8, torch.float32)["dtype"] == "float32"
+
+
+def test_unknown_gpu_gets_safe_default():
+    assert configs.FAMILIES.get((7, 5), configs.SAFE_DEFAULT) == "sm86"
+    assert configs.load_family(configs.SAFE_DEFAULT)["smem_limit"] == min(LIMITS.values())
