@@ -142,7 +142,8 @@ def format_table(rows, peers):
         tr_s = f"{best['ms'] * 1e3:19.1f} {best['ms'] * 1e3 / r['us']:5.2f}" if best else f"{'-':>19} {'-':>5}"
         err = f"{r['rel_err']:.1e}" if "rel_err" in r else "-"
         lines.append(f"{r['b']:>4} {r['s_k']:>6} {r['h_q']:>4} {r['s_q']:>3} {int(r['varlen']):>3} | "
-                     f"{r['us']:8.1f} {r.get('graph_us', float('nan')):7.1f} {r['GBps']:6.0f} {r['TFLOPS']:5.0f} {err:>7} | {fm_s} | {tr_s}")
+                     f"{r['us']:8.1f} {r.get('graph_us', float('nan')):7.1f} {r['GBps']:6.0f} {r['TFLOPS']:5.0f} "
+                     f"{err:>7} | {fm_s} | {tr_s}")
     lines.append("x = peer time / our time (above 1: we are faster); graph = the call replayed as a CUDA graph")
     return "\n".join(lines)
 
