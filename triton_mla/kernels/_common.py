@@ -70,3 +70,20 @@ def part_start(total, part, parts):
 def part_of_block(g, total, parts):
     """The part whose range holds global block g (the inverse of part_start)."""
     return (((g.to(tl.int64) + 1) * parts - 1) // tl.maximum(total, 1)).to(tl.int32)
+
+
+@triton.jit
+def query_rows(row_block, s_q, h_q, BLOCK_H: tl.constexpr):
+    """Query rows of one program: row = s * h_q + h over the s_q * h_q rows that share the KV head."""
+    rows = row_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    return rows, rows < s_q * h_q, rows // h_q, rows % h_q
+
+
+@triton.jit
+def output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_os, stride_oh, stride_lb,
+                stride_lh, stride_ls):
+    """Where rows (row_s, row_h) of sequence ``seq`` go in out [b, s_q, h_q, dv] and lse [b, h_q, s_q]."""
+    o_rows = (out_ptr + seq.to(tl.int64) * stride_ob + row_s.to(tl.int64) * stride_os
+              + row_h.to(tl.int64) * stride_oh)
+    lse_rows = lse_ptr + seq.to(tl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
+    return o_rows[:, None] + offs_dv[None, :], lse_rows

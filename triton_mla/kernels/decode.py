@@ -16,9 +16,11 @@ from ._common import (
     LOG2E,
     effective_parts,
     find_sequence,
+    output_ptrs,
     part_of_block,
     part_start,
     plan_totals,
+    query_rows,
     seq_blocks,
 )
 
@@ -91,10 +93,7 @@ def _decode_kernel(
     seq, seq_g0 = find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, CHUNK_B)
 
     rows_per_seq = s_q * h_q
-    rows = row_block * BLOCK_H + tl.arange(0, BLOCK_H)
-    row_ok = rows < rows_per_seq
-    row_s = rows // h_q
-    row_h = rows % h_q
+    rows, row_ok, row_s, row_h = query_rows(row_block, s_q, h_q, BLOCK_H)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_dr = tl.arange(0, BLOCK_DR)
     q_rows = row_s.to(tl.int64) * stride_qs + row_h.to(tl.int64) * stride_qh
@@ -133,11 +132,9 @@ def _decode_kernel(
             lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
             if (g == seq_g0) & (seg_hi == seq_g0 + n):
                 # the whole sequence is ours: no combine needed
-                o_ptrs = (out_ptr + seq.to(tl.int64) * stride_ob + row_s.to(tl.int64) * stride_os
-                          + row_h.to(tl.int64) * stride_oh)
-                tl.store(o_ptrs[:, None] + offs_dv[None, :], o.to(out_ptr.dtype.element_ty),
-                         mask=row_ok[:, None] & dv_ok[None, :])
-                lse_ptrs = lse_ptr + seq.to(tl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
+                o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_os,
+                                               stride_oh, stride_lb, stride_lh, stride_ls)
+                tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
                 tl.store(lse_ptrs, tl.where(empty, float("inf"), lse2 * LN2), mask=row_ok)
             else:
                 # slot 0: the sequence this part starts in; slot 1: the one it ends in
@@ -168,15 +165,11 @@ def _combine_kernel(
     n = seq_blocks(seqlens_ptr, stride_seqlens, seq, seq < batch, max_len, BLOCK_N)
 
     rows_per_seq = s_q * h_q
-    rows = row_block * BLOCK_H + tl.arange(0, BLOCK_H)
-    row_ok = rows < rows_per_seq
-    row_s = rows // h_q
-    row_h = rows % h_q
+    rows, row_ok, row_s, row_h = query_rows(row_block, s_q, h_q, BLOCK_H)
     offs_dv = tl.arange(0, BLOCK_DV)
     dv_ok = offs_dv < DV
-    o_ptrs = (out_ptr + seq.to(tl.int64) * stride_ob + row_s.to(tl.int64) * stride_os
-              + row_h.to(tl.int64) * stride_oh)[:, None] + offs_dv[None, :]
-    lse_ptrs = lse_ptr + seq.to(tl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
+    o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_os, stride_oh,
+                                   stride_lb, stride_lh, stride_ls)
     first = part_of_block(seq_g0, total, parts)
     last = part_of_block(seq_g0 + n - 1, total, parts)
     if n == 0:
