@@ -6,6 +6,7 @@ import torch
 import triton
 
 from . import configs
+from . import fp8 as _fp8
 from ._checks import (
     FLOAT_DTYPES,
     check_int,
@@ -46,7 +47,7 @@ def get_mla_metadata(cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_he
     if num_heads_k != 1:
         raise ValueError(f"num_heads_k: MLA decode has one KV head, got {num_heads_k}")
     if topk is not None:
-        raise NotImplementedError("topk: sparse (DSA) decode is not implemented yet")
+        check_int(topk, "topk", low=1)
     check_runnable(cache_seqlens.device, "cache_seqlens")
     config = configs.decode_config(num_q_tokens_per_head_k, torch.bfloat16, cache_seqlens.device)
     num_parts = _num_parts(num_q_tokens_per_head_k, config, cache_seqlens.device)
@@ -73,7 +74,7 @@ def _check_values(k_cache, block_table, cache_seqlens):
 
 def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata=None,
                            num_splits=None, softmax_scale=None, causal=False, is_fp8_kvcache=False,
-                           indices=None):
+                           indices=None, attn_sink=None, topk_length=None):
     """MLA decode over a paged latent cache (MQA with one KV head, V = the first head_dim_v dims of K).
 
     q: (b, s_q, h_q, d) bfloat16/float16/float32, d = head_dim_v + rope dims (576 for DeepSeek).
@@ -83,23 +84,45 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     head_dim_v: dv, 512 for DeepSeek (any value 1..512 with d - dv <= 128).
     tile_scheduler_metadata, num_splits: from :func:`get_mla_metadata`, or None.
     softmax_scale: default d ** -0.5. causal: for s_q > 1, query row i sees keys [0, len - s_q + i].
+    is_fp8_kvcache: k_cache is the FP8 layout (num_blocks, page_size, 1, 656) uint8 (``triton_mla.fp8``);
+    then d = 576 and head_dim_v = 512, and q is bfloat16/float16.
+    indices, attn_sink, topk_length: sparse (DSA) decode, see ``triton_mla.sparse.sparse_decode``;
+    block_table and cache_seqlens are then unused (pass None).
 
     Returns out (b, s_q, h_q, head_dim_v) in q's dtype, softmax_lse (b, h_q, s_q) float32 (natural log;
     +inf for a query with no keys, whose out is 0). Semantics: ``triton_mla.reference.decode_ref``.
     """
     if indices is not None:
-        raise NotImplementedError("indices: sparse (DSA) decode is not implemented yet")
-    if is_fp8_kvcache:
-        raise NotImplementedError("is_fp8_kvcache: the FP8 latent cache is not implemented yet")
+        from .sparse import sparse_decode
+
+        return sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=softmax_scale,
+                             is_fp8_kvcache=is_fp8_kvcache, attn_sink=attn_sink, topk_length=topk_length)
+    if attn_sink is not None or topk_length is not None:
+        raise ValueError("attn_sink, topk_length: only sparse decode (indices=...) takes them")
     check_tensor(q, "q", ndim=4, dtype=FLOAT_DTYPES, last_contiguous=True)
     b, s_q, h_q, d = q.shape
     if s_q < 1 or h_q < 1:
         raise ValueError(f"q: needs s_q >= 1 and h_q >= 1, got shape {list(q.shape)}")
     device = q.device
-    check_tensor(k_cache, "k_cache", ndim=4, dtype=q.dtype, device=device, last_contiguous=True)
+    fp8 = bool(is_fp8_kvcache)
+    if fp8:
+        from .cache import check_fp8_cache
+
+        check_tensor(k_cache, "k_cache", ndim=4, dtype=(torch.uint8, torch.float8_e4m3fn), device=device)
+        check_fp8_cache(k_cache)
+        if q.dtype == torch.float32:
+            raise TypeError("q: the FP8 cache is read with bfloat16/float16 queries, got float32")
+        if d != _fp8.NOPE_DIM + _fp8.ROPE_DIM or head_dim_v != _fp8.NOPE_DIM:
+            raise ValueError(f"q, head_dim_v: the FP8 layout holds {_fp8.NOPE_DIM} + {_fp8.ROPE_DIM} dims, so q's "
+                             f"head dim must be {_fp8.NOPE_DIM + _fp8.ROPE_DIM} and head_dim_v {_fp8.NOPE_DIM}; got "
+                             f"{d} and {head_dim_v}")
+    else:
+        if isinstance(k_cache, torch.Tensor) and k_cache.dtype in (torch.uint8, torch.float8_e4m3fn):
+            raise TypeError(f"k_cache: a {k_cache.dtype} cache is the FP8 layout: pass is_fp8_kvcache=True")
+        check_tensor(k_cache, "k_cache", ndim=4, dtype=q.dtype, device=device, last_contiguous=True)
     if k_cache.shape[2] != 1:
         raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_cache.shape[2]}")
-    if k_cache.shape[3] != d:
+    if not fp8 and k_cache.shape[3] != d:
         raise ValueError(f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
     if k_cache.shape[0] < 1 or k_cache.shape[1] < 1:
         raise ValueError(f"k_cache: needs at least one page of at least one token, got {list(k_cache.shape)}")
@@ -117,7 +140,7 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
         raise TypeError(f"softmax_scale: expected a float, got {type(softmax_scale).__name__}")
     check_runnable(device)
 
-    config = configs.decode_config(s_q * h_q, q.dtype, device)
+    config = configs.kernel_config("decode_fp8" if fp8 else "decode", s_q * h_q, q.dtype, device)
     if tile_scheduler_metadata is not None and isinstance(tile_scheduler_metadata, torch.Tensor):
         check_tensor(tile_scheduler_metadata, "tile_scheduler_metadata", ndim=2, dtype=torch.int32,
                      device=device)
@@ -136,5 +159,8 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=device)
     if b == 0:
         return out, lse
+    if fp8:
+        return _decode.decode_splitkv_fp8(q, k_cache.view(torch.uint8), block_table, cache_seqlens,
+                                          float(softmax_scale), causal, num_parts, config, out, lse)
     return _decode.decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, float(softmax_scale),
                                   causal, num_parts, config, out, lse)

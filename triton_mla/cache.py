@@ -4,6 +4,9 @@ A cache is ``[num_blocks, page_size, 1, r + d_rope]`` (576 = 512 + 64 for DeepSe
 vector per token, shared by all heads. A sequence owns a list of pages; ``block_table`` lists them in
 order and ``cache_seqlens`` says how many tokens are filled. Token t of a sequence lives in slot
 ``page * page_size + t % page_size`` with ``page = block_table[seq, t // page_size]``.
+
+The FP8 cache is ``[num_blocks, page_size, 1, 656]`` uint8 in FlashMLA's "FP8 with scale" token layout
+(``triton_mla.fp8``), quantized on write: 656 bytes per token instead of 1152.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections import deque
 
 import torch
 
+from . import fp8 as _fp8
 from ._checks import FLOAT_DTYPES, check_int, check_runnable, check_tensor, value_checks_enabled
 from .kernels import cache_write as _cache_write
 
@@ -21,20 +25,29 @@ __all__ = ["PageAllocator", "PagedLatentCache", "write_kv_cache"]
 def write_kv_cache(k_cache, kv_c, k_pe, slot_mapping):
     """Write tokens into a paged latent cache (in place) and return it.
 
-    k_cache: (num_blocks, page_size, 1, r + d_rope) bfloat16/float16/float32.
+    k_cache: (num_blocks, page_size, 1, r + d_rope) bfloat16/float16/float32, or the FP8 layout
+    (num_blocks, page_size, 1, 656) uint8 / float8_e4m3fn (r = 512, d_rope = 64), quantized per group of
+    128 values with a power-of-two scale as FlashMLA's quantizer does. Page strides are read, not assumed.
     kv_c: (T, r) latent, k_pe: (T, d_rope) rope key (any float dtype: cast on write).
     slot_mapping: (T,) int64 (or int32): slot = page * page_size + offset; -1 skips the token.
     """
-    check_tensor(k_cache, "k_cache", ndim=4, dtype=FLOAT_DTYPES, last_contiguous=True)
+    fp8 = isinstance(k_cache, torch.Tensor) and k_cache.dtype in (torch.uint8, torch.float8_e4m3fn)
+    check_tensor(k_cache, "k_cache", ndim=4, dtype=(*FLOAT_DTYPES, torch.uint8, torch.float8_e4m3fn),
+                 last_contiguous=True)
     device = k_cache.device
     if k_cache.shape[2] != 1:
         raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_cache.shape[2]}")
+    if fp8:
+        check_fp8_cache(k_cache)
     check_tensor(kv_c, "kv_c", ndim=2, dtype=FLOAT_DTYPES, device=device, last_contiguous=True)
     num_tokens = kv_c.shape[0]
     check_tensor(k_pe, "k_pe", ndim=2, dtype=FLOAT_DTYPES, device=device, last_contiguous=True)
     if k_pe.shape[0] != num_tokens:
         raise ValueError(f"k_pe: expected {num_tokens} tokens (kv_c's), got {k_pe.shape[0]}")
-    if kv_c.shape[1] + k_pe.shape[1] != k_cache.shape[3]:
+    if fp8 and (kv_c.shape[1], k_pe.shape[1]) != (_fp8.NOPE_DIM, _fp8.ROPE_DIM):
+        raise ValueError(f"kv_c, k_pe: the FP8 layout holds {_fp8.NOPE_DIM} + {_fp8.ROPE_DIM} dims, got "
+                         f"{kv_c.shape[1]} + {k_pe.shape[1]}")
+    if not fp8 and kv_c.shape[1] + k_pe.shape[1] != k_cache.shape[3]:
         raise ValueError(f"kv_c, k_pe: {kv_c.shape[1]} + {k_pe.shape[1]} dims do not fill the cache's "
                          f"{k_cache.shape[3]}")
     check_tensor(slot_mapping, "slot_mapping", shape=(num_tokens,), dtype=(torch.int64, torch.int32),
@@ -46,8 +59,28 @@ def write_kv_cache(k_cache, kv_c, k_pe, slot_mapping):
         bad = slots[(slots < -1) | (slots >= num_slots)]
         if bad.numel():
             raise ValueError(f"slot_mapping: slot {int(bad[0])} out of range [-1, {num_slots})")
+    if fp8:
+        _cache_write.write_kv(k_cache.view(torch.uint8), kv_c, k_pe, slot_mapping, fp8=True)
+        return k_cache
     return _cache_write.write_kv(k_cache, kv_c, k_pe, slot_mapping)
 
+
+def check_fp8_cache(k_cache, name="k_cache"):
+    """An FP8-layout cache: [num_blocks, page_size, 1, 656] uint8/float8_e4m3fn, 4-byte aligned rows.
+
+    The scales are float32 and the rope bfloat16 inside each 656-byte row, so the page and token strides
+    (in bytes) must keep them aligned: multiples of 4.
+    """
+    if k_cache.dtype not in (torch.uint8, torch.float8_e4m3fn):
+        raise TypeError(f"{name}: the FP8 cache is uint8 or float8_e4m3fn, got {k_cache.dtype}")
+    if k_cache.ndim != 4 or k_cache.shape[2] != 1 or k_cache.shape[3] != _fp8.BYTES_PER_TOKEN:
+        raise ValueError(f"{name}: the FP8 cache is [num_blocks, page_size, 1, {_fp8.BYTES_PER_TOKEN}], "
+                         f"got {list(k_cache.shape)}")
+    if k_cache.stride(3) != 1:
+        raise ValueError(f"{name}: the bytes of a token must be contiguous (stride(3) == 1)")
+    if k_cache.stride(0) % 4 or k_cache.stride(1) % 4 or k_cache.data_ptr() % 4:
+        raise ValueError(f"{name}: page and token strides ({k_cache.stride(0)}, {k_cache.stride(1)} bytes) and "
+                         "the base address must be multiples of 4: the scales are float32")
 
 class PageAllocator:
     """Hands out and frees pages per sequence (host-side bookkeeping; the kernels never see it)."""
@@ -123,22 +156,30 @@ class PagedLatentCache:
     """Per-layer paged latent caches sharing one page allocator.
 
     ``k_cache(layer)`` is (num_blocks, page_size, 1, kv_lora_rank + rope_dim), ready for
-    :func:`triton_mla.flash_mla_with_kvcache`.
+    :func:`triton_mla.flash_mla_with_kvcache`. With ``dtype="fp8"`` it is (num_blocks, page_size, 1, 656)
+    uint8 in the FP8 layout (``is_fp8`` is True; pass ``is_fp8_kvcache=True`` to the kernels).
     """
 
     def __init__(self, num_blocks: int, page_size: int = 64, kv_lora_rank: int = 512, rope_dim: int = 64,
-                 num_layers: int = 1, dtype: torch.dtype = torch.bfloat16, device="cuda"):
+                 num_layers: int = 1, dtype=torch.bfloat16, device="cuda"):
         check_int(kv_lora_rank, "kv_lora_rank", low=1)
         check_int(rope_dim, "rope_dim", low=0)
         check_int(num_layers, "num_layers", low=1)
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"dtype: expected bfloat16, float16 or float32, got {dtype}")
+        self.is_fp8 = dtype in ("fp8", torch.float8_e4m3fn, torch.uint8)
+        if self.is_fp8:
+            if (kv_lora_rank, rope_dim) != (_fp8.NOPE_DIM, _fp8.ROPE_DIM):
+                raise ValueError(f"dtype: the FP8 layout needs kv_lora_rank {_fp8.NOPE_DIM} and rope_dim "
+                                 f"{_fp8.ROPE_DIM}, got {kv_lora_rank} and {rope_dim}")
+            dtype, width = torch.uint8, _fp8.BYTES_PER_TOKEN
+        elif dtype in FLOAT_DTYPES:
+            width = kv_lora_rank + rope_dim
+        else:
+            raise TypeError(f"dtype: expected torch.bfloat16, float16, float32 or 'fp8', got {dtype!r}")
         self.allocator = PageAllocator(num_blocks, page_size)
         self.kv_lora_rank, self.rope_dim = kv_lora_rank, rope_dim
         self.page_size = page_size
         self.dtype = dtype
-        self.caches = torch.zeros(num_layers, num_blocks, page_size, 1, kv_lora_rank + rope_dim,
-                                  dtype=dtype, device=device)
+        self.caches = torch.zeros(num_layers, num_blocks, page_size, 1, width, dtype=dtype, device=device)
 
     def k_cache(self, layer: int = 0) -> torch.Tensor:
         return self.caches[layer]
@@ -148,5 +189,11 @@ class PagedLatentCache:
 
     @property
     def bytes_per_token(self) -> int:
-        """Bytes per token per layer."""
-        return (self.kv_lora_rank + self.rope_dim) * self.caches.element_size()
+        """Bytes per token per layer (656 for FP8, 1152 for bf16 DeepSeek latents)."""
+        return self.caches.shape[-1] * self.caches.element_size()
+
+    def dequantized(self, layer: int = 0, dtype=torch.float32) -> torch.Tensor:
+        """The layer's cache as (num_blocks, page_size, 1, kv_lora_rank + rope_dim) floats (for tests)."""
+        if self.is_fp8:
+            return _fp8.dequantize_latent(self.caches[layer], dtype)
+        return self.caches[layer].to(dtype)

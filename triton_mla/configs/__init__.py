@@ -57,7 +57,7 @@ def family_of(device_index: int | None) -> str:
 def pick(entries, rows: int, dtype: torch.dtype) -> dict:
     """The first entry of the dtype class whose ``max_rows`` bucket holds ``rows``."""
     kind = "float32" if dtype == torch.float32 else "16bit"
-    candidates = [e for e in entries if e["dtype"] == kind]
+    candidates = [e for e in entries if e.get("dtype", kind) == kind]
     for entry in candidates:
         if entry["max_rows"] is None or rows <= entry["max_rows"]:
             return entry
@@ -103,12 +103,23 @@ def device_configs(device_index: int | None) -> dict:
     return load_family(fam)
 
 
-def decode_config(rows: int, dtype: torch.dtype, device: torch.device) -> dict:
+def kernel_config(section: str, rows: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """The entry of ``section`` ("decode", "prefill", ...) for ``rows`` and ``dtype`` on ``device``.
+
+    A tuned file that lacks the section falls back to the family file's.
+    """
     index = device.index if device.type == "cuda" else None
     if device.type == "cuda" and index is None:
         index = torch.cuda.current_device()
-    entry = pick(device_configs(index)["decode"], rows, dtype)
+    doc = device_configs(index)
+    if section not in doc:
+        doc = load_family(family_of(index))
+    entry = pick(doc[section], rows, dtype)
     return {**entry, **_overrides} if _overrides else entry
+
+
+def decode_config(rows: int, dtype: torch.dtype, device: torch.device) -> dict:
+    return kernel_config("decode", rows, dtype, device)
 
 
 @functools.cache

@@ -1,13 +1,20 @@
 """Compile every shipped launch config for its GPU family, with no GPU, and compare shared memory.
 
-``python -m triton_mla check-configs`` runs this: for each family file it compiles each decode entry
-with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", capability, 32))`` and reads
+``python -m triton_mla check-configs`` runs this: for each family file and each kernel section in it
+(``decode``, ``decode_fp8``, ``prefill``, ...) it compiles every entry with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", capability, 32))`` and reads
 ``metadata.shared``. A config that needs more shared memory than the family has would crash at launch
 on that GPU (an sm89 L40S has 99 KB), so any such entry makes the check fail.
+
+A section maps to the kernel module that owns it (``SECTIONS``); that module's
+``compile_specs(entry)`` yields ``(name, fn, types, constexprs, num_warps, num_stages)`` for each kernel
+one entry launches. ``types`` gives the Triton type of an argument (``"*bf16"``, ``"fp32"``); arguments
+it does not name are ``*i32`` pointers if they end in ``_ptr`` and ``i32`` otherwise.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -29,14 +36,26 @@ TARGETS = {
 # DeepSeek's latent: the shapes the configs are sized for
 DV, DR = 512, 64
 
+# config section -> the module whose compile_specs(entry) yields its kernels
+SECTIONS = {
+    "decode": "triton_mla.configs.check",  # decode_kernels below
+    "decode_fp8": "triton_mla.kernels.decode",
+    "prefill": "triton_mla.kernels.prefill",
+    "extend": "triton_mla.kernels.extend",
+    "sparse_decode": "triton_mla.kernels.sparse",
+    "sparse_prefill": "triton_mla.kernels.sparse",
+}
 
-def _signature(fn, pointer_types, constexprs):
+
+def _signature(fn, types, constexprs):
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
+        elif name in types:
+            sig[name] = types[name]
         elif name.endswith("_ptr"):
-            sig[name] = pointer_types.get(name, "*i32")
+            sig[name] = "*i32"
         elif name in ("qk_scale",):
             sig[name] = "fp32"
         else:
@@ -44,14 +63,14 @@ def _signature(fn, pointer_types, constexprs):
     return sig
 
 
-def _compile(fn, pointer_types, constexprs, cap, num_warps, num_stages):
-    src = ASTSource(fn=fn, signature=_signature(fn, pointer_types, constexprs), constexprs=constexprs)
+def _compile(fn, types, constexprs, cap, num_warps, num_stages):
+    src = ASTSource(fn=fn, signature=_signature(fn, types, constexprs), constexprs=constexprs)
     kernel = compile(src, target=GPUTarget("cuda", cap, 32),
                      options=dict(num_warps=num_warps, num_stages=num_stages))
     return kernel.metadata.shared
 
 
-def decode_kernels(entry):
+def decode_kernels(entry, section="decode"):
     """(name, fn, pointer types, constexprs, warps, stages) for each kernel one decode entry launches."""
     from ..kernels import decode as k
 
@@ -69,22 +88,36 @@ def decode_kernels(entry):
     yield ("combine", k._combine_kernel, ptrs, dict(common, BLOCK_H=min(block_h, 16)), 4, 1)
 
 
+def section_specs(section, entry):
+    """The kernels one config entry of ``section`` launches (see ``SECTIONS``)."""
+    if section == "decode":
+        return decode_kernels(entry)
+    return importlib.import_module(SECTIONS[section]).compile_specs(section, entry)
+
+
+def entry_label(entry):
+    tiles = " ".join(f"{k[len('BLOCK_'):]}{v}" for k, v in entry.items() if k.startswith("BLOCK_"))
+    return (f"{entry.get('dtype', ''):>7} rows<={entry.get('max_rows') or 'any':<4} {tiles} "
+            f"w{entry['num_warps']} s{entry['num_stages']}")
+
+
 def check(families=None, out=sys.stdout) -> bool:
     ok = True
     for fam in families or list(TARGETS):
         cap, limit = TARGETS[fam]
-        for entry in load_family(fam)["decode"]:
-            label = (f"{entry['dtype']:>7} rows<={entry['max_rows'] or 'any':<4} H{entry['BLOCK_H']} "
-                     f"N{entry['BLOCK_N']} w{entry['num_warps']} s{entry['num_stages']}")
-            for name, fn, ptrs, consts, warps, stages in decode_kernels(entry):
+        doc = load_family(fam)
+        entries = [(section, e) for section in SECTIONS if section in doc for e in doc[section]]
+        for section, entry in entries:
+            label = f"{section:<14} {entry_label(entry)}"
+            for name, fn, types, consts, warps, stages in section_specs(section, entry):
                 try:
-                    shared = _compile(fn, ptrs, consts, cap, warps, stages)
+                    shared = _compile(fn, types, consts, cap, warps, stages)
                     fits = shared <= limit
                     verdict = "ok" if fits else "EXCEEDS"
                 except Exception as e:  # a config the compiler rejects fails the check too
                     shared, fits, verdict = -1, False, f"FAILED {type(e).__name__}: {str(e)[:120]}"
                 ok &= fits
-                print(f"{fam:>6} {label:<36} {name:<20} shared {shared:>7} / {limit} B  {verdict}",
+                print(f"{fam:>6} {label:<50} {name:<20} shared {shared:>7} / {limit} B  {verdict}",
                       file=out, flush=True)
     return ok
 
