@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 
@@ -26,9 +28,21 @@ def _num_parts(rows: int, config: dict, device: torch.device) -> int:
     return max(1, config["PARTS_PER_SM"] * configs.num_sms(device) // row_blocks)
 
 
-def get_mla_metadata(cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_heads_q=None,
+@dataclasses.dataclass
+class MLASchedMeta:
+    """What ``get_mla_metadata()`` returns when called with no batch (newest FlashMLA's calling style).
+
+    FlashMLA fills its scheduler object on the first decode call; our kernels derive their plan from
+    ``cache_seqlens`` at every launch, so this is only a token to pass back: it holds nothing.
+    """
+
+
+def get_mla_metadata(cache_seqlens=None, num_q_tokens_per_head_k=None, num_heads_k=1, num_heads_q=None,
                      is_fp8_kvcache=False, topk=None):
     """Plan the split of a decode batch over the GPU, FlashMLA's way of calling.
+
+    Called with no ``cache_seqlens`` (newest FlashMLA, and sparse decode), returns
+    ``(MLASchedMeta(), None)``, which :func:`flash_mla_with_kvcache` accepts.
 
     cache_seqlens: (b,) int32, on the GPU. num_q_tokens_per_head_k: s_q * h_q // h_kv.
     num_heads_k: h_kv (1 for MLA). num_heads_q, is_fp8_kvcache, topk: accepted for FlashMLA
@@ -41,13 +55,15 @@ def get_mla_metadata(cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_he
     so passing these back (older FlashMLA) and passing ``num_splits=None`` (newest FlashMLA) both work,
     and a CUDA graph replayed with new lengths stays correct.
     """
+    if topk is not None:
+        check_int(topk, "topk", low=1)
+    if cache_seqlens is None:
+        return MLASchedMeta(), None
     check_tensor(cache_seqlens, "cache_seqlens", ndim=1, dtype=torch.int32)
     check_int(num_q_tokens_per_head_k, "num_q_tokens_per_head_k", low=1)
     check_int(num_heads_k, "num_heads_k", low=1)
     if num_heads_k != 1:
         raise ValueError(f"num_heads_k: MLA decode has one KV head, got {num_heads_k}")
-    if topk is not None:
-        check_int(topk, "topk", low=1)
     check_runnable(cache_seqlens.device, "cache_seqlens")
     config = configs.decode_config(num_q_tokens_per_head_k, torch.bfloat16, cache_seqlens.device)
     num_parts = _num_parts(num_q_tokens_per_head_k, config, cache_seqlens.device)
@@ -141,7 +157,10 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     check_runnable(device)
 
     config = configs.kernel_config("decode_fp8" if fp8 else "decode", s_q * h_q, q.dtype, device)
-    if tile_scheduler_metadata is not None and isinstance(tile_scheduler_metadata, torch.Tensor):
+    if not isinstance(tile_scheduler_metadata, (type(None), MLASchedMeta, torch.Tensor)):
+        raise TypeError("tile_scheduler_metadata: expected what get_mla_metadata returned (a tensor or "
+                        f"MLASchedMeta) or None, got {type(tile_scheduler_metadata).__name__}")
+    if isinstance(tile_scheduler_metadata, torch.Tensor):
         check_tensor(tile_scheduler_metadata, "tile_scheduler_metadata", ndim=2, dtype=torch.int32,
                      device=device)
         if tile_scheduler_metadata.shape[1] != _decode.TILE_SCHEDULER_METADATA_SIZE:
