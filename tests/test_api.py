@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import DEVICE, assert_close
-from test_decode import make_case
+from test_decode import _poison_allocations, make_case  # noqa: F401  (autouse: NaN-filled torch.empty)
 
 import triton_mla as tm
 from triton_mla.api import MLASchedMeta
@@ -39,3 +39,54 @@ def test_fp8_bytes_without_the_flag_are_rejected():
     k_cache = torch.zeros(2, 16, 1, 656, dtype=torch.uint8, device=DEVICE)
     with pytest.raises(TypeError, match="is_fp8_kvcache"):
         tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64)
+
+
+@pytest.mark.parametrize("s_q,h_q,causal", [(1, 3, False), (2, 16, True)])
+def test_batch_invariant_matches_reference_and_is_bitwise_stable(s_q, h_q, causal):
+    from triton_mla import configs
+
+    lens = [0, 1, 45, 16, 100, 33]
+    q, k_cache, block_table, cache_seqlens = make_case(lens, s_q, h_q, seed=3)
+    with configs.overridden(INVARIANT_CHUNK_TOKENS=32, BLOCK_N=16):  # several chunks on short inputs
+        out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, causal=causal,
+                                             batch_invariant=True)
+        ref_out, ref_lse = decode_ref(q.cpu(), k_cache.cpu(), block_table.cpu(), cache_seqlens.cpu(), 64,
+                                      causal=causal, dtype=torch.float64)
+        assert_close(out, ref_out, q.dtype)
+        assert_close(lse, ref_lse, q.dtype, "lse")
+        # each sequence alone, and inside a batch in another order, gives the same bits
+        for i in (2, 4):
+            o1, l1 = tm.flash_mla_with_kvcache(q[i:i + 1], k_cache, block_table[i:i + 1], cache_seqlens[i:i + 1],
+                                               64, causal=causal, batch_invariant=True)
+            assert torch.equal(o1[0], out[i]) and torch.equal(l1[0], lse[i])
+        perm = torch.tensor([4, 0, 2], device=q.device)
+        o2, _ = tm.flash_mla_with_kvcache(q[perm], k_cache, block_table[perm], cache_seqlens[perm], 64,
+                                          causal=causal, batch_invariant=True)
+        assert torch.equal(o2[0], out[4]) and torch.equal(o2[2], out[2])
+
+
+def test_batch_invariant_from_the_environment(monkeypatch):
+    from triton_mla.kernels import decode_invariant
+
+    calls = []
+    real = decode_invariant.decode_invariant
+    monkeypatch.setattr(decode_invariant, "decode_invariant", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv("TRITON_MLA_BATCH_INVARIANT", "1")
+    q, k_cache, block_table, cache_seqlens = make_case([7, 20], 1, 2)
+    tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64)
+    assert calls == [1]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+def test_gpu_batch_invariant_bf16_deepseek():
+    """bf16, DeepSeek's latent, varied lengths: a sequence's bits do not depend on its batch."""
+    from triton_mla.bench import make_decode_case
+
+    q, k_cache, block_table, lens = make_decode_case(64, 8192, 16, 1, varlen=True, seed=5)
+    out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, lens, 512, batch_invariant=True)
+    ref_out, _ = decode_ref(q[:4].cpu(), k_cache.cpu(), block_table[:4].cpu(), lens[:4].cpu(), 512)
+    assert_close(out[:4], ref_out, torch.bfloat16)
+    for idx in ([0], [3, 1, 0], list(range(63, -1, -2))):
+        i = torch.tensor(idx, device=q.device)
+        o, l_ = tm.flash_mla_with_kvcache(q[i], k_cache, block_table[i], lens[i], 512, batch_invariant=True)
+        assert torch.equal(o, out[i]) and torch.equal(l_, lse[i])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 import triton
@@ -17,6 +18,7 @@ from ._checks import (
     value_checks_enabled,
 )
 from .kernels import decode as _decode
+from .kernels import decode_invariant as _invariant
 
 MAX_HEAD_DIM_V = 512
 MAX_ROPE_DIM = 128
@@ -90,7 +92,7 @@ def _check_values(k_cache, block_table, cache_seqlens):
 
 def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata=None,
                            num_splits=None, softmax_scale=None, causal=False, is_fp8_kvcache=False,
-                           indices=None, attn_sink=None, topk_length=None):
+                           indices=None, attn_sink=None, topk_length=None, batch_invariant=None):
     """MLA decode over a paged latent cache (MQA with one KV head, V = the first head_dim_v dims of K).
 
     q: (b, s_q, h_q, d) bfloat16/float16/float32, d = head_dim_v + rope dims (576 for DeepSeek).
@@ -104,6 +106,9 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     then d = 576 and head_dim_v = 512, and q is bfloat16/float16.
     indices, attn_sink, topk_length: sparse (DSA) decode, see ``triton_mla.sparse.sparse_decode``;
     block_table and cache_seqlens are then unused (pass None).
+    batch_invariant: each sequence's split depends only on its own length, so its output is bitwise the
+    same whatever else is in the batch (for RL rollouts, reproducible evals); default: the environment
+    variable TRITON_MLA_BATCH_INVARIANT=1. Costs parallelism on small batches.
 
     Returns out (b, s_q, h_q, head_dim_v) in q's dtype, softmax_lse (b, h_q, s_q) float32 (natural log;
     +inf for a query with no keys, whose out is 0). Semantics: ``triton_mla.reference.decode_ref``.
@@ -178,6 +183,13 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=device)
     if b == 0:
         return out, lse
+    if batch_invariant is None:
+        batch_invariant = os.environ.get("TRITON_MLA_BATCH_INVARIANT", "0") not in ("", "0")
+    if batch_invariant:
+        if fp8:
+            raise NotImplementedError("batch_invariant: not available with is_fp8_kvcache=True yet")
+        return _invariant.decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                                           float(softmax_scale), causal, config, out, lse)
     if fp8:
         return _decode.decode_splitkv_fp8(q, k_cache.view(torch.uint8), block_table, cache_seqlens,
                                           float(softmax_scale), causal, num_parts, config, out, lse)

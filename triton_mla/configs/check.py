@@ -86,6 +86,12 @@ def decode_kernels(entry, section="decode"):
                dict(common, DR=DR, BLOCK_DR=DR, CAUSAL=causal, DOT_PRECISION=precision),
                entry["num_warps"], entry["num_stages"])
     yield ("combine", k._combine_kernel, ptrs, dict(common, BLOCK_H=min(block_h, 16)), 4, 1)
+    from ..kernels import decode_invariant as inv
+
+    chunk = max(1, inv.chunk_tokens(entry["max_rows"] or 128) // block_n)
+    yield ("invariant", inv._invariant_kernel, ptrs,
+           dict(DV=DV, BLOCK_DV=DV, BLOCK_H=block_h, BLOCK_N=block_n, DR=DR, BLOCK_DR=DR, CHUNK_BLOCKS=chunk,
+                CAUSAL=True, DOT_PRECISION=precision), entry["num_warps"], entry["num_stages"])
 
 
 def section_specs(section, entry):
