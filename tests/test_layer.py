@@ -55,16 +55,17 @@ def reference_step(layer, seqs, quantize_latents=False):
     uses rope.py's frequencies and layouts (tested against transformers below) in float64.
     quantize_latents: round the latents through the FP8 layout (what an FP8 cache holds).
     """
-    ref = copy.deepcopy(layer).cpu().double()
+    device = layer.kv_b_proj.weight.device  # float64 on the GPU when there is one: 128-head references are big
+    ref = copy.deepcopy(layer).double()
     ref.tp_size = 1
     inv_freq, attn_factor = rope_frequencies(ref.qk_rope_head_dim, ref.rope_parameters, ref.max_position_embeddings)
     h, r, dn, dv = ref.num_heads, ref.kv_lora_rank, ref.qk_nope_head_dim, ref.v_head_dim
     outs = []
     with torch.no_grad():
         for x, q_len in seqs:
-            x = x.cpu().double()
+            x = x.to(device=device, dtype=torch.float64)
             n = x.shape[0]
-            freqs = torch.arange(n, dtype=torch.float64)[:, None] * inv_freq.double()
+            freqs = torch.arange(n, dtype=torch.float64, device=device)[:, None] * inv_freq.double().to(device)
             cos, sin = freqs.cos() * attn_factor, freqs.sin() * attn_factor
             if ref.q_lora_rank is None:
                 q = ref.q_proj(x)
@@ -85,7 +86,7 @@ def reference_step(layer, seqs, quantize_latents=False):
             o, _ = mla_naive_ref(q_nope[n - q_len:], q_pe[n - q_len:], kv_c, k_pe, w_uk, w_uv,
                                  softmax_scale=ref.scaling, causal=True)
             outs.append(ref.o_proj(o.reshape(q_len, h * dv)))
-    return torch.cat(outs) if outs else torch.zeros(0, ref.hidden_size, dtype=torch.float64)
+    return torch.cat(outs).cpu() if outs else torch.zeros(0, ref.hidden_size, dtype=torch.float64)
 
 
 class Harness:
@@ -118,6 +119,14 @@ class Harness:
         pos = torch.arange(start, end)
         pages = torch.tensor(self.pages[sid], dtype=torch.int64)
         return pages[pos // self.page_size] * self.page_size + pos % self.page_size
+
+    def relocate(self, sid):
+        """Move sequence sid to other pages (copying its tokens), as a defragmenting allocator might."""
+        old = self.pages[sid]
+        fresh = [self.free.pop() for _ in old]
+        self.k_cache[fresh] = self.k_cache[old]
+        self.free.extend(old)
+        self.pages[sid] = fresh
 
     def fill_prefix(self, sid, n):
         """Give sequence sid n cached tokens, written with the layer's own latents."""

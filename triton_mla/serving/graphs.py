@@ -10,12 +10,14 @@ sequence length (Triton specializes integer arguments only on ``== 1`` and ``% 1
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 
 import torch
 
-from .._checks import check_int
+from .._checks import check_int, value_checks_enabled
 from .backend import MLABackend
 
 __all__ = ["DecodeGraphs", "compiled_kernel_count", "default_batch_sizes"]
@@ -48,6 +50,20 @@ def compiled_kernel_count() -> dict[str, int]:
                 total += len(cache) if isinstance(cache, dict) else 0
             counts[f"{mod_name.rsplit('.', 1)[-1]}.{name}"] = total
     return counts
+
+
+@contextlib.contextmanager
+def _value_checks_off():
+    """TRITON_MLA_CHECK's value checks read device memory (a sync): not allowed while capturing."""
+    if not value_checks_enabled():
+        yield
+        return
+    saved = os.environ["TRITON_MLA_CHECK"]
+    os.environ["TRITON_MLA_CHECK"] = "0"
+    try:
+        yield
+    finally:
+        os.environ["TRITON_MLA_CHECK"] = saved
 
 
 class DecodeGraphs:
@@ -90,7 +106,11 @@ class DecodeGraphs:
         return self.backend.plan([1] * len(context_lens), context_lens, block_tables, pad_to=bucket, mode="decode")
 
     def capture(self) -> float:
-        """Warm up and capture every bucket, largest first, in one shared memory pool; returns seconds."""
+        """Warm up and capture every bucket, largest first, in one shared memory pool; returns seconds.
+
+        The warm-up runs eagerly (it compiles what is not compiled yet); ``TRITON_MLA_CHECK``'s value checks,
+        which sync, are off while capturing.
+        """
         start = time.perf_counter()
         self.pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(self.backend.device)
@@ -102,7 +122,7 @@ class DecodeGraphs:
                 self.step(plan, views)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with _value_checks_off(), torch.cuda.graph(graph, pool=self.pool):
                 out = self.step(plan, views)
             self.graphs[bs] = (graph, out)
         torch.cuda.synchronize(self.backend.device)
