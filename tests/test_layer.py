@@ -140,7 +140,7 @@ class Harness:
 
     def step(self, sids, q_lens, mode=None, pad_far=True):
         """Run one step: q_lens[i] new tokens for sequence sids[i]. Returns (out, ref_seqs)."""
-        ctx = [self.xs[s].shape[0] for s in sids]
+        ctx = [self.xs[s].shape[0] if s in self.xs else 0 for s in sids]
         new = [self.grow(s, q) for s, q in zip(sids, q_lens, strict=True)]
         tables = [self.pages[s] + ([FAR] * 2 if pad_far else []) for s in sids]
         plan = self.backend.plan(q_lens, ctx, tables, mode=mode)
