@@ -16,7 +16,7 @@ from transformers import DeepseekV2Config, DeepseekV3Config  # noqa: E402
 from transformers.cache_utils import DynamicCache  # noqa: E402
 
 from triton_mla.integrations import patch_model  # noqa: E402
-from triton_mla.integrations.transformers import HFMLAAttention  # noqa: E402
+from triton_mla.integrations.transformers import HFMLAAttention, unpatch_model  # noqa: E402
 
 YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64, mscale=0.707,
             mscale_all_dim=1.0, beta_fast=32, beta_slow=1)
@@ -122,6 +122,14 @@ def test_parameters_are_shared_and_named_as_before():
     assert before == after  # same names, same tensors: nothing copied
     assert all(isinstance(layer.self_attn, HFMLAAttention) for layer in model.model.layers)
     assert model.triton_mla.bytes_per_token == 2 * 48 * 4  # 2 layers, 32 + 16 dims, fp32
+    ids = torch.randint(0, 128, (1, 5)).to(DEVICE)
+    with torch.no_grad():
+        patched_logits = model(ids).logits
+    unpatch_model(model)
+    assert not hasattr(model, "triton_mla")
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == before
+    with torch.no_grad():
+        assert_close(model(ids).logits, patched_logits, torch.float32)
 
 
 def test_bad_use():

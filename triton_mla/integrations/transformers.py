@@ -31,7 +31,7 @@ from ..layers.mla import MLAAttention
 from ..layers.rope import RotaryEmbedding
 from ..serving import MLABackend
 
-__all__ = ["HFMLAAttention", "MODELS", "PagedMLARuntime", "patch_model"]
+__all__ = ["HFMLAAttention", "MODELS", "PagedMLARuntime", "patch_model", "unpatch_model"]
 
 # model_type -> (module, attention class): the one table of what can be patched
 MODELS = {
@@ -63,6 +63,7 @@ class PagedMLARuntime:
         self.plan = None
         self.index = None  # (T,) int64: positions in the flattened (b * s) batch of the tokens attended, or None
         self.shape = None
+        self.hook = None  # the base model's forward pre-hook handle
 
     @property
     def bytes_per_token(self) -> int:
@@ -215,6 +216,25 @@ def patch_model(model, *, max_batch_size: int = 8, max_seq_len: int = 4096, page
         new.train(old.training)
         new.runtime = runtime
         decoder_layer.self_attn = new
-    base.register_forward_pre_hook(_pre_hook(runtime), with_kwargs=True)
+    runtime.hook = base.register_forward_pre_hook(_pre_hook(runtime), with_kwargs=True)
     model.triton_mla = runtime
+    return model
+
+
+def unpatch_model(model):
+    """Undo :func:`patch_model`: Hugging Face's attention modules back, holding the same tensors; frees the cache."""
+    runtime = getattr(model, "triton_mla", None)
+    if runtime is None:
+        raise ValueError("model: not patched")
+    module_name, class_name = MODELS[model.config.model_type]
+    attn_cls = getattr(importlib.import_module(module_name), class_name)
+    for decoder_layer in _base_model(model).layers:
+        new = decoder_layer.self_attn
+        with torch.device("meta"):
+            old = attn_cls(model.config, new.layer_idx)
+        old.load_state_dict(new.state_dict(), strict=True, assign=True)
+        old.train(new.training)
+        decoder_layer.self_attn = old
+    runtime.hook.remove()
+    del model.triton_mla
     return model

@@ -230,16 +230,18 @@ class MLAAttention(nn.Module):
         cos, sin = self.rotary_emb(plan.positions)
         q_pe = self.rotary_emb.rotate(q_pe, cos, sin)
         kv_c, k_pe = self._latents(hidden_states, cos, sin)
-        write_kv_cache(k_cache, kv_c, k_pe, plan.slot_mapping)
 
         # -- attention ----------------------------------------------------------------------------------
         if plan.mode == "prefill" and self.prefill_mode != "absorbed":
+            write_kv_cache(k_cache, kv_c, k_pe, plan.slot_mapping)
             out = self._prefill_mha(q_nope, q_pe, kv_c, k_pe, plan)  # (T, h, d_v)
         else:
             w_uk, w_uv = self.absorbed_weights()
             # q_lat[t, h] = q_nope[t, h] @ W_UK[h]: (h, T, d_nope) @ (h, d_nope, r)
             q_lat = torch.bmm(q_nope.transpose(0, 1), w_uk)
             q_abs = torch.cat((q_lat.transpose(0, 1), q_pe), dim=-1)  # (T, h, r + d_rope)
+            # written right before attention reads it: cache write, attention and combine run back to back
+            write_kv_cache(k_cache, kv_c, k_pe, plan.slot_mapping)
             if plan.mode == "decode":
                 o_lat, _ = flash_mla_with_kvcache(q_abs.view(T, 1, h, r + dr), k_cache, plan.block_table,
                                                   plan.cache_seqlens, r, softmax_scale=self.scaling,
