@@ -250,7 +250,8 @@ class MLAAttention(nn.Module):
                 from ..extend import mla_extend
 
                 o_lat, _ = mla_extend(q_abs, k_cache, plan.block_table, plan.cache_seqlens, plan.cu_seqlens_q,
-                                      plan.max_seqlen_q, softmax_scale=self.scaling, is_fp8_kvcache=fp8)
+                                      plan.max_seqlen_q, softmax_scale=self.scaling, is_fp8_kvcache=fp8,
+                                      head_dim_v=r)
             # out[t, h] = o_lat[t, h] @ W_UV[h]: (h, T, r) @ (h, r, d_v)
             out = torch.bmm(o_lat.view(T, h, r).transpose(0, 1), w_uv).transpose(0, 1)
         out = self.o_proj(out.reshape(T, h * self.v_head_dim))
