@@ -118,3 +118,28 @@ def decode_ref(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale
         outs.append(o)
         lses.append(lse)
     return torch.stack(outs), torch.stack(lses)
+
+
+def varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale=None, causal=True,
+                         dtype=torch.float64):
+    """Reference for :func:`triton_mla.mla_prefill_mha` (FlashAttention's varlen layout).
+
+    q [total_q, h, d_qk]; k [total_k, h_kv, d_qk]; v [total_k, h_kv, d_v] (h_kv divides h);
+    cu_seqlens_q, cu_seqlens_k [b + 1]. Causal masks are bottom-right aligned per sequence.
+    Returns out [total_q, h, d_v] and lse [h, total_q] in ``dtype``; tokens outside
+    [cu_seqlens_q[0], cu_seqlens_q[-1]) are NaN (the kernel does not write them).
+    """
+    total_q, h, d_qk = q.shape
+    group = h // k.shape[1]
+    if softmax_scale is None:
+        softmax_scale = d_qk ** -0.5
+    out = torch.full((total_q, h, v.shape[2]), float("nan"), dtype=dtype, device=q.device)
+    lse = torch.full((h, total_q), float("nan"), dtype=dtype, device=q.device)
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for i in range(len(cq) - 1):
+        ks = k[ck[i]:ck[i + 1]].to(dtype).repeat_interleave(group, dim=1)
+        vs = v[ck[i]:ck[i + 1]].to(dtype).repeat_interleave(group, dim=1)
+        o, s = attention_ref(q[cq[i]:cq[i + 1]].to(dtype), ks, vs, softmax_scale, causal)
+        out[cq[i]:cq[i + 1]] = o
+        lse[:, cq[i]:cq[i + 1]] = s
+    return out, lse
