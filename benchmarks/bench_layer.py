@@ -126,6 +126,9 @@ def bench_layer(args):
             graph.replay()
         torch.cuda.synchronize()
     kernels = kernel_events(prof)
+    if len(kernels) < reps:
+        print("the profiler recorded no kernels inside the CUDA graph replays (CUPTI graph tracing off?)")
+        return dict(kind="layer", heads=args.heads, batch=b, context=ctx, step_us=step_ms * 1e3, capture_s=capture_s)
     per_step = len(kernels) // reps
     steps = [kernels[i * per_step:(i + 1) * per_step] for i in range(reps)]
     shares, spans, busy_all, strays = [], [], [], {}
@@ -198,14 +201,15 @@ def decode_rate(model, batch, context, steps, warmup=3):
 
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device="cuda")
     cache = DynamicCache(config=model.config)
-    out = model(ids, past_key_values=cache, use_cache=True)
+    kw = dict(past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(ids, **kw)
     tok = out.logits[:, -1:].argmax(-1)
     for _ in range(warmup):
-        tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        tok = model(tok, **kw).logits[:, -1:].argmax(-1)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        tok = model(tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        tok = model(tok, **kw).logits[:, -1:].argmax(-1)
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     seq = context + warmup + steps

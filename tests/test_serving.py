@@ -277,13 +277,13 @@ def test_review_no_host_sync_no_allocation_per_step(monkeypatch):
     graphs.capture()
     rng = random.Random(1)
     _replay(hz, graphs, [0, 1, 2], rng)  # warm the pinned-memory cache
-    torch.cuda.synchronize()
-    allocs = torch.cuda.memory_stats()["allocation.all.allocated"]
     ctx = [hz.xs[s].shape[0] for s in range(3)]
     for s in range(3):
         hz.grow(s, 1)
     new = torch.randn(3, layer.hidden_size, dtype=torch.bfloat16, device="cuda")
     tables = [hz.pages[s] for s in range(3)]
+    torch.cuda.synchronize()
+    allocs = torch.cuda.memory_stats()["allocation.all.allocated"]
     torch.cuda.set_sync_debug_mode("error")
     try:
         out = graphs.run(ctx, tables, hidden=new)

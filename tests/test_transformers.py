@@ -160,10 +160,13 @@ def test_gpu_bf16_generate(name):
     want = generate(model, ids, 32)
     patched = patch_model(copy.deepcopy(model), max_batch_size=2, max_seq_len=128)
     got = generate(patched, ids, 32)
-    # bf16 rounding differs between the paths: compare the first step's logits, and the tokens while equal
     assert_close(got.logits[0], want.logits[0], torch.bfloat16, "first logits")
-    same = (got.sequences == want.sequences).all(dim=0)
-    assert bool(same[: ids.shape[1] + 8].all())
+    # bf16 rounding differs between the paths, so greedy tokens may part ways at a near tie: check each patched
+    # step against the unpatched model run on the patched sequence (teacher forcing)
+    with torch.no_grad():
+        forced = model(got.sequences[:, :-1]).logits
+    for i, step in enumerate(got.logits):
+        assert_close(step, forced[:, ids.shape[1] - 1 + i], torch.bfloat16, f"logits of step {i}")
 
 
 @gpu
