@@ -10,11 +10,11 @@ runs on sm80 and in the interpreter, where Triton has no e4m3 conversions.
 import triton
 import triton.language as tl
 
-NOPE: tl.constexpr = 512
-ROPE: tl.constexpr = 64
-GROUP: tl.constexpr = 128
-SCALE_BYTE: tl.constexpr = 512
-ROPE_BYTE: tl.constexpr = 528
+NOPE = tl.constexpr(512)
+ROPE = tl.constexpr(64)
+GROUP = tl.constexpr(128)
+SCALE_BYTE = tl.constexpr(512)
+ROPE_BYTE = tl.constexpr(528)
 
 
 @triton.jit
