@@ -143,3 +143,53 @@ def varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale=None
         out[cq[i]:cq[i + 1]] = o
         lse[:, cq[i]:cq[i + 1]] = s
     return out, lse
+
+
+def extend_ref(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, head_dim_v=512, softmax_scale=None,
+               dtype=torch.float64):
+    """Reference for :func:`triton_mla.extend.mla_extend` (absorbed extend over the paged latent cache).
+
+    q [total_q, h_q, d]; k_cache [num_blocks, page_size, 1, d] floats, or the FP8 layout
+    [..., 656] uint8 (dequantized with ``triton_mla.fp8.dequantize_latent``); block_table [b, max_pages];
+    cache_seqlens [b]; cu_seqlens_q [b + 1]. Sequence i's queries q[cu[i]:cu[i + 1]] are its last tokens:
+    query j sees keys [0, cache_seqlens[i] - q_len + j]. Returns out [total_q, h_q, head_dim_v] and
+    lse [h_q, total_q] in ``dtype``; tokens outside every sequence are NaN (the kernel does not write them).
+    """
+    if k_cache.dtype in (torch.uint8, torch.float8_e4m3fn):
+        from .fp8 import dequantize_latent
+
+        k_cache = dequantize_latent(k_cache, torch.float32)
+    total_q, h_q, d = q.shape
+    if softmax_scale is None:
+        softmax_scale = d ** -0.5
+    out = torch.full((total_q, h_q, head_dim_v), float("nan"), dtype=dtype, device=q.device)
+    lse = torch.full((h_q, total_q), float("nan"), dtype=dtype, device=q.device)
+    cu = cu_seqlens_q.tolist()
+    for i in range(len(cu) - 1):
+        kv = gather_paged_kv(k_cache, block_table[i], int(cache_seqlens[i])).to(dtype)
+        o, s = attention_ref(q[cu[i]:cu[i + 1]].to(dtype), kv, kv[..., :head_dim_v], softmax_scale, causal=True)
+        out[cu[i]:cu[i + 1]] = o
+        lse[:, cu[i]:cu[i + 1]] = s
+    return out, lse
+
+
+def decompress_kv_ref(k_cache, block_table, starts, ends, w_uk, w_uv, dtype=torch.float64):
+    """Reference for :func:`triton_mla.extend.decompress_kv`: tokens [starts[i], ends[i]) of each sequence,
+    packed in order, as per-head K = [W_UK c_kv, k_pe] [T, h, d_nope + d_rope] and V = W_UV c_kv [T, h, d_v]
+    (``split_kv_b_proj`` gives w_uk [h, d_nope, r] and w_uv [h, d_v, r]). An FP8 cache is dequantized."""
+    if k_cache.dtype in (torch.uint8, torch.float8_e4m3fn):
+        from .fp8 import dequantize_latent
+
+        k_cache = dequantize_latent(k_cache, torch.float32)
+    r = w_uk.shape[-1]
+    latent = torch.cat([gather_paged_kv(k_cache, block_table[i], int(e))[int(s):, 0]
+                        for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)) if e > s]
+                       + [k_cache.new_zeros(0, k_cache.shape[-1])]).to(dtype)
+    c_kv, k_pe = latent[:, :r], latent[:, r:]
+    k_nope = torch.einsum("hdr,sr->shd", w_uk.to(dtype), c_kv)
+    v = torch.einsum("hdr,sr->shd", w_uv.to(dtype), c_kv)
+    k = torch.cat([k_nope, k_pe[:, None, :].expand(-1, w_uk.shape[0], -1)], dim=-1)
+    return k, v
+
+
+__all__ += ["extend_ref", "decompress_kv_ref"]
