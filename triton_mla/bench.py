@@ -1,6 +1,7 @@
 """Decode benchmark on the shapes of the peers' anchor tables, with FlashMLA's FLOP and byte formulas.
 
-    python -m triton_mla.bench decode [--quick] [--out FILE.json] [--plot FILE.png]
+    python -m triton_mla.bench decode [--quick] [--fp8] [--out FILE.json] [--plot FILE.png]
+    python -m triton_mla.bench fp8-sweep [--rows 16,32,64,128] [--batch 128] [--seqlen 4096]
 
 Each shape: a paged latent cache of 64-token pages in random page order, one KV head, d = 576,
 dv = 512, bf16, softmax_scale = 576 ** -0.5, causal when s_q > 1, lengths all s_k or drawn from
@@ -9,6 +10,11 @@ N(s_k, s_k / 2) (varlen). The whole call is timed (``flash_mla_with_kvcache``: d
 graph, which takes Python's launch cost out); the plan (``get_mla_metadata``) is made once per shape, as
 engines do per step. The peers' figures recorded on the same kind of device
 (``benchmarks/peers/decode_<device>.json``) are printed beside ours.
+
+``--fp8`` also times each shape with the FP8 cache (``is_fp8_kvcache=True``; the same latents quantized
+into FlashMLA's 656-byte layout) and adds its columns at the right: time, CUDA-graph time, GB/s (656
+bytes a token in FlashMLA's formula) and its time as a fraction of the bf16 call's. ``fp8-sweep`` times
+candidate ``decode_fp8`` configs per bucket of s_q * h_q rows and prints the fastest as JSON entries.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ def decode_flops(s_q, h_q, total_len):
     return 2 * s_q * total_len * h_q * (D + DV)
 
 
-def decode_bytes(b, s_q, h_q, total_len, elem_size=2):
-    return (total_len * D + b * s_q * h_q * (D + DV)) * elem_size
+def decode_bytes(b, s_q, h_q, total_len, elem_size=2, cache_bytes_per_token=None):
+    """FlashMLA's formula: the cache once, q and out once. cache_bytes_per_token: 656 for the FP8 layout."""
+    cache = total_len * (D * elem_size if cache_bytes_per_token is None else cache_bytes_per_token)
+    return cache + b * s_q * h_q * (D + DV) * elem_size
 
 
 def make_decode_case(b, s_k, h_q, s_q, varlen, seed=0, device="cuda", dtype=torch.bfloat16):
@@ -60,6 +68,29 @@ def make_decode_case(b, s_k, h_q, s_q, varlen, seed=0, device="cuda", dtype=torc
     k_cache = torch.randn(num_blocks, PAGE, 1, D, generator=g, device=device, dtype=dtype)
     q = torch.randn(b, s_q, h_q, D, generator=g, device=device, dtype=dtype)
     return q, k_cache, block_table, lens
+
+
+def fp8_cache_of(k_cache):
+    """The FP8-layout copy of a [num_blocks, PAGE, 1, 576] cache (quantized on the GPU, page by page)."""
+    import triton_mla as tm
+
+    num_blocks, page = k_cache.shape[0], k_cache.shape[1]
+    fp8 = torch.empty(num_blocks, page, 1, 656, dtype=torch.uint8, device=k_cache.device)
+    flat = k_cache.view(-1, D)
+    tm.write_kv_cache(fp8, flat[:, :DV], flat[:, DV:], torch.arange(flat.shape[0], device=k_cache.device))
+    return fp8
+
+
+def fp8_rel_err(out, q, fp8_cache, block_table, lens, causal, scale, sub):
+    """Relative error of the first ``sub`` sequences against decode_ref on their dequantized pages."""
+    from triton_mla.fp8 import dequantize_latent
+    from triton_mla.reference import decode_ref
+
+    ids = block_table[:sub].flatten().long()
+    pages = dequantize_latent(fp8_cache[ids])
+    table = torch.arange(ids.numel(), dtype=torch.int32, device=ids.device).view(sub, -1)
+    ref, _ = decode_ref(q[:sub], pages, table, lens[:sub], DV, scale, causal)
+    return ((out[:sub].float() - ref).norm() / ref.norm()).item()
 
 
 def load_peers(device_name: str):
@@ -79,9 +110,19 @@ def _git_commit():
         return None
 
 
-def bench_decode(shapes, check=True, batch_invariant=False, log=print):
+def _time(run):
+    """(do_bench median ms of the call, and of the call replayed as a CUDA graph)."""
     import triton
 
+    ms = triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")
+    # the same call replayed as a CUDA graph, as serving engines run decode: no Python launch cost
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return ms, triton.testing.do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
+
+
+def bench_decode(shapes, check=True, batch_invariant=False, log=print, fp8=False):
     import triton_mla as tm
     from triton_mla.reference import decode_ref
 
@@ -95,22 +136,34 @@ def bench_decode(shapes, check=True, batch_invariant=False, log=print):
         out, _ = run()
         torch.cuda.synchronize()
         row = dict(b=b, s_k=s_k, h_q=h_q, s_q=s_q, varlen=varlen)
-        if check and (b <= 8 or (s_k == 4096 and not varlen)):
-            sub = min(b, 16)  # the reference is a per-sequence loop: check the first sequences
+        checked = check and (b <= 8 or (s_k == 4096 and not varlen))
+        sub = min(b, 16)  # the reference is a per-sequence loop: check the first sequences
+        if checked:
             ref, _ = decode_ref(q[:sub], k_cache, block_table[:sub], lens[:sub], DV, scale, causal)
             row["rel_err"] = ((out[:sub].float() - ref).norm() / ref.norm()).item()
-        ms = triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")
-        # the same call replayed as a CUDA graph, as serving engines run decode: no Python launch cost
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run()
-        graph_ms = triton.testing.do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
+        ms, graph_ms = _time(run)
         total = int(lens.sum())
         row.update(us=ms * 1e3, graph_us=graph_ms * 1e3, GBps=decode_bytes(b, s_q, h_q, total) / ms / 1e6,
                    TFLOPS=decode_flops(s_q, h_q, total) / ms / 1e9)
+        if fp8:
+            fp8_cache = fp8_cache_of(k_cache)
+            k_cache = run = out = None
+            torch.cuda.empty_cache()
+            md, num_splits = tm.get_mla_metadata(lens, s_q * h_q, 1, is_fp8_kvcache=True)
+            run = functools.partial(tm.flash_mla_with_kvcache, q, fp8_cache, block_table, lens, DV, md, num_splits,
+                                    softmax_scale=scale, causal=causal, is_fp8_kvcache=True)
+            out, _ = run()
+            torch.cuda.synchronize()
+            if checked:
+                row["fp8_rel_err"] = fp8_rel_err(out, q, fp8_cache, block_table, lens, causal, scale, sub)
+            ms, graph_ms = _time(run)
+            row.update(fp8_us=ms * 1e3, fp8_graph_us=graph_ms * 1e3,
+                       fp8_GBps=decode_bytes(b, s_q, h_q, total, cache_bytes_per_token=656) / ms / 1e6,
+                       fp8_TFLOPS=decode_flops(s_q, h_q, total) / ms / 1e9, fp8_vs_bf16=ms * 1e3 / row["us"])
+            fp8_cache = None
         rows.append(row)
         log(json.dumps(row))
-        run = graph = q = k_cache = None
+        run = out = q = k_cache = None
         torch.cuda.empty_cache()
     return rows
 
@@ -130,8 +183,11 @@ def ceilings():
 
 
 def format_table(rows, peers):
+    fp8 = any("fp8_us" in r for r in rows)
     head = (f"{'b':>4} {'s_k':>6} {'h_q':>4} {'s_q':>3} {'var':>3} | {'ours us':>8} {'graph':>7} {'GB/s':>6} {'TF':>5} "
             f"{'err':>7} | {'FlashMLA us':>11} {'x':>5} | {'best Triton peer us':>19} {'x':>5}")
+    if fp8:
+        head += f" | {'fp8 us':>8} {'graph':>7} {'GB/s':>6} {'TF':>5} {'err':>7} {'/bf16':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
         key = (r["b"], r["s_k"], r["h_q"], r["s_q"], r["varlen"])
@@ -141,11 +197,75 @@ def format_table(rows, peers):
         fm_s = f"{fm['ms'] * 1e3:11.1f} {fm['ms'] * 1e3 / r['us']:5.2f}" if fm else f"{'-':>11} {'-':>5}"
         tr_s = f"{best['ms'] * 1e3:19.1f} {best['ms'] * 1e3 / r['us']:5.2f}" if best else f"{'-':>19} {'-':>5}"
         err = f"{r['rel_err']:.1e}" if "rel_err" in r else "-"
-        lines.append(f"{r['b']:>4} {r['s_k']:>6} {r['h_q']:>4} {r['s_q']:>3} {int(r['varlen']):>3} | "
-                     f"{r['us']:8.1f} {r.get('graph_us', float('nan')):7.1f} {r['GBps']:6.0f} {r['TFLOPS']:5.0f} "
-                     f"{err:>7} | {fm_s} | {tr_s}")
+        line = (f"{r['b']:>4} {r['s_k']:>6} {r['h_q']:>4} {r['s_q']:>3} {int(r['varlen']):>3} | "
+                f"{r['us']:8.1f} {r.get('graph_us', float('nan')):7.1f} {r['GBps']:6.0f} {r['TFLOPS']:5.0f} "
+                f"{err:>7} | {fm_s} | {tr_s}")
+        if fp8 and "fp8_us" in r:
+            err8 = f"{r['fp8_rel_err']:.1e}" if "fp8_rel_err" in r else "-"
+            line += (f" | {r['fp8_us']:8.1f} {r['fp8_graph_us']:7.1f} {r['fp8_GBps']:6.0f} {r['fp8_TFLOPS']:5.0f} "
+                     f"{err8:>7} {r['fp8_vs_bf16']:6.2f}")
+        lines.append(line)
     lines.append("x = peer time / our time (above 1: we are faster); graph = the call replayed as a CUDA graph")
+    if fp8:
+        lines.append("fp8: the same call on the FP8 cache (GB/s with 656 bytes a token; err against the reference "
+                     "on the dequantized cache); /bf16 = fp8 time / bf16 time")
     return "\n".join(lines)
+
+
+# fp8-sweep's candidates per bucket of s_q * h_q rows (every combination; PARTS_PER_SM needs no recompile).
+# Starting points from the kernels' SASS on sm90 (instructions per token, registers, shared memory):
+# 16-row tiles scale the scores and P (SCALE_TILE off), bigger ones the tiles; 64-row tiles need 8 warps.
+FP8_SWEEP = {
+    16: dict(BLOCK_H=(16,), BLOCK_N=(32, 64), num_warps=(2, 4, 8), PARTS_PER_SM=(1, 2, 3)),
+    32: dict(BLOCK_H=(16, 32), BLOCK_N=(32, 64), num_warps=(4, 8), PARTS_PER_SM=(1, 2)),
+    64: dict(BLOCK_H=(32, 64), BLOCK_N=(32, 64), num_warps=(4, 8), PARTS_PER_SM=(1, 2)),
+    128: dict(BLOCK_H=(32, 64), BLOCK_N=(32, 64), num_warps=(4, 8), PARTS_PER_SM=(1,)),
+}
+
+
+def fp8_candidates(rows):
+    """decode_fp8 entries to time for the bucket holding ``rows``."""
+    import itertools
+
+    space = FP8_SWEEP[min((r for r in FP8_SWEEP if r >= rows), default=max(FP8_SWEEP))]
+    for values in itertools.product(*space.values()):
+        cand = dict(zip(space, values, strict=True))
+        if cand["BLOCK_H"] >= 64 and cand["num_warps"] < 8:
+            continue
+        yield dict(max_rows=None, dtype="16bit", **cand, num_stages=2,
+                   MIN_BLOCKS_PER_PART=max(1, 256 // cand["BLOCK_N"]),
+                   HW_CVT=torch.cuda.get_device_capability() >= (8, 9), SCALE_TILE=cand["BLOCK_H"] >= 32)
+
+
+def fp8_sweep(bucket_rows, batch=128, seqlen=4096, log=print):
+    """Time every fp8 candidate (configs.overridden) on b x s_k, s_q = 1, h_q = rows; returns the best per bucket."""
+    import triton
+
+    import triton_mla as tm
+    from triton_mla import configs
+
+    best = {}
+    for rows in bucket_rows:
+        q, k_cache, block_table, lens = make_decode_case(batch, seqlen, rows, 1, False)
+        fp8_cache = fp8_cache_of(k_cache)
+        k_cache = None
+        for cand in fp8_candidates(rows):
+            with configs.overridden(**cand):
+                run = functools.partial(tm.flash_mla_with_kvcache, q, fp8_cache, block_table, lens, DV,
+                                        is_fp8_kvcache=True)
+                try:
+                    run()
+                    torch.cuda.synchronize()
+                    us = triton.testing.do_bench(run, warmup=10, rep=60, return_mode="median") * 1e3
+                except Exception as e:  # out of shared memory or registers: not a candidate here
+                    log(f"rows {rows} skipped {cand}: {type(e).__name__}")
+                    continue
+            log(json.dumps(dict(rows=rows, us=round(us, 1), **cand)))
+            if us < best.get(rows, (float("inf"), None))[0]:
+                best[rows] = (us, cand)
+        q = fp8_cache = None
+        torch.cuda.empty_cache()
+    return best
 
 
 def plot(rows, peers, info, path):
@@ -176,11 +296,15 @@ def plot(rows, peers, info, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m triton_mla.bench")
-    ap.add_argument("what", choices=["decode"])
+    ap.add_argument("what", choices=["decode", "fp8-sweep"])
     ap.add_argument("--quick", action="store_true", help="three shapes only")
+    ap.add_argument("--fp8", action="store_true", help="also time the FP8 cache (columns at the right)")
     ap.add_argument("--out", default=None, help="write rows and device info as JSON")
     ap.add_argument("--plot", default=None, help="draw GB/s and TFLOPS per shape to a PNG (matplotlib)")
     ap.add_argument("--no-check", action="store_true", help="skip the reference comparison")
+    ap.add_argument("--rows", default="16,32,64,128", help="fp8-sweep: buckets of s_q * h_q rows")
+    ap.add_argument("--batch", type=int, default=128, help="fp8-sweep: batch size")
+    ap.add_argument("--seqlen", type=int, default=4096, help="fp8-sweep: cache length")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA GPU: the benchmark needs one (python -m triton_mla runs the CPU self-check)")
@@ -188,6 +312,16 @@ def main(argv=None):
     import triton
 
     dev = torch.cuda.get_device_properties(0)
+    if args.what == "fp8-sweep":
+        best = fp8_sweep([int(r) for r in args.rows.split(",")], args.batch, args.seqlen,
+                         log=lambda s: print(s, flush=True))
+        bounds = sorted(best)
+        print(f"fastest decode_fp8 entries on {dev.name} (b={args.batch}, s_k={args.seqlen}), for the config file:")
+        print(json.dumps([dict(best[r][1], max_rows=None if i == len(bounds) - 1 else r)
+                          for i, r in enumerate(bounds)], indent=1))
+        for r in bounds:
+            print(f"rows {r}: {best[r][0]:.1f} us")
+        return 0
     bw, tf = ceilings()
     info = dict(device=dev.name, sms=dev.multi_processor_count, copy_GBps=round(bw), matmul_TFLOPS=round(tf),
                 torch=torch.__version__, triton=triton.__version__, commit=_git_commit(),
@@ -195,7 +329,7 @@ def main(argv=None):
                     argv if argv is not None else sys.argv[1:]))
     print(json.dumps(info), flush=True)
     rows = bench_decode(decode_shapes(args.quick), check=not args.no_check,
-                        log=lambda s: print(s, flush=True))
+                        log=lambda s: print(s, flush=True), fp8=args.fp8)
     peers = load_peers(dev.name)
     print(format_table(rows, peers))
     if args.out:
