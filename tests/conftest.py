@@ -21,8 +21,13 @@ CPU_DTYPES = [torch.float16, torch.float32]
 gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 
 
-def assert_close(out, ref, dtype, name="out"):
-    """Inf/NaN positions must match exactly; then relative error below the dtype's tolerance."""
+# a whole bf16 model layer (several bf16 matmuls and norms before and after attention) against float64:
+# the activations' rounding, not the attention kernels, sets this error (the kernels meet TOLERANCE alone)
+LAYER_BF16_TOLERANCE = 5e-2
+
+
+def assert_close(out, ref, dtype, name="out", tol=None):
+    """Inf/NaN positions must match exactly; then relative error below the dtype's tolerance (or ``tol``)."""
     out = out.double().cpu()
     ref = ref.double().cpu()
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
@@ -34,9 +39,10 @@ def assert_close(out, ref, dtype, name="out"):
     diff = (out[fin] - ref[fin]).norm()
     scale = ref[fin].norm()
     rel = (diff / scale).item() if scale > 0 else diff.item()
-    if rel >= TOLERANCE[dtype]:
+    limit = TOLERANCE[dtype] if tol is None else tol
+    if rel >= limit:
         worst = (out - ref).abs().masked_fill(~fin, 0).argmax()
         idx = list(torch.unravel_index(worst, out.shape))
-        raise AssertionError(f"{name}: rel err {rel:.3e} >= {TOLERANCE[dtype]:.0e}; worst at "
+        raise AssertionError(f"{name}: rel err {rel:.3e} >= {limit:.0e}; worst at "
                              f"{[int(i) for i in idx]}: {out.flatten()[worst]:.6g} vs {ref.flatten()[worst]:.6g}")
     return rel

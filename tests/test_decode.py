@@ -195,10 +195,8 @@ def test_bad_device():
         tm.flash_mla_with_kvcache(q, k_cache.cpu(), block_table, cache_seqlens, 64)
 
 
-def test_unsupported_features_say_so():
+def test_only_one_kv_head():
     q, k_cache, block_table, cache_seqlens = _valid()
-    with pytest.raises(NotImplementedError, match="indices"):
-        tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, indices=block_table)
     with pytest.raises(ValueError, match="num_heads_k"):
         tm.get_mla_metadata(cache_seqlens, 2, 2)
 

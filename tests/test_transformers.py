@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from conftest import DEVICE, assert_close, gpu
+from conftest import DEVICE, LAYER_BF16_TOLERANCE, assert_close, gpu
 
 transformers = pytest.importorskip("transformers")
 
@@ -160,13 +160,15 @@ def test_gpu_bf16_generate(name):
     want = generate(model, ids, 32)
     patched = patch_model(copy.deepcopy(model), max_batch_size=2, max_seq_len=128)
     got = generate(patched, ids, 32)
-    assert_close(got.logits[0], want.logits[0], torch.bfloat16, "first logits")
+    # two bf16 models (the patched one differs only in attention) agree to bf16 model precision
+    assert_close(got.logits[0], want.logits[0], torch.bfloat16, "first logits", tol=LAYER_BF16_TOLERANCE)
     # bf16 rounding differs between the paths, so greedy tokens may part ways at a near tie: check each patched
     # step against the unpatched model run on the patched sequence (teacher forcing)
     with torch.no_grad():
         forced = model(got.sequences[:, :-1]).logits
     for i, step in enumerate(got.logits):
-        assert_close(step, forced[:, ids.shape[1] - 1 + i], torch.bfloat16, f"logits of step {i}")
+        assert_close(step, forced[:, ids.shape[1] - 1 + i], torch.bfloat16, f"logits of step {i}",
+                     tol=LAYER_BF16_TOLERANCE)
 
 
 @gpu

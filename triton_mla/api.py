@@ -67,7 +67,8 @@ def get_mla_metadata(cache_seqlens=None, num_q_tokens_per_head_k=None, num_heads
     if num_heads_k != 1:
         raise ValueError(f"num_heads_k: MLA decode has one KV head, got {num_heads_k}")
     check_runnable(cache_seqlens.device, "cache_seqlens")
-    config = configs.decode_config(num_q_tokens_per_head_k, torch.bfloat16, cache_seqlens.device)
+    config = configs.kernel_config("decode_fp8" if is_fp8_kvcache else "decode", num_q_tokens_per_head_k,
+                                   torch.bfloat16, cache_seqlens.device)
     num_parts = _num_parts(num_q_tokens_per_head_k, config, cache_seqlens.device)
     return _decode.plan(cache_seqlens, _UNCLAMPED_LEN, num_parts, config)
 
