@@ -193,3 +193,62 @@ def decompress_kv_ref(k_cache, block_table, starts, ends, w_uk, w_uv, dtype=torc
 
 
 __all__ += ["extend_ref", "decompress_kv_ref"]
+
+
+def _sparse_attention_ref(q, kv, ids, lengths, softmax_scale, head_dim_v, attn_sink, dtype):
+    """q [T, h, d], kv [N, d] (flat tokens), ids [T, topk], lengths [T] or None: the shared core of the
+    sparse oracles. Returns out [T, h, dv], max_logits [T, h] and lse [T, h] (natural log, unchanged by
+    the sink); a query with no valid entry: out 0, lse +inf, max_logits -inf."""
+    num_tokens, topk = kv.shape[0], ids.shape[-1]
+    ids = ids.long()
+    valid = (ids >= 0) & (ids < num_tokens)
+    if lengths is not None:
+        valid &= torch.arange(topk, device=ids.device)[None, :] < lengths.long().clamp(0, topk)[:, None]
+    # a duplicated id is gathered twice and counts twice; invalid slots gather nothing (zeros, never NaN)
+    gathered = torch.zeros(*ids.shape, kv.shape[-1], dtype=dtype, device=kv.device)
+    gathered[valid] = kv[ids[valid]].to(dtype)
+    scores = torch.einsum("thd,tkd->thk", q.to(dtype), gathered) * softmax_scale
+    scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    max_logits = scores.amax(dim=-1) if topk else torch.full_like(lse, float("-inf"))
+    empty = torch.isneginf(lse)
+    p = torch.exp(scores - torch.where(empty, 0.0, lse)[..., None])
+    out = torch.einsum("thk,tkd->thd", p, gathered[..., :head_dim_v])
+    if attn_sink is not None:
+        w = 1.0 / (1.0 + torch.exp(attn_sink.to(dtype)[None, :] - torch.where(empty, 0.0, lse)))
+        out = out * w[..., None]
+    out = out.masked_fill(empty[..., None], 0.0)
+    return out, max_logits, torch.where(empty, float("inf"), lse)
+
+
+def sparse_decode_ref(q, k_cache, indices, head_dim_v, softmax_scale=None, attn_sink=None, topk_length=None,
+                      dtype=torch.float64):
+    """Reference for :func:`triton_mla.sparse.sparse_decode` (``flash_mla_with_kvcache(..., indices=...)``).
+
+    q [b, s_q, h_q, d]; k_cache [num_blocks, page_size, 1, d] floats (an FP8 cache: pass
+    ``triton_mla.fp8.dequantize_latent(k_cache)``); indices [b, s_q, topk]: flat token ids
+    page * page_size + offset, anything outside [0, num_blocks * page_size) invalid; topk_length [b]
+    (first entries only, clamped to [0, topk]); attn_sink [h_q]: out *= exp(lse) / (exp(lse) + exp(sink)).
+    Returns out [b, s_q, h_q, head_dim_v] and lse [b, h_q, s_q] in ``dtype``.
+    """
+    b, s_q, h_q, d = q.shape
+    if softmax_scale is None:
+        softmax_scale = d ** -0.5
+    kv = k_cache.reshape(-1, k_cache.shape[-1])
+    lengths = None if topk_length is None else topk_length.repeat_interleave(s_q)
+    out, _, lse = _sparse_attention_ref(q.reshape(b * s_q, h_q, d), kv, indices.reshape(b * s_q, -1), lengths,
+                                        softmax_scale, head_dim_v, attn_sink, dtype)
+    return out.reshape(b, s_q, h_q, head_dim_v), lse.reshape(b, s_q, h_q).transpose(1, 2)
+
+
+def sparse_prefill_ref(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk_length=None, dtype=torch.float64):
+    """Reference for :func:`triton_mla.sparse.flash_mla_sparse_fwd` (FlashMLA's tests/ref.py semantics).
+
+    q [s_q, h_q, d]; kv [s_kv, 1, d]; indices [s_q, 1, topk] (invalid: < 0 or >= s_kv); topk_length [s_q].
+    Returns out [s_q, h_q, d_v], max_logits [s_q, h_q], lse [s_q, h_q] in ``dtype`` (natural log units of
+    q.k * sm_scale; no valid index: out 0, max_logits -inf, lse +inf).
+    """
+    return _sparse_attention_ref(q, kv[:, 0], indices[:, 0], topk_length, sm_scale, d_v, attn_sink, dtype)
+
+
+__all__ += ["sparse_decode_ref", "sparse_prefill_ref"]

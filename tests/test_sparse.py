@@ -1,0 +1,533 @@
+"""Sparse (DSA) decode and prefill against ``reference.sparse_decode_ref`` / ``sparse_prefill_ref`` (float64).
+
+CPU runs use the Triton interpreter with fp16/fp32 and a small latent (64 + 16) for the 16/32-bit
+caches, DeepSeek's 512 + 64 for the FP8 cache; GPU runs use bf16 and FP8 at realistic sizes. Every
+case: fresh random inputs; cache tokens that no valid index names are NaN (FP8: 0xFF bytes, so NaN
+scales and rope), padded pages too; indices hold duplicates and invalid entries (-1, other negatives,
+ids past the cache); the outputs come from a NaN-poisoned torch.empty, so an unwritten element fails.
+"""
+
+import math
+
+import pytest
+import torch
+from conftest import CPU_DTYPES, DEVICE, assert_close, gpu
+
+import triton_mla as tm
+from triton_mla import configs
+from triton_mla import fp8 as fp8_layout
+from triton_mla.kernels import sparse as sparse_kernels
+from triton_mla.reference import sparse_decode_ref, sparse_prefill_ref
+from triton_mla.sparse import flash_mla_sparse_fwd, sparse_decode
+
+# many splits of each top-k list, so that short CPU inputs go through split + combine
+SPLIT_HEAVY = dict(PROGRAMS_PER_SM=64, FP8_PROGRAMS_PER_SM=64, MIN_CHUNKS_PER_SPLIT=1)
+BAD_IDS = (-1, -2, -(1 << 31), 1 << 30, (1 << 31) - 1)  # plus num_tokens and num_tokens + 1 per cache
+
+
+@pytest.fixture(autouse=True)
+def _poison_allocations(monkeypatch):
+    """Every torch.empty the library makes is filled with NaN, so an unwritten element fails."""
+    real_empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+
+
+def make_cache(num_blocks, page_size, d, dtype, fp8, g, used_frac=0.6, pad=0):
+    """A random cache [num_blocks, page_size, 1, d] (FP8: [..., 656] uint8), pages padded by ``pad`` tokens.
+
+    Returns (k_cache, used): only the tokens in ``used`` (flat ids) hold data; every other token, and
+    the padding, is NaN, so a read of anything an index does not validly name shows up in the output.
+    """
+    num_tokens = num_blocks * page_size
+    used = torch.randperm(num_tokens, generator=g)[: max(1, math.ceil(num_tokens * used_frac))]
+    keep = torch.zeros(num_blocks, page_size + pad, dtype=torch.bool)
+    keep[used // page_size, used % page_size] = True
+    if fp8:
+        lat = torch.randn(num_blocks, page_size + pad, 1, 576, generator=g)
+        full = fp8_layout.quantize_latent(lat[..., :512], lat[..., 512:])
+        full[~keep] = 0xFF
+    else:
+        full = torch.randn(num_blocks, page_size + pad, 1, d, generator=g).to(dtype)
+        full[~keep] = float("nan")
+    return full[:, :page_size], used
+
+
+def make_indices(used, num_tokens, shape, g, invalid_frac=0.2):
+    """Ids drawn from ``used`` with replacement (so duplicates occur), a fraction replaced by invalid ids."""
+    ids = used[torch.randint(0, len(used), shape, generator=g)]
+    bad = torch.tensor(BAD_IDS + (num_tokens, num_tokens + 1))
+    where = torch.rand(shape, generator=g) < invalid_frac
+    ids[where] = bad[torch.randint(0, len(bad), shape, generator=g)][where]
+    return ids.to(torch.int32)
+
+
+def dequantized(k_cache, fp8):
+    return fp8_layout.dequantize_latent(k_cache, torch.float64) if fp8 else k_cache.double()
+
+
+def check_decode(b, s_q, h_q, topk, dv=64, dr=16, page_size=16, num_blocks=6, dtype=torch.float16, fp8=False,
+                 seed=0, invalid_frac=0.2, pad=0, topk_length=None, sink=None, softmax_scale=None, device=DEVICE,
+                 via_api=False):
+    g = torch.Generator().manual_seed(seed)
+    if fp8:
+        dv, dr = 512, 64
+    d = dv + dr
+    k_cache, used = make_cache(num_blocks, page_size, d, dtype, fp8, g, pad=pad)
+    indices = make_indices(used, num_blocks * page_size, (b, s_q, topk), g, invalid_frac)
+    q = torch.randn(b, s_q, h_q, d, generator=g).to(dtype)
+    lens = None if topk_length is None else torch.tensor(topk_length, dtype=torch.int32)
+    sink_t = None if sink is None else torch.tensor(sink, dtype=torch.float32)
+    args = [t if t is None else t.to(device) for t in (q, k_cache, indices, lens, sink_t)]
+    if via_api:
+        md = tm.get_mla_metadata()[0]
+        out, lse = tm.flash_mla_with_kvcache(args[0], args[1], None, None, dv, md, None, softmax_scale=softmax_scale,
+                                             is_fp8_kvcache=fp8, indices=args[2], attn_sink=args[4],
+                                             topk_length=args[3])
+    else:
+        out, lse = sparse_decode(args[0], args[1], args[2], dv, softmax_scale=softmax_scale, is_fp8_kvcache=fp8,
+                                 attn_sink=args[4], topk_length=args[3])
+    # the oracle runs where the kernel ran (fast on a GPU); args[i] are the device copies
+    ref_out, ref_lse = sparse_decode_ref(args[0].double(), dequantized(args[1], fp8), args[2], dv, softmax_scale,
+                                         args[4], args[3])
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    assert out.shape == (b, s_q, h_q, dv) and lse.shape == (b, h_q, s_q)
+    # FP8: the kernel computes with exactly the dequantized values (e4m3 * power-of-two scale), so the
+    # only extra rounding is that of P in q's dtype, as for a 16-bit cache: the same tolerance holds
+    assert_close(out, ref_out, dtype)
+    assert_close(lse, ref_lse, torch.float32 if dtype == torch.float32 else torch.float16, "lse")
+    return out, lse
+
+
+def check_prefill(s_q, h_q, topk, s_kv=70, dv=64, dr=16, dtype=torch.float16, seed=0, invalid_frac=0.2,
+                  topk_length=None, sink=None, sm_scale=0.1, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+    d = dv + dr
+    kv, used = make_cache(s_kv, 1, d, dtype, False, g)
+    kv = kv[:, :, 0]  # [s_kv, 1, d]
+    indices = make_indices(used, s_kv, (s_q, 1, topk), g, invalid_frac)
+    q = torch.randn(s_q, h_q, d, generator=g).to(dtype)
+    lens = None if topk_length is None else torch.tensor(topk_length, dtype=torch.int32)
+    sink_t = None if sink is None else torch.tensor(sink, dtype=torch.float32)
+    args = [t if t is None else t.to(device) for t in (q, kv, indices, lens, sink_t)]
+    out, max_logits, lse = flash_mla_sparse_fwd(args[0], args[1], args[2], sm_scale, d_v=dv, attn_sink=args[4],
+                                                topk_length=args[3])
+    ref_out, ref_max, ref_lse = sparse_prefill_ref(args[0].double(), args[1].double(), args[2], sm_scale, dv,
+                                                   args[4], args[3])
+    assert out.shape == (s_q, h_q, dv) and max_logits.shape == lse.shape == (s_q, h_q)
+    assert max_logits.dtype == lse.dtype == torch.float32
+    stat_dtype = torch.float32 if dtype == torch.float32 else torch.float16
+    assert_close(out, ref_out, dtype)
+    assert_close(lse, ref_lse, stat_dtype, "lse")
+    assert_close(max_logits, ref_max, stat_dtype, "max_logits")
+    return out, max_logits, lse
+
+
+def splits_of(tokens, h_q, topk, section="sparse_decode", fp8=False):
+    config = configs.kernel_config(section, h_q, torch.float16, torch.device(DEVICE))
+    if fp8:
+        config = sparse_kernels.fp8_config(config)
+    return sparse_kernels.num_splits(tokens, h_q, topk, config, configs.num_sms(torch.device(DEVICE)))
+
+
+# -- decode, 16/32-bit cache -------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("s_q", [1, 2, 3, 4])
+def test_decode_s_q(s_q, dtype):
+    check_decode(b=3, s_q=s_q, h_q=5, topk=37, dtype=dtype, seed=s_q)
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("h_q", [1, 2, 3, 8, 12, 16, 17, 32, 64, 128])
+def test_decode_head_counts(h_q, split):
+    with configs.overridden(**(SPLIT_HEAVY if split else {})):
+        assert (splits_of(2, h_q, 70) > 1) == split
+        check_decode(b=2, s_q=1, h_q=h_q, topk=70, seed=h_q)
+
+
+@pytest.mark.parametrize("topk", [1, 2, 15, 16, 17, 31, 32, 33, 64, 65, 200])
+def test_decode_topk(topk):
+    """Any topk, not only multiples of the chunk; topk 1 and 2 leave most of a chunk masked."""
+    check_decode(b=2, s_q=2, h_q=3, topk=topk, seed=topk, invalid_frac=0.1)
+
+
+@pytest.mark.parametrize("page_size,pad", [(1, 0), (16, 0), (64, 0), (16, 3), (1, 2)])
+def test_decode_pages(page_size, pad):
+    """Page boundaries, and padded pages (a page stride larger than page_size tokens: the pad is NaN)."""
+    check_decode(b=2, s_q=1, h_q=4, topk=50, page_size=page_size, num_blocks=max(2, 96 // page_size), pad=pad)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_decode_topk_length(split):
+    """Per-sequence lengths: 0 (no key), 1, inside a chunk, == topk, > topk and negative (clamped)."""
+    with configs.overridden(**(SPLIT_HEAVY if split else {})):
+        check_decode(b=6, s_q=2, h_q=4, topk=40, topk_length=[0, 1, 17, 40, 1000, -5], seed=7)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_decode_all_invalid(split):
+    """Rows whose entries are all invalid: out 0, lse +inf (with a sink as well)."""
+    with configs.overridden(**(SPLIT_HEAVY if split else {})):
+        out, lse = check_decode(b=2, s_q=2, h_q=3, topk=40, invalid_frac=1.0, sink=[0.5, float("inf"), -1.0])
+    assert torch.all(out == 0) and torch.all(lse == float("inf"))
+
+
+def test_decode_duplicates_count_twice():
+    """Every entry of a row names the same token: out = its V, lse = its score + log(topk)."""
+    g = torch.Generator().manual_seed(3)
+    k_cache = torch.randn(4, 16, 1, 80, generator=g).half()
+    q = torch.randn(1, 1, 3, 80, generator=g).half()
+    topk = 33
+    indices = torch.full((1, 1, topk), 21, dtype=torch.int32)
+    out, lse = sparse_decode(q.to(DEVICE), k_cache.to(DEVICE), indices.to(DEVICE), 64)
+    k = k_cache.view(-1, 80)[21].double()
+    score = (q[0, 0].double() @ k) * 80 ** -0.5
+    assert_close(out[0, 0], k[:64].expand(3, 64), torch.float16)
+    assert_close(lse[0, :, 0], score + math.log(topk), torch.float16, "lse")
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("split", [False, True])
+def test_decode_attn_sink(split, dtype):
+    """Finite sinks scale out by exp(lse) / (exp(lse) + exp(sink)); +inf zeroes a head, -inf leaves it."""
+    sink = [0.3, float("inf"), float("-inf"), -2.0, 8.0]
+    with configs.overridden(**(SPLIT_HEAVY if split else {})):
+        out, _ = check_decode(b=2, s_q=2, h_q=5, topk=45, dtype=dtype, sink=sink, topk_length=[45, 0])
+    assert torch.all(out[:, :, 1] == 0)
+
+
+def test_decode_strided_inputs():
+    """indices and q as non-contiguous views (indices every other entry, q's heads a slice of more)."""
+    g = torch.Generator().manual_seed(5)
+    k_cache, used = make_cache(6, 16, 80, torch.float16, False, g)
+    big_idx = make_indices(used, 96, (2, 3, 2 * 41), g)
+    indices = big_idx[:, :, ::2]
+    q = torch.randn(2, 3, 7, 80, generator=g).half()[:, :, 1:6]
+    out, lse = sparse_decode(q.to(DEVICE), k_cache.to(DEVICE), indices.to(DEVICE), 64, softmax_scale=0.2)
+    ref_out, ref_lse = sparse_decode_ref(q, k_cache, indices, 64, 0.2)
+    assert_close(out, ref_out, torch.float16)
+    assert_close(lse, ref_lse, torch.float16, "lse")
+
+
+@pytest.mark.parametrize("dv,dr,split", [(512, 64, False), (512, 64, True), (512, 0, False), (96, 32, True),
+                                         (48, 8, False)])
+def test_decode_latent_sizes(dv, dr, split):
+    """DeepSeek's 512 + 64 (split: the combine over several column and head blocks), no rope part, and
+    sizes that are not powers of two."""
+    with configs.overridden(**(SPLIT_HEAVY if split else {})):
+        check_decode(b=2, s_q=1, h_q=40 if split else 3, topk=50, dv=dv, dr=dr)
+
+
+def test_decode_via_flash_mla_with_kvcache():
+    """FlashMLA's sparse calling style: block_table and cache_seqlens None, metadata from get_mla_metadata()."""
+    check_decode(b=2, s_q=2, h_q=4, topk=30, via_api=True, sink=[0.1, 0.2, 0.3, 0.4], topk_length=[30, 11])
+
+
+def test_decode_empty_shapes():
+    g = torch.Generator().manual_seed(0)
+    k_cache, _ = make_cache(2, 16, 80, torch.float16, False, g)
+    k_cache = k_cache.to(DEVICE)
+    out, lse = sparse_decode(torch.randn(0, 1, 4, 80).half().to(DEVICE), k_cache,
+                             torch.zeros(0, 1, 8, dtype=torch.int32, device=DEVICE), 64)
+    assert out.shape == (0, 1, 4, 64) and lse.shape == (0, 4, 1)
+    out, lse = sparse_decode(torch.randn(2, 1, 4, 80).half().to(DEVICE), k_cache,
+                             torch.zeros(2, 1, 0, dtype=torch.int32, device=DEVICE), 64)
+    assert torch.all(out == 0) and torch.all(lse == float("inf"))
+
+
+def test_out_of_range_ids_without_checks(monkeypatch):
+    """With value checks off too, ids far outside the cache are skipped, never read (NaN would show)."""
+    monkeypatch.setenv("TRITON_MLA_CHECK", "0")
+    check_decode(b=2, s_q=2, h_q=4, topk=40, invalid_frac=0.7, num_blocks=2)
+
+
+# -- decode, FP8 cache -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("h_q", [1, 8, 16, 20])
+def test_decode_fp8(h_q, split):
+    with configs.overridden(**(SPLIT_HEAVY if split else {})):
+        assert (splits_of(4, h_q, 45, fp8=True) > 1) == split
+        check_decode(b=2, s_q=2, h_q=h_q, topk=45, fp8=True, num_blocks=4, seed=h_q)
+
+
+def test_decode_fp8_extras():
+    """FP8 with topk_length, sinks, padded pages, a float8_e4m3fn view of the cache, and the API path."""
+    check_decode(b=3, s_q=1, h_q=4, topk=40, fp8=True, num_blocks=4, pad=1, topk_length=[40, 3, 0],
+                 sink=[0.0, float("inf"), -1.0, 2.0], via_api=True)
+    g = torch.Generator().manual_seed(1)
+    k_cache, used = make_cache(3, 16, 576, None, True, g)
+    indices = make_indices(used, 48, (1, 2, 20), g)
+    q = torch.randn(1, 2, 2, 576, generator=g).half()
+    out, lse = sparse_decode(q.to(DEVICE), k_cache.view(torch.float8_e4m3fn).to(DEVICE), indices.to(DEVICE), 512,
+                             is_fp8_kvcache=True)
+    ref_out, ref_lse = sparse_decode_ref(q, dequantized(k_cache, True), indices, 512)
+    assert_close(out, ref_out, torch.float16)
+
+
+# -- prefill ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("h_q", [1, 3, 16, 64, 128])
+def test_prefill(h_q, dtype):
+    check_prefill(s_q=5, h_q=h_q, topk=33, dtype=dtype, seed=h_q)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_prefill_topk_length_sink(split):
+    with configs.overridden(**(SPLIT_HEAVY if split else {})):
+        assert (splits_of(6, 4, 60, "sparse_prefill") > 1) == split
+        out, max_logits, lse = check_prefill(s_q=6, h_q=4, topk=60, topk_length=[60, 0, 1, 33, 500, -1],
+                                             sink=[0.5, float("inf"), float("-inf"), -3.0])
+    assert torch.all(max_logits[1] == float("-inf")) and torch.all(lse[1] == float("inf"))
+
+
+def test_prefill_all_invalid_and_large_ids():
+    out, max_logits, lse = check_prefill(s_q=3, h_q=2, topk=20, invalid_frac=1.0)
+    assert torch.all(out == 0) and torch.all(max_logits == float("-inf")) and torch.all(lse == float("inf"))
+
+
+def test_prefill_topk_not_multiple_and_1():
+    check_prefill(s_q=4, h_q=3, topk=1)
+    check_prefill(s_q=4, h_q=3, topk=77, s_kv=200)
+
+
+def test_prefill_empty():
+    q = torch.randn(3, 2, 80).half().to(DEVICE)
+    kv = torch.randn(0, 1, 80).half().to(DEVICE)
+    idx = torch.full((3, 1, 5), -1, dtype=torch.int32, device=DEVICE)
+    out, max_logits, lse = flash_mla_sparse_fwd(q, kv, idx, 0.1, d_v=64)
+    assert torch.all(out == 0) and torch.all(max_logits == float("-inf")) and torch.all(lse == float("inf"))
+
+
+# -- bad input ------------------------------------------------------------------------------------------
+def _decode_args(fp8=False):
+    g = torch.Generator().manual_seed(0)
+    k_cache, used = make_cache(3, 16, 576 if fp8 else 80, torch.float16, fp8, g)
+    indices = make_indices(used, 48, (2, 1, 8), g)
+    q = torch.randn(2, 1, 4, 576 if fp8 else 80, generator=g).half()
+    return dict(q=q.to(DEVICE), k_cache=k_cache.to(DEVICE), indices=indices.to(DEVICE),
+                head_dim_v=512 if fp8 else 64, is_fp8_kvcache=fp8)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda a: a.update(q=a["q"].to(torch.int32)), TypeError, "q"),
+        (lambda a: a.update(q=a["q"][0]), ValueError, "q"),
+        (lambda a: a.update(q=a["q"][:, :0]), ValueError, "q"),
+        (lambda a: a.update(q=a["q"].transpose(-1, -2).contiguous().transpose(-1, -2)), ValueError, "q"),
+        (lambda a: a.update(k_cache=a["k_cache"].float()), TypeError, "k_cache"),
+        (lambda a: a.update(k_cache=a["k_cache"].expand(-1, -1, 2, -1)), ValueError, "k_cache"),
+        (lambda a: a.update(k_cache=a["k_cache"][..., :40]), ValueError, "k_cache"),
+        (lambda a: a.update(k_cache=a["k_cache"].view(torch.uint8)[..., :80]), TypeError, "k_cache"),
+        (lambda a: a.update(indices=a["indices"].long()), TypeError, "indices"),
+        (lambda a: a.update(indices=a["indices"][0]), ValueError, "indices"),
+        (lambda a: a.update(indices=a["indices"][:1]), ValueError, "indices"),
+        (lambda a: a.update(head_dim_v=1000), ValueError, "head_dim_v"),
+        (lambda a: a.update(head_dim_v=64.0), TypeError, "head_dim_v"),
+        (lambda a: a.update(softmax_scale="x"), TypeError, "softmax_scale"),
+        (lambda a: a.update(attn_sink=torch.zeros(4, device=a["q"].device, dtype=torch.float16)), TypeError,
+         "attn_sink"),
+        (lambda a: a.update(attn_sink=torch.zeros(3, device=a["q"].device)), ValueError, "attn_sink"),
+        (lambda a: a.update(topk_length=torch.zeros(2, device=a["q"].device, dtype=torch.int64)), TypeError,
+         "topk_length"),
+        (lambda a: a.update(topk_length=torch.zeros(3, device=a["q"].device, dtype=torch.int32)), ValueError,
+         "topk_length"),
+        (lambda a: a.update(causal=True), ValueError, "causal"),
+    ],
+)
+def test_decode_bad_input(mutate, exc, match):
+    args = _decode_args()
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        sparse_decode(**args)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda a: a.update(q=a["q"].float()), TypeError, "q"),
+        (lambda a: a.update(q=a["q"][..., :80]), ValueError, "q"),
+        (lambda a: a.update(head_dim_v=256), ValueError, "head_dim_v"),
+        (lambda a: a.update(k_cache=a["k_cache"][..., :640]), ValueError, "k_cache"),
+        (lambda a: a.update(k_cache=a["k_cache"][:, :, :, 1:653]), ValueError, "k_cache"),
+        (lambda a: a.update(is_fp8_kvcache=False), TypeError, "k_cache"),
+    ],
+)
+def test_decode_fp8_bad_input(mutate, exc, match):
+    args = _decode_args(fp8=True)
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        sparse_decode(**args)
+
+
+def _prefill_args():
+    g = torch.Generator().manual_seed(0)
+    return dict(q=torch.randn(3, 4, 80, generator=g).half().to(DEVICE),
+                kv=torch.randn(20, 1, 80, generator=g).half().to(DEVICE),
+                indices=torch.randint(0, 20, (3, 1, 8), generator=g, dtype=torch.int32).to(DEVICE),
+                sm_scale=0.1, d_v=64)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda a: a.update(q=a["q"][None]), ValueError, "q"),
+        (lambda a: a.update(q=a["q"].to(torch.int8)), TypeError, "q"),
+        (lambda a: a.update(kv=a["kv"].float()), TypeError, "kv"),
+        (lambda a: a.update(kv=a["kv"].expand(-1, 2, -1)), ValueError, "kv"),
+        (lambda a: a.update(kv=a["kv"][..., :64]), ValueError, "kv"),
+        (lambda a: a.update(indices=a["indices"].long()), TypeError, "indices"),
+        (lambda a: a.update(indices=a["indices"][:2]), ValueError, "indices"),
+        (lambda a: a.update(indices=a["indices"].expand(-1, 2, -1)), ValueError, "indices"),
+        (lambda a: a.update(sm_scale=None), TypeError, "sm_scale"),
+        (lambda a: a.update(d_v=0), ValueError, "d_v"),
+        (lambda a: a.update(d_v=600), ValueError, "d_v"),
+        (lambda a: a.update(attn_sink=torch.zeros(5, device=a["q"].device)), ValueError, "attn_sink"),
+        (lambda a: a.update(topk_length=torch.zeros(2, device=a["q"].device, dtype=torch.int32)), ValueError,
+         "topk_length"),
+    ],
+)
+def test_prefill_bad_input(mutate, exc, match):
+    args = _prefill_args()
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        flash_mla_sparse_fwd(**args)
+
+
+# -- GPU ------------------------------------------------------------------------------------------------
+def _gpu_lengths(b, topk, seed):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(0, topk + 1, (b,), generator=g)
+    lens[0] = topk
+    return lens.tolist()
+
+
+@gpu
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("h_q", [1, 8, 12, 16, 32, 64, 128])
+@pytest.mark.parametrize("s_q", [1, 2, 4])
+def test_gpu_decode_deepseek(h_q, s_q, fp8):
+    """bf16 queries, DeepSeek's latent, pages of 64, topk 2048, varied topk_length, sinks."""
+    b = 4
+    sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
+    check_decode(b=b, s_q=s_q, h_q=h_q, topk=2048, dv=512, dr=64, page_size=64, num_blocks=80,
+                 dtype=torch.bfloat16, fp8=fp8, seed=h_q * 10 + s_q, invalid_frac=0.05,
+                 topk_length=_gpu_lengths(b, 2048, h_q + s_q), sink=sink if s_q == 2 else None)
+
+
+@gpu
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("b,s_q,h_q,topk", [(1, 1, 128, 2048), (2, 2, 128, 577), (1, 1, 16, 4096),
+                                            (128, 1, 16, 2048), (64, 2, 64, 1000)])
+def test_gpu_decode_split_and_batch(b, s_q, h_q, topk, fp8):
+    """Small batches split the top-k list (combine), large ones do not; odd topk."""
+    check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=64, num_blocks=160,
+                 dtype=torch.bfloat16, fp8=fp8, seed=b + topk)
+
+
+@gpu
+def test_gpu_decode_fp16_fp32_caches():
+    check_decode(b=3, s_q=2, h_q=16, topk=700, dv=512, dr=64, page_size=64, num_blocks=40, dtype=torch.float16)
+    check_decode(b=3, s_q=1, h_q=8, topk=300, dv=512, dr=64, page_size=64, num_blocks=20, dtype=torch.float32)
+    check_decode(b=2, s_q=1, h_q=16, topk=500, page_size=64, num_blocks=40, dtype=torch.float16, fp8=True)
+
+
+@gpu
+@pytest.mark.parametrize("h_q", [16, 64, 128])
+@pytest.mark.parametrize("topk", [2048, 300])
+def test_gpu_prefill_deepseek(h_q, topk):
+    s_q = 64
+    check_prefill(s_q=s_q, h_q=h_q, topk=topk, s_kv=8192, dv=512, dr=64, dtype=torch.bfloat16, seed=h_q + topk,
+                  invalid_frac=0.05, topk_length=_gpu_lengths(s_q, topk, h_q),
+                  sink=torch.randn(h_q, generator=torch.Generator().manual_seed(1)).tolist(), sm_scale=576 ** -0.5)
+
+
+@gpu
+def test_gpu_prefill_small_s_q_splits():
+    check_prefill(s_q=2, h_q=128, topk=2048, s_kv=4096, dv=512, dr=64, dtype=torch.bfloat16, sm_scale=576 ** -0.5)
+    check_prefill(s_q=3, h_q=8, topk=1500, s_kv=4096, dv=512, dr=64, dtype=torch.float16, sm_scale=576 ** -0.5)
+
+
+@gpu
+@pytest.mark.parametrize("fp8", [False, True])
+def test_gpu_cuda_graph_replay_new_indices(fp8, monkeypatch):
+    """Captured once; replayed with new indices, topk_length and q in the same buffers."""
+    monkeypatch.setenv("TRITON_MLA_CHECK", "0")
+    g = torch.Generator().manual_seed(2)
+    b, s_q, h_q, topk, nb, ps = 8, 2, 16, 1024, 64, 64
+    k_cache, used = make_cache(nb, ps, 576, torch.bfloat16, fp8, g, used_frac=1.0)
+    k_cache = k_cache.cuda()
+    indices = make_indices(used, nb * ps, (b, s_q, topk), g).cuda()
+    lens = torch.full((b,), topk, dtype=torch.int32, device="cuda")
+    q = torch.randn(b, s_q, h_q, 576, generator=g).to(torch.bfloat16).cuda()
+    md = tm.get_mla_metadata()[0]
+    run = lambda: tm.flash_mla_with_kvcache(q, k_cache, None, None, 512, md, None, is_fp8_kvcache=fp8,
+                                            indices=indices, topk_length=lens)
+    run()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = run()
+    for step in range(3):
+        gs = torch.Generator().manual_seed(10 + step)
+        indices.copy_(make_indices(used, nb * ps, (b, s_q, topk), gs))
+        lens.copy_(torch.randint(0, topk + 1, (b,), generator=gs, dtype=torch.int32))
+        q.copy_(torch.randn(q.shape, generator=gs).to(q.dtype))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref_out, ref_lse = sparse_decode_ref(q, dequantized(k_cache, fp8), indices, 512, topk_length=lens)
+        assert_close(out, ref_out, torch.bfloat16)
+        assert_close(lse, ref_lse, torch.bfloat16, "lse")
+
+
+@gpu
+def test_gpu_no_host_sync(monkeypatch):
+    monkeypatch.setenv("TRITON_MLA_CHECK", "0")
+    g = torch.Generator().manual_seed(4)
+    k_cache, used = make_cache(16, 64, 576, torch.bfloat16, True, g)
+    indices = make_indices(used, 1024, (2, 1, 512), g).cuda()
+    q = torch.randn(2, 1, 16, 576, generator=g).to(torch.bfloat16).cuda()
+    k_cache = k_cache.cuda()
+    kv = torch.randn(300, 1, 576, device="cuda", dtype=torch.bfloat16)
+    pidx = torch.randint(0, 300, (7, 1, 100), device="cuda", dtype=torch.int32)
+    qp = torch.randn(7, 16, 576, device="cuda", dtype=torch.bfloat16)
+    sparse_decode(q, k_cache, indices, 512, is_fp8_kvcache=True)
+    flash_mla_sparse_fwd(qp, kv, pidx, 0.05)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sparse_decode(q, k_cache, indices, 512, is_fp8_kvcache=True)
+        flash_mla_sparse_fwd(qp, kv, pidx, 0.05)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@gpu
+@pytest.mark.parametrize("fp8", [False, True])
+def test_gpu_cache_offsets_beyond_2_31(fp8):
+    """Tokens whose offset in the cache (elements, or bytes for FP8) overflows int32 (~2.3-4.5 GB)."""
+    ps = 64
+    per_token = fp8_layout.BYTES_PER_TOKEN if fp8 else 576
+    num_blocks = (1 << 31) // (ps * per_token) + 8
+    shape = (num_blocks, ps, 1, per_token)
+    k_cache = torch.zeros(shape, dtype=torch.uint8 if fp8 else torch.bfloat16, device="cuda")
+    g = torch.Generator().manual_seed(9)
+    lat = torch.randn(4, ps, 1, 576, generator=g)
+    high = torch.arange(num_blocks - 4, num_blocks, device="cuda")
+    k_cache[high] = (fp8_layout.quantize_latent(lat[..., :512], lat[..., 512:]) if fp8
+                     else lat.to(torch.bfloat16)).cuda()
+    tokens = (high[:, None] * ps + torch.arange(ps, device="cuda")).view(-1)
+    indices = tokens[torch.randint(0, len(tokens), (1, 2, 300), generator=g).cuda()].to(torch.int32)
+    q = torch.randn(1, 2, 16, 576, generator=g).to(torch.bfloat16).cuda()
+    out, lse = sparse_decode(q, k_cache, indices, 512, is_fp8_kvcache=fp8)
+    sub = k_cache[high]
+    local = indices - (num_blocks - 4) * ps
+    ref_out, _ = sparse_decode_ref(q, dequantized(sub, fp8), local, 512)
+    assert_close(out, ref_out, torch.bfloat16)

@@ -1,0 +1,178 @@
+"""Sparse (DSA, DeepSeek-V3.2) MLA attention with FlashMLA's signatures: token-level sparse decode
+(``flash_mla_with_kvcache(..., indices=...)`` dispatches to :func:`sparse_decode`) and sparse prefill
+(:func:`flash_mla_sparse_fwd`).
+
+Each query token attends to its own ``topk`` cache tokens, given by ``indices``; the kernels are in
+``triton_mla.kernels.sparse``, the semantics in ``triton_mla.reference.sparse_decode_ref`` and
+``sparse_prefill_ref``. Beyond FlashMLA: any head count (FlashMLA takes 64 or 128), bf16/fp16/fp32
+caches as well as FP8 for decode, fp16/fp32 as well as bf16 for prefill, and an index outside the
+cache is invalid (skipped) rather than undefined.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import configs
+from . import fp8 as _fp8
+from ._checks import FLOAT_DTYPES, check_int, check_runnable, check_tensor
+from .kernels import sparse as _sparse
+
+__all__ = ["sparse_decode", "flash_mla_sparse_fwd"]
+
+MAX_HEAD_DIM_V = 512
+MAX_ROPE_DIM = 128
+
+
+def _check_scale(value, name):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
+    return float(value)
+
+
+def _check_dims(d, head_dim_v, name):
+    check_int(head_dim_v, name, low=1, high=min(d, MAX_HEAD_DIM_V))
+    if d - head_dim_v > MAX_ROPE_DIM:
+        raise ValueError(f"{name}: q's head dim {d} leaves {d - head_dim_v} rope dims; at most {MAX_ROPE_DIM} "
+                         "are supported")
+
+
+def _check_extras(attn_sink, topk_length, h_q, rows, device):
+    if attn_sink is not None:
+        check_tensor(attn_sink, "attn_sink", shape=(h_q,), dtype=torch.float32, device=device,
+                     last_contiguous=True)
+    if topk_length is not None:
+        check_tensor(topk_length, "topk_length", shape=(rows,), dtype=torch.int32, device=device)
+
+
+def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kvcache=False, attn_sink=None,
+                  topk_length=None, causal=False):
+    """Token-level sparse MLA decode (DSA): each query token attends to its own top-k cache tokens.
+
+    q: (b, s_q, h_q, d) bfloat16/float16/float32, d = head_dim_v + rope dims (576 for DeepSeek). Any h_q.
+    k_cache: (num_blocks, page_size, 1, d) in q's dtype, or with ``is_fp8_kvcache`` the FP8 layout
+        (num_blocks, page_size, 1, 656) uint8/float8_e4m3fn (``triton_mla.fp8``; then d = 576,
+        head_dim_v = 512 and q is bfloat16/float16). Page and token strides are read, not assumed.
+    indices: (b, s_q, topk) int32: entry = page * page_size + offset, a flat token id. -1, or any id
+        outside [0, num_blocks * page_size), is an invalid entry: skipped, never read. A token listed
+        twice counts twice (a plain gather).
+    head_dim_v: dv (512 for DeepSeek; 1..512 with at most 128 rope dims for a 16/32-bit cache).
+    softmax_scale: default d ** -0.5.
+    attn_sink: (h_q,) float32 or None: out is scaled by exp(lse) / (exp(lse) + exp(attn_sink[h]))
+        (+inf gives 0, -inf no change); lse itself is not changed.
+    topk_length: (b,) int32 or None: only the first topk_length[i] entries of sequence i count
+        (clamped to [0, topk]).
+    causal: must be False (sparse attention has no causal mask; FlashMLA asserts the same).
+
+    Returns out (b, s_q, h_q, head_dim_v) in q's dtype and lse (b, h_q, s_q) float32 (natural log of
+    the scaled logits); a query with no valid entry gets out = 0 and lse = +inf. No host sync; the
+    launch depends only on shapes, so the call can be captured in a CUDA graph and replayed with new
+    indices. Semantics: ``triton_mla.reference.sparse_decode_ref``.
+
+    Example::
+
+        out, lse = tm.flash_mla_with_kvcache(q, k_cache, None, None, 512, tm.get_mla_metadata()[0], None,
+                                             is_fp8_kvcache=True, indices=indices)
+    """
+    if causal:
+        raise ValueError("causal: sparse decode has no causal mask (indices choose the keys); pass causal=False")
+    check_tensor(q, "q", ndim=4, dtype=FLOAT_DTYPES, last_contiguous=True)
+    b, s_q, h_q, d = q.shape
+    if s_q < 1 or h_q < 1:
+        raise ValueError(f"q: needs s_q >= 1 and h_q >= 1, got shape {list(q.shape)}")
+    device = q.device
+    fp8 = bool(is_fp8_kvcache)
+    if fp8:
+        from .cache import check_fp8_cache
+
+        check_tensor(k_cache, "k_cache", ndim=4, dtype=(torch.uint8, torch.float8_e4m3fn), device=device)
+        check_fp8_cache(k_cache)
+        if q.dtype == torch.float32:
+            raise TypeError("q: the FP8 cache is read with bfloat16/float16 queries, got float32")
+        if d != _fp8.NOPE_DIM + _fp8.ROPE_DIM or head_dim_v != _fp8.NOPE_DIM:
+            raise ValueError(f"q, head_dim_v: the FP8 layout holds {_fp8.NOPE_DIM} + {_fp8.ROPE_DIM} dims, so q's "
+                             f"head dim must be {_fp8.NOPE_DIM + _fp8.ROPE_DIM} and head_dim_v {_fp8.NOPE_DIM}; "
+                             f"got {d} and {head_dim_v}")
+    else:
+        if isinstance(k_cache, torch.Tensor) and k_cache.dtype in (torch.uint8, torch.float8_e4m3fn):
+            raise TypeError(f"k_cache: a {k_cache.dtype} cache is the FP8 layout: pass is_fp8_kvcache=True")
+        check_tensor(k_cache, "k_cache", ndim=4, dtype=q.dtype, device=device, last_contiguous=True)
+        if k_cache.shape[3] != d:
+            raise ValueError(f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
+        _check_dims(d, head_dim_v, "head_dim_v")
+    if k_cache.shape[2] != 1:
+        raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_cache.shape[2]}")
+    check_tensor(indices, "indices", ndim=3, dtype=torch.int32, device=device)
+    if tuple(indices.shape[:2]) != (b, s_q):
+        raise ValueError(f"indices: expected shape [{b}, {s_q}, topk] (q's batch and s_q), got {list(indices.shape)}")
+    _check_extras(attn_sink, topk_length, h_q, b, device)
+    softmax_scale = d ** -0.5 if softmax_scale is None else _check_scale(softmax_scale, "softmax_scale")
+    check_runnable(device)
+
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=device)
+    if b == 0:
+        return out, lse
+    if indices.shape[2] == 0 or k_cache.shape[0] * k_cache.shape[1] == 0:
+        # nothing to attend to (known from shapes alone): FlashMLA's convention for lonely queries
+        return out.zero_(), lse.fill_(float("inf"))
+    config = configs.kernel_config("sparse_decode", h_q, q.dtype, device)
+    cache = k_cache.view(torch.uint8) if fp8 else k_cache
+    _sparse.sparse_attention(q, cache, indices, topk_length, attn_sink, out, lse, None, softmax_scale, fp8, config,
+                             configs.num_sms(device))
+    return out, lse
+
+
+def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk_length=None):
+    """Sparse MLA prefill (FlashMLA's ``flash_mla_sparse_fwd``): each query token attends to its top-k kv tokens.
+
+    q: (s_q, h_q, d_qk) bfloat16/float16/float32 (d_qk = 576 for DeepSeek). Any h_q.
+    kv: (s_kv, 1, d_qk), q's dtype (one KV head; the latent, V = its first d_v dims).
+    indices: (s_q, 1, topk) int32: rows of kv; -1, or any id outside [0, s_kv), is invalid (skipped).
+    sm_scale: float, the scale of q.k before the softmax.
+    d_v: 512 for DeepSeek (any 1..512 leaving at most 128 rope dims).
+    attn_sink: (h_q,) float32 or None: out is scaled by exp(lse) / (exp(lse) + exp(attn_sink[h]));
+        lse and max_logits are not changed.
+    topk_length: (s_q,) int32 or None: query i attends only to indices[i, 0, :topk_length[i]] (clamped).
+
+    Returns (out, max_logits, lse): out (s_q, h_q, d_v) in q's dtype; max_logits and lse (s_q, h_q)
+    float32 in natural-log units of the scaled logits (max_logits = max over valid keys of
+    q.k * sm_scale, lse = logsumexp of the same). A query with no valid index: out = 0, lse = +inf,
+    max_logits = -inf. Semantics: ``triton_mla.reference.sparse_prefill_ref`` (FlashMLA's tests/ref.py).
+
+    Example::
+
+        out, max_logits, lse = flash_mla_sparse_fwd(q, kv, indices, 576 ** -0.5)
+    """
+    check_tensor(q, "q", ndim=3, dtype=FLOAT_DTYPES, last_contiguous=True)
+    s_q, h_q, d = q.shape
+    if h_q < 1:
+        raise ValueError(f"q: needs h_q >= 1, got shape {list(q.shape)}")
+    device = q.device
+    check_tensor(kv, "kv", ndim=3, dtype=q.dtype, device=device, last_contiguous=True)
+    if kv.shape[1] != 1:
+        raise ValueError(f"kv: MLA has one KV head (kv.shape[1] == 1), got {kv.shape[1]}")
+    if kv.shape[2] != d:
+        raise ValueError(f"kv: head dim {kv.shape[2]} differs from q's {d}")
+    check_tensor(indices, "indices", ndim=3, dtype=torch.int32, device=device)
+    if indices.shape[0] != s_q or indices.shape[1] != 1:
+        raise ValueError(f"indices: expected shape [{s_q}, 1, topk] (q's s_q, one KV head), got "
+                         f"{list(indices.shape)}")
+    sm_scale = _check_scale(sm_scale, "sm_scale")
+    _check_dims(d, d_v, "d_v")
+    _check_extras(attn_sink, topk_length, h_q, s_q, device)
+    check_runnable(device)
+
+    out = torch.empty(s_q, h_q, d_v, dtype=q.dtype, device=device)
+    max_logits = torch.empty(s_q, h_q, dtype=torch.float32, device=device)
+    lse = torch.empty(s_q, h_q, dtype=torch.float32, device=device)
+    if s_q == 0:
+        return out, max_logits, lse
+    if indices.shape[2] == 0 or kv.shape[0] == 0:
+        return out.zero_(), max_logits.fill_(float("-inf")), lse.fill_(float("inf"))
+    config = configs.kernel_config("sparse_prefill", h_q, q.dtype, device)
+    # the decode kernel's view: s_q sequences of one query token, kv as pages of one token
+    _sparse.sparse_attention(q.unsqueeze(1), kv.unsqueeze(1), indices, topk_length, attn_sink, out.unsqueeze(1),
+                             lse.unsqueeze(2), max_logits.unsqueeze(2), sm_scale, False, config,
+                             configs.num_sms(device))
+    return out, max_logits, lse
