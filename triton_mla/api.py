@@ -118,7 +118,8 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
         from .sparse import sparse_decode
 
         return sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=softmax_scale,
-                             is_fp8_kvcache=is_fp8_kvcache, attn_sink=attn_sink, topk_length=topk_length)
+                             is_fp8_kvcache=is_fp8_kvcache, attn_sink=attn_sink, topk_length=topk_length,
+                             causal=causal)
     if attn_sink is not None or topk_length is not None:
         raise ValueError("attn_sink, topk_length: only sparse decode (indices=...) takes them")
     check_tensor(q, "q", ndim=4, dtype=FLOAT_DTYPES, last_contiguous=True)

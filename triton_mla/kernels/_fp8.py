@@ -33,7 +33,7 @@ def load_fp8_group(k_ptr, tok_off, tok_ok, G: tl.constexpr, DTYPE: tl.constexpr)
     factor per token (QK: columns, PV: rows of P) keeps the dequantize off the tile itself.
     """
     offs = tl.arange(0, GROUP)
-    x = tl.load(k_ptr + tok_off[:, None] + (G * GROUP + offs)[None, :], mask=tok_ok[:, None], other=0)
+    x = tl.load(k_ptr + tok_off[:, None] + (offs + G * GROUP)[None, :], mask=tok_ok[:, None], other=0)
     scale = tl.load((k_ptr + tok_off + SCALE_BYTE + 4 * G).to(tl.pointer_type(tl.float32)), mask=tok_ok,
                     other=0.0)
     return fp8_to_f16(x).to(DTYPE), scale * 256.0
