@@ -15,6 +15,7 @@ it does not name are ``*i32`` pointers if they end in ``_ptr`` and ``i32`` other
 from __future__ import annotations
 
 import importlib
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -112,24 +113,54 @@ def entry_label(entry):
             f"w{entry['num_warps']} s{entry['num_stages']}")
 
 
-def check(families=None, out=sys.stdout) -> bool:
-    ok = True
-    for fam in families or list(TARGETS):
-        cap, limit = TARGETS[fam]
+def _jobs(families):
+    """Every (family, label, kernel name, spec) to compile, in a fixed order."""
+    jobs = []
+    for fam in families:
         doc = load_family(fam)
-        entries = [(section, e) for section in SECTIONS if section in doc for e in doc[section]]
-        for section, entry in entries:
-            label = f"{section:<14} {entry_label(entry)}"
-            for name, fn, types, consts, warps, stages in section_specs(section, entry):
-                try:
-                    shared = _compile(fn, types, consts, cap, warps, stages)
-                    fits = shared <= limit
-                    verdict = "ok" if fits else "EXCEEDS"
-                except Exception as e:  # a config the compiler rejects fails the check too
-                    shared, fits, verdict = -1, False, f"FAILED {type(e).__name__}: {str(e)[:120]}"
-                ok &= fits
-                print(f"{fam:>6} {label:<50} {name:<20} shared {shared:>7} / {limit} B  {verdict}",
-                      file=out, flush=True)
+        for section in [s for s in SECTIONS if s in doc]:
+            for entry in doc[section]:
+                label = f"{section:<14} {entry_label(entry)}"
+                for spec in section_specs(section, entry):
+                    jobs.append((fam, label, spec))
+    return jobs
+
+
+def _run_job(job):
+    fam, _, (name, fn, types, consts, warps, stages) = job
+    cap, limit = TARGETS[fam]
+    try:
+        shared = _compile(fn, types, consts, cap, warps, stages)
+        return shared, ("ok" if shared <= limit else "EXCEEDS")
+    except Exception as e:  # a config the compiler rejects fails the check too
+        return -1, f"FAILED {type(e).__name__}: {str(e)[:120]}"
+
+
+_JOBS: list = []
+
+
+def _run_index(i):
+    return _run_job(_JOBS[i])
+
+
+def check(families=None, out=sys.stdout, workers=None) -> bool:
+    """Compile every job (in parallel processes: compiling is CPU-bound) and report each in order."""
+    global _JOBS
+    _JOBS = _jobs(families or list(TARGETS))
+    workers = workers or min(len(_JOBS), os.cpu_count() or 1)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.imap(_run_index, range(len(_JOBS)))
+            return _report(results, out)
+    return _report(map(_run_index, range(len(_JOBS))), out)
+
+
+def _report(results, out) -> bool:
+    ok = True
+    for (fam, label, spec), (shared, verdict) in zip(_JOBS, results, strict=True):
+        ok &= verdict == "ok"
+        print(f"{fam:>6} {label:<50} {spec[0]:<20} shared {shared:>7} / {TARGETS[fam][1]} B  {verdict}",
+              file=out, flush=True)
     return ok
 
 
