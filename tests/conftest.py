@@ -46,3 +46,17 @@ def assert_close(out, ref, dtype, name="out", tol=None):
         raise AssertionError(f"{name}: rel err {rel:.3e} >= {limit:.0e}; worst at "
                              f"{[int(i) for i in idx]}: {out.flatten()[worst]:.6g} vs {ref.flatten()[worst]:.6g}")
     return rel
+
+
+@pytest.fixture
+def poison_empty(monkeypatch):
+    """Every floating torch.empty the library makes is filled with NaN, so an element never written fails."""
+    real_empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", poisoned)

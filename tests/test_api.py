@@ -3,11 +3,13 @@
 import pytest
 import torch
 from conftest import DEVICE, assert_close
-from test_decode import _poison_allocations, make_case  # noqa: F401  (autouse: NaN-filled torch.empty)
+from test_decode import make_case
 
 import triton_mla as tm
 from triton_mla.api import MLASchedMeta
 from triton_mla.reference import decode_ref
+
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
 def test_metadata_with_no_arguments_is_accepted():

@@ -66,18 +66,8 @@ def check_decode(lens, s_q, h_q, dv=64, dr=16, page_size=16, dtype=torch.float16
     assert_close(lse, ref_lse, torch.float32 if dtype == torch.float32 else torch.float16, "lse")
 
 
-@pytest.fixture(autouse=True)
-def _poison_allocations(monkeypatch):
-    """Every torch.empty the library makes is filled with NaN, so an unwritten element fails."""
-    real_empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", poisoned)
+# every floating torch.empty the library makes is NaN-filled (conftest.poison_empty)
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)

@@ -35,18 +35,8 @@ FAR_PAGE = 1 << 30  # unused block-table entries: the kernel must never read the
 InterpreterError = getattr(triton.runtime.errors, "InterpreterError", RuntimeError)
 
 
-@pytest.fixture(autouse=True)
-def _poison_allocations(monkeypatch):
-    """Every floating torch.empty the library makes is filled with NaN, so an unwritten element fails."""
-    real_empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", poisoned)
+# every floating torch.empty the library makes is NaN-filled (conftest.poison_empty)
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
 def make_cache(lens, d, page_size, dtype, g, fp8=False, spare_pages=3, scales=None):

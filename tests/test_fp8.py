@@ -14,13 +14,14 @@ import random
 import pytest
 import torch
 from conftest import DEVICE, HAS_GPU, assert_close, gpu
-from test_decode import _poison_allocations  # noqa: F401  (autouse: NaN-filled torch.empty)
 
 import triton_mla as tm
 from triton_mla import configs
 from triton_mla import fp8 as F
 from triton_mla.kernels import decode as _decode
 from triton_mla.reference import decode_ref
+
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 SPLIT_HEAVY = dict(PARTS_PER_SM=8, MIN_BLOCKS_PER_PART=1)
 D, DV = 576, 512

@@ -71,18 +71,8 @@ def check_prefill(lens_q, lens_k=None, h=2, d_qk=192, d_v=128, h_kv=None, dtype=
     return out, lse
 
 
-@pytest.fixture(autouse=True)
-def _poison_allocations(monkeypatch):
-    """Every torch.empty the library makes is filled with NaN, so an unwritten element fails."""
-    real_empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", poisoned)
+# every floating torch.empty the library makes is NaN-filled (conftest.poison_empty)
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
 # -- lengths and masks ------------------------------------------------------------------------------

@@ -24,19 +24,6 @@ needs_prefill = pytest.mark.skipif(importlib.util.find_spec("triton_mla.prefill"
                                    reason="triton_mla.prefill not there yet")
 
 
-@pytest.fixture
-def poison_empty(monkeypatch):
-    """Every torch.empty the library makes is filled with NaN, so an element never written fails."""
-    real_empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", poisoned)
-
 
 def host_plan(q_lens, ctx_lens, tables, page_size, pad_to=None):
     """What a plan must hold, computed on the host."""

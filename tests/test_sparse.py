@@ -25,18 +25,8 @@ SPLIT_HEAVY = dict(PROGRAMS_PER_SM=64, FP8_PROGRAMS_PER_SM=64, MIN_CHUNKS_PER_SP
 BAD_IDS = (-1, -2, -(1 << 31), 1 << 30, (1 << 31) - 1)  # plus num_tokens and num_tokens + 1 per cache
 
 
-@pytest.fixture(autouse=True)
-def _poison_allocations(monkeypatch):
-    """Every torch.empty the library makes is filled with NaN, so an unwritten element fails."""
-    real_empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", poisoned)
+# every floating torch.empty the library makes is NaN-filled (conftest.poison_empty)
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
 def make_cache(num_blocks, page_size, d, dtype, fp8, g, used_frac=0.6, pad=0):
