@@ -147,12 +147,25 @@ def check(families=None, out=sys.stdout, workers=None) -> bool:
     """Compile every job (in parallel processes: compiling is CPU-bound) and report each in order."""
     global _JOBS
     _JOBS = _jobs(families or list(TARGETS))
-    workers = workers or min(len(_JOBS), os.cpu_count() or 1)
+    # entries that differ only in their bucket compile to the same kernel: compile each once
+    keys = [_key(job) for job in _JOBS]
+    first = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    unique = sorted(first.values())
+    workers = workers or max(1, min(len(unique), os.cpu_count() or 1))
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.imap(_run_index, range(len(_JOBS)))
-            return _report(results, out)
-    return _report(map(_run_index, range(len(_JOBS))), out)
+            done = dict(zip(unique, pool.map(_run_index, unique), strict=True))
+    else:
+        done = {i: _run_index(i) for i in unique}
+    return _report([done[first[key]] for key in keys], out)
+
+
+def _key(job):
+    fam, _, (_, fn, types, consts, warps, stages) = job
+    return (fam, fn.__name__, tuple(sorted(types.items())), tuple(sorted((k, repr(v)) for k, v in consts.items())),
+            warps, stages)
 
 
 def _report(results, out) -> bool:
