@@ -91,6 +91,33 @@ def _check_values(k_cache, block_table, cache_seqlens):
         raise ValueError(f"block_table: page id {int(bad)} out of range [0, {num_blocks})")
 
 
+def check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache):
+    """Shape and dtype checks shared by dense and sparse decode: q (b, s_q, h_q, d) and a k_cache of q's dtype
+    or, with ``is_fp8_kvcache``, the FP8 layout (then d = 576, head_dim_v = 512). Returns (b, s_q, h_q, d, fp8)."""
+    check_tensor(q, "q", ndim=4, dtype=FLOAT_DTYPES, last_contiguous=True)
+    b, s_q, h_q, d = q.shape
+    if s_q < 1 or h_q < 1:
+        raise ValueError(f"q: needs s_q >= 1 and h_q >= 1, got shape {list(q.shape)}")
+    device = q.device
+    fp8 = bool(is_fp8_kvcache)
+    if fp8:
+        from .cache import check_fp8_cache
+
+        check_tensor(k_cache, "k_cache", ndim=4, dtype=(torch.uint8, torch.float8_e4m3fn), device=device)
+        check_fp8_cache(k_cache)
+        if q.dtype == torch.float32:
+            raise TypeError("q: the FP8 cache is read with bfloat16/float16 queries, got float32")
+        if d != _fp8.NOPE_DIM + _fp8.ROPE_DIM or head_dim_v != _fp8.NOPE_DIM:
+            raise ValueError(f"q, head_dim_v: the FP8 layout holds {_fp8.NOPE_DIM} + {_fp8.ROPE_DIM} dims, so q's "
+                             f"head dim must be {_fp8.NOPE_DIM + _fp8.ROPE_DIM} and head_dim_v {_fp8.NOPE_DIM}; got "
+                             f"{d} and {head_dim_v}")
+    else:
+        if isinstance(k_cache, torch.Tensor) and k_cache.dtype in (torch.uint8, torch.float8_e4m3fn):
+            raise TypeError(f"k_cache: a {k_cache.dtype} cache is the FP8 layout: pass is_fp8_kvcache=True")
+        check_tensor(k_cache, "k_cache", ndim=4, dtype=q.dtype, device=device, last_contiguous=True)
+    return b, s_q, h_q, d, fp8
+
+
 def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata=None,
                            num_splits=None, softmax_scale=None, causal=False, is_fp8_kvcache=False,
                            indices=None, attn_sink=None, topk_length=None, batch_invariant=None):
@@ -122,27 +149,8 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
                              causal=causal)
     if attn_sink is not None or topk_length is not None:
         raise ValueError("attn_sink, topk_length: only sparse decode (indices=...) takes them")
-    check_tensor(q, "q", ndim=4, dtype=FLOAT_DTYPES, last_contiguous=True)
-    b, s_q, h_q, d = q.shape
-    if s_q < 1 or h_q < 1:
-        raise ValueError(f"q: needs s_q >= 1 and h_q >= 1, got shape {list(q.shape)}")
+    b, s_q, h_q, d, fp8 = check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache)
     device = q.device
-    fp8 = bool(is_fp8_kvcache)
-    if fp8:
-        from .cache import check_fp8_cache
-
-        check_tensor(k_cache, "k_cache", ndim=4, dtype=(torch.uint8, torch.float8_e4m3fn), device=device)
-        check_fp8_cache(k_cache)
-        if q.dtype == torch.float32:
-            raise TypeError("q: the FP8 cache is read with bfloat16/float16 queries, got float32")
-        if d != _fp8.NOPE_DIM + _fp8.ROPE_DIM or head_dim_v != _fp8.NOPE_DIM:
-            raise ValueError(f"q, head_dim_v: the FP8 layout holds {_fp8.NOPE_DIM} + {_fp8.ROPE_DIM} dims, so q's "
-                             f"head dim must be {_fp8.NOPE_DIM + _fp8.ROPE_DIM} and head_dim_v {_fp8.NOPE_DIM}; got "
-                             f"{d} and {head_dim_v}")
-    else:
-        if isinstance(k_cache, torch.Tensor) and k_cache.dtype in (torch.uint8, torch.float8_e4m3fn):
-            raise TypeError(f"k_cache: a {k_cache.dtype} cache is the FP8 layout: pass is_fp8_kvcache=True")
-        check_tensor(k_cache, "k_cache", ndim=4, dtype=q.dtype, device=device, last_contiguous=True)
     if k_cache.shape[2] != 1:
         raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_cache.shape[2]}")
     if not fp8 and k_cache.shape[3] != d:

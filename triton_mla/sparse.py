@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from . import configs
-from . import fp8 as _fp8
 from ._checks import FLOAT_DTYPES, check_int, check_runnable, check_tensor
+from .api import check_query_and_cache
 from .kernels import sparse as _sparse
 
 __all__ = ["sparse_decode", "flash_mla_sparse_fwd"]
@@ -76,27 +76,9 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
     """
     if causal:
         raise ValueError("causal: sparse decode has no causal mask (indices choose the keys); pass causal=False")
-    check_tensor(q, "q", ndim=4, dtype=FLOAT_DTYPES, last_contiguous=True)
-    b, s_q, h_q, d = q.shape
-    if s_q < 1 or h_q < 1:
-        raise ValueError(f"q: needs s_q >= 1 and h_q >= 1, got shape {list(q.shape)}")
+    b, s_q, h_q, d, fp8 = check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache)
     device = q.device
-    fp8 = bool(is_fp8_kvcache)
-    if fp8:
-        from .cache import check_fp8_cache
-
-        check_tensor(k_cache, "k_cache", ndim=4, dtype=(torch.uint8, torch.float8_e4m3fn), device=device)
-        check_fp8_cache(k_cache)
-        if q.dtype == torch.float32:
-            raise TypeError("q: the FP8 cache is read with bfloat16/float16 queries, got float32")
-        if d != _fp8.NOPE_DIM + _fp8.ROPE_DIM or head_dim_v != _fp8.NOPE_DIM:
-            raise ValueError(f"q, head_dim_v: the FP8 layout holds {_fp8.NOPE_DIM} + {_fp8.ROPE_DIM} dims, so q's "
-                             f"head dim must be {_fp8.NOPE_DIM + _fp8.ROPE_DIM} and head_dim_v {_fp8.NOPE_DIM}; "
-                             f"got {d} and {head_dim_v}")
-    else:
-        if isinstance(k_cache, torch.Tensor) and k_cache.dtype in (torch.uint8, torch.float8_e4m3fn):
-            raise TypeError(f"k_cache: a {k_cache.dtype} cache is the FP8 layout: pass is_fp8_kvcache=True")
-        check_tensor(k_cache, "k_cache", ndim=4, dtype=q.dtype, device=device, last_contiguous=True)
+    if not fp8:
         if k_cache.shape[3] != d:
             raise ValueError(f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
         _check_dims(d, head_dim_v, "head_dim_v")
