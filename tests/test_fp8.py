@@ -18,7 +18,7 @@ from conftest import DEVICE, HAS_GPU, assert_close, gpu
 import triton_mla as tm
 from triton_mla import configs
 from triton_mla import fp8 as F
-from triton_mla.kernels import decode as _decode
+from triton_mla.kernels import decode_fp8 as _decode_fp8
 from triton_mla.reference import decode_ref
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
@@ -189,7 +189,7 @@ def test_row_scaling_of_bf16_queries(q_scale):
     out = torch.full((3, 1, 5, DV), float("nan"), device=DEVICE)
     lse = torch.full((3, 5, 1), float("nan"), device=DEVICE)
     config = configs.kernel_config("decode_fp8", 5, torch.float16, q.device)
-    _decode.decode_splitkv_fp8(q, k_cache, block_table, cache_seqlens, scale, False, 4, config, out, lse)
+    _decode_fp8.decode_splitkv_fp8(q, k_cache, block_table, cache_seqlens, scale, False, 4, config, out, lse)
     ref_out, ref_lse = decode_ref(q.cpu(), F.dequantize_latent(k_cache.cpu()).double(), block_table.cpu(),
                                   cache_seqlens.cpu(), DV, scale, dtype=torch.float64)
     assert_close(out, ref_out, torch.float16)

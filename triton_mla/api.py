@@ -18,6 +18,7 @@ from ._checks import (
     value_checks_enabled,
 )
 from .kernels import decode as _decode
+from .kernels import decode_fp8 as _decode_fp8
 from .kernels import decode_invariant as _invariant
 
 MAX_HEAD_DIM_V = 512
@@ -201,7 +202,7 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
         return _invariant.decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v,
                                            float(softmax_scale), causal, config, out, lse)
     if fp8:
-        return _decode.decode_splitkv_fp8(q, k_cache.view(torch.uint8), block_table, cache_seqlens,
+        return _decode_fp8.decode_splitkv_fp8(q, k_cache.view(torch.uint8), block_table, cache_seqlens,
                                           float(softmax_scale), causal, num_parts, config, out, lse)
     return _decode.decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, float(softmax_scale),
                                   causal, num_parts, config, out, lse)

@@ -40,7 +40,7 @@ DV, DR = 512, 64
 # config section -> the module whose compile_specs(entry) yields its kernels
 SECTIONS = {
     "decode": "triton_mla.configs.check",  # decode_kernels below
-    "decode_fp8": "triton_mla.kernels.decode",
+    "decode_fp8": "triton_mla.kernels.decode_fp8",
     "prefill": "triton_mla.kernels.prefill",
     "extend": "triton_mla.kernels.extend",
     "sparse_decode": "triton_mla.kernels.sparse",
@@ -89,7 +89,8 @@ def decode_kernels(entry, section="decode"):
     precision = "ieee" if entry["dtype"] == "float32" else "tf32"
     for causal in (False, True):
         yield (f"decode(causal={causal})", k._decode_kernel, ptrs,
-               dict(common, DR=DR, BLOCK_DR=DR, CAUSAL=causal, DOT_PRECISION=precision),
+               dict(common, DR=DR, BLOCK_DR=DR, CAUSAL=causal, DOT_PRECISION=precision,
+                    ROWS_FIRST=bool(entry.get("ROWS_FIRST", False))),
                entry["num_warps"], entry["num_stages"])
     yield ("combine", k._combine_kernel, ptrs, dict(common, BLOCK_H=min(block_h, 16)), 4, 1)
     from ..kernels import decode_invariant as inv
