@@ -96,6 +96,30 @@ def test_causal_s_q(s_q, h_q):
         check_decode([0, 1, 2, 3, 40, 97], s_q=s_q, h_q=h_q, causal=True, seed=s_q)
 
 
+# launch variants the configs may select (see kernels/decode.py); each must give the same answers
+VARIANTS = [dict(PREFETCH_PAGES=True), dict(LAZY_RESCALE=True), dict(ROWS_FIRST=True),
+            dict(PREFETCH_PAGES=True, LAZY_RESCALE=True, ROWS_FIRST=True, BLOCK_N=32)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "+".join(sorted(v)))
+@pytest.mark.parametrize("page_size", [1, 16, 64])
+def test_launch_variants(variant, page_size):
+    with configs.overridden(**SPLIT_HEAVY, **variant):
+        check_decode([0, 1, 63, 64, 65, 300], s_q=2, h_q=5, causal=True, page_size=page_size, seed=page_size)
+        check_decode([130, 1, 64], s_q=1, h_q=16, dv=512, dr=64, page_size=page_size)
+
+
+def test_lazy_rescale_growing_scores():
+    """Scores that keep growing along the sequence make the lazy max move many times."""
+    q, k_cache, block_table, lens = make_case([700, 333], 1, 4, dtype=torch.float32)
+    k_cache *= torch.linspace(0.0, 40.0, k_cache.shape[0] * k_cache.shape[1]).view(k_cache.shape[:2])[..., None, None]
+    ref, ref_lse = decode_ref(q, k_cache, block_table, lens, 64)
+    with configs.overridden(LAZY_RESCALE=True):
+        out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, lens, 64)
+    assert_close(out, ref, torch.float32)
+    assert_close(lse, ref_lse, torch.float32)
+
+
 def test_non_causal_s_q():
     check_decode([3, 50], s_q=3, h_q=2, causal=False)
 

@@ -90,7 +90,9 @@ def decode_kernels(entry, section="decode"):
     for causal in (False, True):
         yield (f"decode(causal={causal})", k._decode_kernel, ptrs,
                dict(common, DR=DR, BLOCK_DR=DR, CAUSAL=causal, DOT_PRECISION=precision,
-                    ROWS_FIRST=bool(entry.get("ROWS_FIRST", False))),
+                    ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)),
+                    LAZY_RESCALE=bool(entry.get("LAZY_RESCALE", False)),
+                    PREFETCH_PAGES=bool(entry.get("PREFETCH_PAGES", False))),
                entry["num_warps"], entry["num_stages"])
     yield ("combine", k._combine_kernel, ptrs, dict(common, BLOCK_H=min(block_h, 16)), 4, 1)
     from ..kernels import decode_invariant as inv

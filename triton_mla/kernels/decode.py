@@ -67,16 +67,28 @@ def _part_range(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BL
 def _attend_range(acc, m_i, l_i, q_nope, q_pe, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit,
                   stride_kb, stride_kt, stride_btb, stride_btp, num_blocks, page_size, qk_scale,
                   DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
-                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, LAZY_RESCALE: tl.constexpr = False,
+                  PREFETCH_PAGES: tl.constexpr = False):
     """Online softmax over keys [tok_lo, tok_hi) of sequence ``seq``; carries (acc, m, l) in log2 units."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_dr = tl.arange(0, BLOCK_DR)
     bt_row = block_table_ptr + seq.to(tl.int64) * stride_btb
+    # PREFETCH_PAGES: the page ids of tile i + 1 are read during tile i, so no load in the loop feeds the key
+    # tile's addresses and the pipeliner can issue key tiles num_stages - 1 tiles ahead (otherwise the
+    # block-table read is one more level of indirection and it keeps only two buffers)
+    next_toks = tok_lo + offs_n
+    next_page = tl.load(bt_row + (next_toks // page_size) * stride_btp, mask=PREFETCH_PAGES & (next_toks < tok_hi),
+                        other=0)
     for start in range(tok_lo, tok_hi, BLOCK_N):
         toks = start + offs_n
         tok_ok = toks < tok_hi
-        page = tl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
+        if PREFETCH_PAGES:
+            page = next_page
+            next_toks = toks + BLOCK_N
+            next_page = tl.load(bt_row + (next_toks // page_size) * stride_btp, mask=next_toks < tok_hi, other=0)
+        else:
+            page = tl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
         # a bad page id must not become a wild read: clamp into the cache
         page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
         tok_off = page * stride_kb + (toks % page_size).to(tl.int64) * stride_kt
@@ -95,8 +107,22 @@ def _attend_range(acc, m_i, l_i, q_nope, q_pe, k_ptr, block_table_ptr, seq, tok_
         qk = qk * qk_scale
         visible = tok_ok[None, :] & (toks[None, :] < row_limit[:, None])
         qk = tl.where(visible, qk, float("-inf"))
-        p, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i)
-        acc = acc * alpha[:, None] + tl.dot(p.to(k.dtype), k, input_precision=DOT_PRECISION)
+        if LAZY_RESCALE:
+            # the running max moves (and acc is rescaled) only when a row's max grows by more than 8 (log2
+            # units), as in FlashAttention-4: most tiles then skip the [rows, 512] multiply; p stays <= 2**8
+            m_blk = tl.max(qk, axis=1)
+            if tl.max((m_blk > m_i + 8.0).to(tl.int32), axis=0) > 0:
+                m_new = tl.maximum(m_i, m_blk)
+                alpha = tl.math.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new))
+                acc = acc * alpha[:, None]
+                l_i = l_i * alpha
+                m_i = m_new
+            p = tl.math.exp2(qk - tl.where(m_i == float("-inf"), 0.0, m_i)[:, None])
+            l_i += tl.sum(p, axis=1)
+            acc = tl.dot(p.to(k.dtype), k, acc, input_precision=DOT_PRECISION)
+        else:
+            p, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i)
+            acc = acc * alpha[:, None] + tl.dot(p.to(k.dtype), k, input_precision=DOT_PRECISION)
     return acc, m_i, l_i
 
 
@@ -113,6 +139,7 @@ def _decode_kernel(
     DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS_PER_PART: tl.constexpr,
     CAUSAL: tl.constexpr, CHUNK_B: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS_FIRST: tl.constexpr,
+    LAZY_RESCALE: tl.constexpr, PREFETCH_PAGES: tl.constexpr,
 ):
     part, row_block = _program_coords(ROWS_FIRST)
     g_lo, g_hi, seq, seq_g0 = _part_range(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BLOCK_N,
@@ -151,7 +178,7 @@ def _decode_kernel(
             acc, m_i, l_i = _attend_range(
                 acc, m_i, l_i, q_nope, q_pe, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit,
                 stride_kb, stride_kt, stride_btb, stride_btp, num_blocks, page_size, qk_scale,
-                DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, DOT_PRECISION)
+                DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, DOT_PRECISION, LAZY_RESCALE, PREFETCH_PAGES)
             # -- epilogue ------------------------------------------------------------------
             empty = l_i == 0.0
             o = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -264,6 +291,7 @@ def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_s
         lse.stride(0), lse.stride(1), lse.stride(2),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         DR=dr, BLOCK_DR=block_dr, CAUSAL=bool(causal and s_q > 1), DOT_PRECISION=precision, ROWS_FIRST=rows_first,
+        LAZY_RESCALE=bool(config.get("LAZY_RESCALE", False)), PREFETCH_PAGES=bool(config.get("PREFETCH_PAGES", False)),
         num_warps=config["num_warps"], num_stages=config["num_stages"], **common,
     )
     _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
