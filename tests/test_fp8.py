@@ -170,6 +170,23 @@ def test_outliers_many_blocks(scale_tile):
         check_fp8_decode([200, 37], s_q=1, h_q=16, outliers=True, seed=11, q_scale=3.0)
 
 
+# launch variants the lead times on the GPU (.devrun/explore_fp8.py): each must give the same results
+VARIANTS = {
+    "cvt_once": dict(CVT_ONCE=True),
+    "n64_s3": dict(BLOCK_N=64, num_stages=3),
+    "cvt_once_n64_s3": dict(CVT_ONCE=True, BLOCK_N=64, num_stages=3),
+    "n32": dict(BLOCK_N=32),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variants(variant):
+    """Odd lengths across a page and block boundary, an empty and a one-token sequence, many splits. (The
+    interpreter runs no PTX, so CVT_ONCE, which changes only the hardware conversion, is checked on the GPU.)"""
+    with configs.overridden(**VARIANTS[variant], **SPLIT_HEAVY):
+        check_fp8_decode([0, 1, 70, 129], s_q=1, h_q=16, seed=3)
+
+
 @pytest.mark.parametrize("page_size", [1, 16, 64])
 def test_page_sizes(page_size):
     check_fp8_decode([5, 97, 64], s_q=1, h_q=4, page_size=page_size, seed=page_size)
@@ -253,6 +270,18 @@ def test_gpu_bf16(h_q, s_q, hw_cvt):
     with configs.overridden(HW_CVT=hw_cvt):
         check_fp8_decode(lens, s_q=s_q, h_q=h_q, page_size=64, dtype=torch.bfloat16, causal=True,
                          seed=h_q * 10 + s_q)
+
+
+@gpu
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("h_q", [1, 12, 16, 32, 64, 128])
+@pytest.mark.parametrize("s_q", [1, 2])
+def test_gpu_variants(variant, h_q, s_q):
+    """Every launch variant on bf16 queries, with the hardware conversion where the GPU has it."""
+    lens = [0, 1, 63, 64, 65, 1000, 4097] + [random.Random(h_q + s_q + i).randint(1, 3000) for i in range(9)]
+    with configs.overridden(**VARIANTS[variant], HW_CVT=_hw_cvt_modes()[-1]):
+        check_fp8_decode(lens, s_q=s_q, h_q=h_q, page_size=64, dtype=torch.bfloat16, causal=True,
+                         seed=h_q * 10 + s_q, outliers=h_q == 16)
 
 
 @gpu

@@ -41,8 +41,12 @@ def _e4m3x4_bits(w):
 
 
 @triton.jit
-def _e4m3x4_hw(w):
-    """uint32 words of 4 e4m3fn bytes -> 4 float16 tensors (bytes 0..3), exact values: sm89+'s conversion."""
+def _e4m3x4_hw(w, PURE: tl.constexpr):
+    """uint32 words of 4 e4m3fn bytes -> 4 float16 tensors (bytes 0..3), exact values: sm89+'s conversion.
+
+    PURE=False hides the conversion from Triton's layout propagation (an op with effects is never
+    recomputed), so the words are read and converted once, into the one float16 tile both dots read;
+    otherwise Triton 3.6 re-reads the raw words in the QK operand's layout from an unswizzled buffer."""
     return tl.inline_asm_elementwise(
         asm="""{
         .reg .b16 lo, hi;
@@ -54,11 +58,11 @@ def _e4m3x4_hw(w):
         mov.b32 {$2, $3}, b;
         }""",
         constraints="=h,=h,=h,=h,r", args=[w], dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
-        is_pure=True, pack=1)
+        is_pure=PURE, pack=1)
 
 
 @triton.jit
-def _fp8_group(k_ptr, tok_off, tok_ok, G: tl.constexpr, HW_CVT: tl.constexpr):
+def _fp8_group(k_ptr, tok_off, tok_ok, G: tl.constexpr, HW_CVT: tl.constexpr, CVT_ONCE: tl.constexpr):
     """Value group G of each token as a [BLOCK_N, 128] float16 tile, and the constant c such that
     value = tile * scale * c (1 with HW_CVT, else 256). Masked tokens give 0.
 
@@ -67,7 +71,7 @@ def _fp8_group(k_ptr, tok_off, tok_ok, G: tl.constexpr, HW_CVT: tl.constexpr):
     words = tl.load((k_ptr + tok_off[:, None] + G * GROUP).to(tl.pointer_type(tl.uint32)) + offs[None, :],
                     mask=tok_ok[:, None], other=0)
     if HW_CVT:
-        b0, b1, b2, b3 = _e4m3x4_hw(words)
+        b0, b1, b2, b3 = _e4m3x4_hw(words, not CVT_ONCE)
         unit = 1.0
     else:
         b0, b1, b2, b3 = _e4m3x4_bits(words)
@@ -81,7 +85,7 @@ def _fp8_group(k_ptr, tok_off, tok_ok, G: tl.constexpr, HW_CVT: tl.constexpr):
 def _attend_range_fp8(acc0, acc1, acc2, acc3, unit, m_i, l_i, q0, q1, q2, q3, q_pe, row_scale, k_ptr,
                       block_table_ptr, seq, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btb, stride_btp,
                       num_blocks, page_size, qk_scale, BLOCK_N: tl.constexpr, HW_CVT: tl.constexpr,
-                      SCALE_TILE: tl.constexpr):
+                      SCALE_TILE: tl.constexpr, CVT_ONCE: tl.constexpr):
     """``_attend_range`` over the FP8 layout, the 512 value dims as 4 groups of 128: acc0..acc3, in multiples
     of ``unit``. q0..q3: float16 query groups, whose scores ``row_scale`` (per row) brings to log2 units.
 
@@ -99,10 +103,10 @@ def _attend_range_fp8(acc0, acc1, acc2, acc3, unit, m_i, l_i, q0, q1, q2, q3, q_
         page = tl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
         page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
         tok_off = page * stride_kb + (toks % page_size).to(tl.int64) * stride_kt  # bytes
-        k0, cvt_unit = _fp8_group(k_ptr, tok_off, tok_ok, 0, HW_CVT)
-        k1, cvt_unit = _fp8_group(k_ptr, tok_off, tok_ok, 1, HW_CVT)
-        k2, cvt_unit = _fp8_group(k_ptr, tok_off, tok_ok, 2, HW_CVT)
-        k3, cvt_unit = _fp8_group(k_ptr, tok_off, tok_ok, 3, HW_CVT)
+        k0, cvt_unit = _fp8_group(k_ptr, tok_off, tok_ok, 0, HW_CVT, CVT_ONCE)
+        k1, cvt_unit = _fp8_group(k_ptr, tok_off, tok_ok, 1, HW_CVT, CVT_ONCE)
+        k2, cvt_unit = _fp8_group(k_ptr, tok_off, tok_ok, 2, HW_CVT, CVT_ONCE)
+        k3, cvt_unit = _fp8_group(k_ptr, tok_off, tok_ok, 3, HW_CVT, CVT_ONCE)
         scales = tl.load((k_ptr + tok_off[:, None] + SCALE_BYTE).to(tl.pointer_type(tl.float32))
                          + tl.arange(0, 4)[None, :], mask=tok_ok[:, None], other=0.0) * cvt_unit
         f_max = tl.max(tl.max(scales, axis=1), axis=0)
@@ -199,7 +203,7 @@ def _decode_fp8_kernel(
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS_PER_PART: tl.constexpr,
     CAUSAL: tl.constexpr, CHUNK_B: tl.constexpr, HW_CVT: tl.constexpr, SCALE_TILE: tl.constexpr,
-    ROWS_FIRST: tl.constexpr,
+    ROWS_FIRST: tl.constexpr, CVT_ONCE: tl.constexpr,
 ):
     """``_decode_kernel`` over the FP8 cache: k_ptr is uint8 and its strides are in bytes; d = 576, dv = 512."""
     part, row_block = _program_coords(ROWS_FIRST)
@@ -246,7 +250,7 @@ def _decode_fp8_kernel(
             acc0, acc1, acc2, acc3, unit, m_i, l_i = _attend_range_fp8(
                 acc0, acc1, acc2, acc3, tl.full([], 1.0, dtype=tl.float32), m_i, l_i, q0, q1, q2, q3, q_pe,
                 row_scale, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btb,
-                stride_btp, num_blocks, page_size, qk_scale, BLOCK_N, HW_CVT, SCALE_TILE)
+                stride_btp, num_blocks, page_size, qk_scale, BLOCK_N, HW_CVT, SCALE_TILE, CVT_ONCE)
             # -- epilogue: as _decode_kernel's, one value group at a time ---------------------------
             empty = l_i == 0.0
             l_safe = tl.where(empty, 1.0, l_i)
@@ -300,6 +304,7 @@ def decode_splitkv_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, ca
         CAUSAL=bool(causal and s_q > 1), CHUNK_B=128,
         HW_CVT=bool(config.get("HW_CVT", False)) and not interpreting(),  # the interpreter runs no PTX
         SCALE_TILE=bool(config.get("SCALE_TILE", False)), ROWS_FIRST=rows_first,
+        CVT_ONCE=bool(config.get("CVT_ONCE", False)),
         num_warps=config["num_warps"], num_stages=config["num_stages"],
     )
     common = dict(DV=FP8_DV.value, BLOCK_DV=FP8_DV.value, BLOCK_H=block_h, BLOCK_N=block_n,
@@ -317,7 +322,8 @@ def compile_specs(section, entry):
     for causal in (False, True):
         consts = dict(BLOCK_H=block_h, BLOCK_N=block_n, MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"],
                       CAUSAL=causal, CHUNK_B=128, HW_CVT=bool(entry.get("HW_CVT", False)),
-                      SCALE_TILE=bool(entry.get("SCALE_TILE", False)), ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)))
+                      SCALE_TILE=bool(entry.get("SCALE_TILE", False)), ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)),
+                      CVT_ONCE=bool(entry.get("CVT_ONCE", False)))
         yield f"decode_fp8(causal={causal})", _decode_fp8_kernel, types, consts, entry["num_warps"], entry["num_stages"]
     consts = dict(DV=FP8_DV.value, BLOCK_DV=FP8_DV.value, BLOCK_H=min(block_h, 16), BLOCK_N=block_n,
                   MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
