@@ -246,6 +246,23 @@ def test_decode_fp8(h_q, split):
         check_decode(b=2, s_q=2, h_q=h_q, topk=45, fp8=True, num_blocks=4, seed=h_q)
 
 
+# the FP8 kernel's loop variants (config keys, default off): a second load of each tile for QK^T, and the
+# indices of chunk c + 1 / c + 2 loaded one / two iterations ahead
+FP8_VARIANTS = [dict(FP8_DUAL_LOAD=True), dict(FP8_PREFETCH_IDS=1), dict(FP8_PREFETCH_IDS=2),
+                dict(FP8_DUAL_LOAD=True, FP8_PREFETCH_IDS=1), dict(FP8_DUAL_LOAD=True, FP8_PREFETCH_IDS=2)]
+
+
+@pytest.mark.parametrize("variant,split", [(v, i % 2 == 1) for i, v in enumerate(FP8_VARIANTS)],
+                         ids=lambda v: "-".join(f"{k[4:]}={v[k]}" for k in v) if isinstance(v, dict) else f"split={v}")
+def test_decode_fp8_variants(variant, split):
+    """Chunks of 16 so every split walks several (and prefetches past its end); lengths 0, 1, odd, full."""
+    with configs.overridden(FP8_BLOCK_N=16, **variant, **(SPLIT_HEAVY if split else {})):
+        assert (splits_of(4, 8, 45, fp8=True) > 1) == split
+        check_decode(b=4, s_q=1, h_q=8, topk=45, fp8=True, num_blocks=4, topk_length=[45, 0, 1, 33],
+                     seed=len(variant))
+        check_decode(b=1, s_q=2, h_q=3, topk=17, fp8=True, num_blocks=4, seed=7, invalid_frac=0.5)
+
+
 def test_decode_fp8_extras():
     """FP8 with topk_length, sinks, padded pages, a float8_e4m3fn view of the cache, and the API path."""
     check_decode(b=3, s_q=1, h_q=4, topk=40, fp8=True, num_blocks=4, pad=1, topk_length=[40, 3, 0],
@@ -419,6 +436,17 @@ def test_gpu_decode_split_and_batch(b, s_q, h_q, topk, fp8):
     """Small batches split the top-k list (combine), large ones do not; odd topk."""
     check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=64, num_blocks=160,
                  dtype=torch.bfloat16, fp8=fp8, seed=b + topk)
+
+
+@gpu
+@pytest.mark.parametrize("variant", FP8_VARIANTS, ids=lambda v: "-".join(f"{k[4:]}={v[k]}" for k in v))
+@pytest.mark.parametrize("b,s_q,h_q,topk", [(128, 1, 16, 2048), (4, 1, 8, 2048), (2, 2, 128, 577), (3, 1, 12, 1000)])
+def test_gpu_decode_fp8_variants(variant, b, s_q, h_q, topk):
+    """Each FP8 loop variant on DeepSeek's shapes (split and not, odd topk, varied topk_length)."""
+    with configs.overridden(**variant):
+        check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=64, num_blocks=160,
+                     dtype=torch.bfloat16, fp8=True, seed=b + topk, invalid_frac=0.05,
+                     topk_length=_gpu_lengths(b, topk, h_q))
 
 
 @gpu

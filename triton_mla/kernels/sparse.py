@@ -51,15 +51,26 @@ def _chunk_range(topk_len_ptr, stride_tl, seq, split, splits, topk, HAS_TOPK_LEN
 
 
 @triton.jit
-def _gather(idx_row, c, n, num_tokens, page_size, stride_ik, stride_kb, stride_kt, BLOCK_N: tl.constexpr):
-    """Offsets of chunk c's tokens in the cache, and which are valid: an entry past n, -1, or any id
-    outside [0, num_tokens) is invalid and is read nowhere (its offset becomes 0, its load masked)."""
+def _load_ids(idx_row, c, n, stride_ik, BLOCK_N: tl.constexpr):
+    """Chunk c's entries of the top-k list; past n: -1."""
     kk = c * BLOCK_N + tl.arange(0, BLOCK_N)
-    ids = tl.load(idx_row + kk.to(tl.int64) * stride_ik, mask=kk < n, other=-1)
+    return tl.load(idx_row + kk.to(tl.int64) * stride_ik, mask=kk < n, other=-1)
+
+
+@triton.jit
+def _offsets(ids, num_tokens, page_size, stride_kb, stride_kt):
+    """Offsets of tokens ``ids`` in the cache, and which are valid: -1, or any id outside [0, num_tokens), is
+    invalid and is read nowhere (its offset becomes 0, its load masked)."""
     ok = (ids >= 0) & (ids < num_tokens)
     ids = tl.where(ok, ids, 0)
     page = ids // page_size
     return page.to(tl.int64) * stride_kb + (ids - page * page_size).to(tl.int64) * stride_kt, ok
+
+
+@triton.jit
+def _gather(idx_row, c, n, num_tokens, page_size, stride_ik, stride_kb, stride_kt, BLOCK_N: tl.constexpr):
+    """Offsets of chunk c's tokens in the cache, and which are valid (an entry past n is invalid too)."""
+    return _offsets(_load_ids(idx_row, c, n, stride_ik, BLOCK_N), num_tokens, page_size, stride_kb, stride_kt)
 
 
 @triton.jit
@@ -212,6 +223,17 @@ def _fp8_group(k_ptr, tok_off, tok_ok, G: tl.constexpr, NATIVE_FP8: tl.constexpr
 
 
 @triton.jit
+def _fp8_qk_tile(k_ptr, tok_off, tok_ok, G: tl.constexpr, NATIVE_FP8: tl.constexpr):
+    """Group G's tile again (as ``_fp8_group``'s, in float16), read by a load of its own for QK^T (DUAL_LOAD)."""
+    offs = G * GROUP + tl.arange(0, GROUP)
+    # another eviction policy than _fp8_group's load, so that CSE cannot merge the two loads back into one
+    x = tl.load(k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None], other=0, eviction_policy="evict_last")
+    if NATIVE_FP8:
+        return x.to(tl.float8e4nv, bitcast=True).to(tl.float16)
+    return fp8_to_f16(x)
+
+
+@triton.jit
 def _load_q_group(q_rows, head_ok, COL: tl.constexpr, WIDTH: tl.constexpr):
     offs = COL + tl.arange(0, WIDTH)
     return tl.load(q_rows[:, None] + offs[None, :], mask=head_ok[:, None], other=0.0)
@@ -244,7 +266,8 @@ def _sparse_fp8_kernel(
     stride_lb, stride_lh, stride_ls,
     s_q, h_q, topk, num_tokens, page_size, splits, qk_scale,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TOPK_LEN: tl.constexpr, HAS_SINK: tl.constexpr,
-    MAX_LOGITS: tl.constexpr, SPLIT: tl.constexpr, NATIVE_FP8: tl.constexpr,
+    MAX_LOGITS: tl.constexpr, SPLIT: tl.constexpr, NATIVE_FP8: tl.constexpr, DUAL_LOAD: tl.constexpr,
+    PREFETCH_IDS: tl.constexpr,
 ):
     """k_ptr is the uint8 cache (strides in bytes); the 512 value dims are four groups of 128."""
     # P * factor is formed in float16: the factor is lifted by 2**8 (the bit trick's tile already is) so
@@ -276,18 +299,52 @@ def _sparse_fp8_kernel(
     acc3 = tl.zeros([BLOCK_H, GROUP], dtype=tl.float32)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    # PREFETCH_IDS = d: chunk c + d's indices are loaded in iteration c, so the tile loads never wait on an index
+    # load of their own iteration and the pipeliner can issue them stages ahead (else it can keep only one
+    # chunk in flight: index load, then tile load, then compute). d = 1: offsets carried; d = 2: offsets of
+    # c + 1 and raw indices of c + 2 carried (the index load of iteration c is consumed only in c + 1).
+    # Reads past the split's own chunks are masked off by n_end.
+    n_end = tl.minimum(n, c_hi * BLOCK_N)
+    if PREFETCH_IDS >= 1:
+        off_a, ok_a = _gather(idx_row, c_lo, n_end, num_tokens, page_size, stride_ik, stride_kb, stride_kt, BLOCK_N)
+    if PREFETCH_IDS >= 2:
+        ids_b = _load_ids(idx_row, c_lo + 1, n_end, stride_ik, BLOCK_N)
     for c in range(c_lo, c_hi):
-        tok_off, ok = _gather(idx_row, c, n, num_tokens, page_size, stride_ik, stride_kb, stride_kt, BLOCK_N)
+        if PREFETCH_IDS == 0:
+            tok_off, ok = _gather(idx_row, c, n, num_tokens, page_size, stride_ik, stride_kb, stride_kt, BLOCK_N)
+        elif PREFETCH_IDS == 1:
+            tok_off = off_a
+            ok = ok_a
+            off_a, ok_a = _gather(idx_row, c + 1, n_end, num_tokens, page_size, stride_ik, stride_kb, stride_kt,
+                                  BLOCK_N)
+        else:
+            tok_off = off_a
+            ok = ok_a
+            off_a, ok_a = _offsets(ids_b, num_tokens, page_size, stride_kb, stride_kt)
+            ids_b = _load_ids(idx_row, c + 2, n_end, stride_ik, BLOCK_N)
         # tile_g * f_g[:, None] is the dequantized group g (exactly): f scales columns of QK^T, rows of P
         t0, f0 = _fp8_group(k_ptr, tok_off, ok, 0, NATIVE_FP8)
         t1, f1 = _fp8_group(k_ptr, tok_off, ok, 1, NATIVE_FP8)
         t2, f2 = _fp8_group(k_ptr, tok_off, ok, 2, NATIVE_FP8)
         t3, f3 = _fp8_group(k_ptr, tok_off, ok, 3, NATIVE_FP8)
+        # DUAL_LOAD: below 64 rows (mma.sync) Triton feeds tl.trans(t) to QK^T through registers and t to PV
+        # through shared memory; a load with two such users is not pipelined (a synchronous load in the loop).
+        # A second load of the same bytes (an L2 hit) for QK^T gives each load one user: both become cp.async.
+        if DUAL_LOAD:
+            u0 = _fp8_qk_tile(k_ptr, tok_off, ok, 0, NATIVE_FP8)
+            u1 = _fp8_qk_tile(k_ptr, tok_off, ok, 1, NATIVE_FP8)
+            u2 = _fp8_qk_tile(k_ptr, tok_off, ok, 2, NATIVE_FP8)
+            u3 = _fp8_qk_tile(k_ptr, tok_off, ok, 3, NATIVE_FP8)
+        else:
+            u0 = t0
+            u1 = t1
+            u2 = t2
+            u3 = t3
         rope = load_fp8_rope(k_ptr, tok_off, ok, q_ptr.dtype.element_ty)
-        nope = tl.dot(q0, tl.trans(t0)) * f0[None, :]
-        nope += tl.dot(q1, tl.trans(t1)) * f1[None, :]
-        nope += tl.dot(q2, tl.trans(t2)) * f2[None, :]
-        nope += tl.dot(q3, tl.trans(t3)) * f3[None, :]
+        nope = tl.dot(q0, tl.trans(u0)) * f0[None, :]
+        nope += tl.dot(q1, tl.trans(u1)) * f1[None, :]
+        nope += tl.dot(q2, tl.trans(u2)) * f2[None, :]
+        nope += tl.dot(q3, tl.trans(u3)) * f3[None, :]
         qk = nope * nope_scale[:, None] + tl.dot(q_pe, tl.trans(rope)) * qk_scale
         p, alpha, m_i, l_i = _softmax_step(qk, ok, m_i, l_i)
         acc0 = acc0 * alpha[:, None] + tl.dot((p * (f0 * PV_LIFT)[None, :]).to(tl.float16), t0)
@@ -387,6 +444,11 @@ def fp8_config(config):
     return {**config, **{k[4:]: v for k, v in config.items() if k.startswith("FP8_")}}
 
 
+def fp8_variant(config):
+    """The FP8 kernel's loop variants from an entry (``FP8_DUAL_LOAD``, ``FP8_PREFETCH_IDS``; default off: 0)."""
+    return dict(DUAL_LOAD=bool(config.get("DUAL_LOAD", False)), PREFETCH_IDS=int(config.get("PREFETCH_IDS", 0)))
+
+
 def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_logits, softmax_scale, fp8,
                      config, num_sms):
     """Launch the sparse kernel (+ combine). Arguments are validated by ``triton_mla.sparse``.
@@ -430,7 +492,7 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     launch = dict(BLOCK_H=block_h, BLOCK_N=block_n, SPLIT=splits > 1, num_warps=config["num_warps"],
                   num_stages=config["num_stages"], **flags)
     if fp8:
-        _sparse_fp8_kernel[grid](*args, NATIVE_FP8=native_fp8(q.device), **launch)
+        _sparse_fp8_kernel[grid](*args, NATIVE_FP8=native_fp8(q.device), **fp8_variant(config), **launch)
     else:
         dr = d - dv
         _sparse_kernel[grid](*args, DV=dv, DR=dr, BLOCK_DV=block_dv,
@@ -474,7 +536,7 @@ def compile_specs(section, entry, cap=None):
         for split in (False, True):
             yield (f"sparse_fp8(split={int(split)})", _sparse_fp8_kernel, dict(types, k_ptr="*u8"),
                    dict(BLOCK_H=e8["BLOCK_H"], BLOCK_N=e8["BLOCK_N"], SPLIT=split,
-                        NATIVE_FP8=cap is not None and cap >= 89, **flags),
+                        NATIVE_FP8=cap is not None and cap >= 89, **fp8_variant(e8), **flags),
                    e8["num_warps"], e8["num_stages"])
     yield ("sparse_combine", _combine_kernel, types,
            dict(DV=FP8_DV, PART_W=FP8_DV, BLOCK_C=COMBINE_BLOCK_C, BLOCK_H=COMBINE_BLOCK_H, HAS_SINK=True,
