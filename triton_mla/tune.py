@@ -24,10 +24,12 @@ from . import configs
 # the search space per bucket, pruned by what ran on an H100: 4 warps starve 64-row tiles,
 # 8 warps waste 16-row tiles, and more than 64 x 64 x 576 of K and Q spills
 SPACE = {
-    16: dict(BLOCK_H=(16,), BLOCK_N=(32, 64), num_warps=(4,), num_stages=(2, 3), PARTS_PER_SM=(2, 4)),
+    16: dict(BLOCK_H=(16,), BLOCK_N=(32, 64), num_warps=(4,), num_stages=(2, 3), PARTS_PER_SM=(2, 4),
+             PREFETCH_PAGES=(False, True)),
     32: dict(BLOCK_H=(16, 32), BLOCK_N=(32, 64), num_warps=(4, 8), num_stages=(2, 3), PARTS_PER_SM=(2,)),
     64: dict(BLOCK_H=(32, 64), BLOCK_N=(32, 64), num_warps=(4, 8), num_stages=(2, 3), PARTS_PER_SM=(1, 2)),
-    128: dict(BLOCK_H=(64, 128), BLOCK_N=(16, 32, 64), num_warps=(8,), num_stages=(1, 2), PARTS_PER_SM=(1,)),
+    128: dict(BLOCK_H=(64, 128), BLOCK_N=(16, 32, 64), num_warps=(8,), num_stages=(1, 2), PARTS_PER_SM=(1,),
+              ROWS_FIRST=(False, True)),
 }
 
 
