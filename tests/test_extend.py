@@ -176,6 +176,32 @@ def test_fp8_cache_cpu():
     check_extend([40, 1, 65], [9, 1, 3], h_q=4, dv=512, dr=64, page_size=16, fp8=True)
 
 
+# -- launch variants (config keys the H100 sweep compares; kernels/extend.py ``_launch_params``) -------------
+VARIANTS = {
+    "lazy8": dict(LAZY_RESCALE=8.0),
+    # tau 1 with 16-key tiles: the lazy max moves often, and skips often
+    "lazy1_n16": dict(LAZY_RESCALE=1.0, BLOCK_N=16),
+    "n64": dict(BLOCK_N=64),
+    "n32_s5": dict(BLOCK_N=32, num_stages=5),
+}
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_launch_variants(variant, dtype):
+    """Each variant on a prefix + chunk, a decode token, a plain causal chunk and an empty sequence; then a
+    wide score spread (softmax_scale 3) over several tiles, where the running max jumps by more than tau."""
+    with configs.overridden(**VARIANTS[variant]):
+        check_extend([130, 1, 77, 0], [37, 1, 77, 0], h_q=5, page_size=16, dtype=dtype, seed=11)
+        check_extend([200, 90], [9, 90], h_q=4, dtype=dtype, softmax_scale=3.0, seed=12)
+
+
+@pytest.mark.parametrize("variant", ["lazy8", "lazy1_n16"])
+def test_launch_variants_fp8_cpu(variant):
+    with configs.overridden(**VARIANTS[variant]):
+        check_extend([40, 1, 65], [9, 1, 3], h_q=4, dv=512, dr=64, page_size=16, fp8=True)
+
+
 def test_lse_and_out_buffers():
     q, k_cache, block_table, cache_seqlens, cu = make_case([30, 12], [5, 2], h_q=3)
     out = torch.full((q.shape[0], 3, 64), float("nan"), dtype=q.dtype, device=q.device)
@@ -406,6 +432,20 @@ def test_gpu_mixed_batch(h_q, fp8):
 @pytest.mark.parametrize("fp8", [False, True])
 def test_gpu_long_chunks(prefix, q_len, fp8):
     check_extend([prefix + q_len], [q_len], h_q=16, dv=512, dr=64, page_size=64, dtype=torch.bfloat16, fp8=fp8)
+
+
+@gpu
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("fp8", [False, True])
+def test_gpu_launch_variants(variant, fp8):
+    """The sweep's variants at DeepSeek's dims in bf16: a long chunk over a prefix, decode tokens, a plain
+    causal chunk, page ends mid-tile; fp16 with 16-token pages too."""
+    with configs.overridden(**VARIANTS[variant]):
+        for h_q in (16, 128):
+            check_extend([3000, 1, 513, 64], [1001, 1, 513, 1], h_q=h_q, dv=512, dr=64, page_size=64,
+                         dtype=torch.bfloat16, fp8=fp8, seed=h_q, softmax_scale=192 ** -0.5)
+        if not fp8:
+            check_extend([300, 77], [100, 77], h_q=16, dv=512, dr=64, page_size=16, dtype=torch.float16)
 
 
 @gpu

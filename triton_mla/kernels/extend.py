@@ -36,19 +36,35 @@ def _key_offsets(bt_row, toks, tok_ok, stride_btp, stride_kb, stride_kt, num_blo
 
 
 @triton.jit
-def _softmax_step(qk, m_i, l_i):
-    """One online-softmax step on scores in log2 units: (p, alpha, m_new, l_new). A row that has seen
-    nothing yet keeps m = -inf and l = 0."""
+def _next_max(qk, m_i, always, LAZY_RESCALE: tl.constexpr):
+    """(m_new, rescale): the running row max after scores ``qk`` (log2 units), and whether acc must be rescaled.
+
+    LAZY_RESCALE = 0: the max follows every tile and ``rescale`` is ``always`` (a runtime true).
+    LAZY_RESCALE = tau > 0: the max moves (for every row at once) only when some row's max grew by more than
+    tau; otherwise the old max stays, p = exp2(qk - m) stays <= 2**tau and acc needs no multiply (64 x 512
+    multiplies per tile saved once the max settles; exact either way, since l and acc use the same m)."""
     m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
-    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
+    rescale = always
+    if LAZY_RESCALE > 0:
+        # a row that has seen nothing (m_i = -inf) and now sees a key always triggers it
+        rescale = tl.max((m_new > m_i + LAZY_RESCALE).to(tl.int32), axis=0) > 0
+        m_new = tl.where(rescale, m_new, m_i)
+    return m_new, rescale
 
 
 @triton.jit
-def _unchain(p, acc, alpha, qk_scale, DT: tl.constexpr, UNCHAIN: tl.constexpr):
-    """(P in DT, acc * alpha), passed through an ``if`` whose two branches are the same.
+def _softmax_step(qk, m_i, m_new, l_i):
+    """One online-softmax step on scores in log2 units, max m_i -> m_new: (p, alpha, l_new). A row that has
+    seen nothing yet keeps m = -inf and l = 0."""
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    return p, alpha, l_i * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
+def _unchain(p, acc, alpha, cond, rescale, DT: tl.constexpr, UNCHAIN: tl.constexpr, LAZY: tl.constexpr):
+    """(P in DT, acc * alpha), passed through an ``if`` on the runtime value ``cond`` (always true).
 
     Why: Triton lays out a dot whose result feeds another dot (QK^T into PV) with all warps along M. At
     BLOCK_M 64 and 8 warps that makes both Hopper warpgroups compute the same scores, and on mma v2 it
@@ -56,9 +72,22 @@ def _unchain(p, acc, alpha, qk_scale, DT: tl.constexpr, UNCHAIN: tl.constexpr):
     SSA uses and stops at an ``if``, so QK^T and PV each get a layout of their own and P moves between
     them through shared memory, as FlashMLA does. The condition is a runtime value (never folded away)
     and either branch gives the same result. UNCHAIN=False skips the trick (for the tuning sweep).
+    With LAZY (lazy rescaling, see ``_next_max``) ``rescale`` says whether acc is rescaled. That ``if``
+    depends on the scores, so it does not unchain (the ``if`` op itself would be in QK's forward slice):
+    it sits inside the ``cond`` one, which is there whatever UNCHAIN says.
     """
-    if UNCHAIN:
-        if qk_scale > 0:
+    if LAZY:
+        if cond:
+            if rescale:
+                p16 = p.to(DT)
+                acc = acc * alpha[:, None]
+            else:
+                p16 = p.to(DT)
+        else:
+            p16 = p.to(DT)
+            acc = acc * alpha[:, None]
+    elif UNCHAIN:
+        if cond:
             p16 = p.to(DT)
             acc = acc * alpha[:, None]
         else:
@@ -74,7 +103,8 @@ def _unchain(p, acc, alpha, qk_scale, DT: tl.constexpr, UNCHAIN: tl.constexpr):
 def _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, tok_lo, tok_hi, row_limit,
             stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale,
             DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
-            BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, UNCHAIN: tl.constexpr, DOT_PRECISION: tl.constexpr):
+            BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, UNCHAIN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+            LAZY_RESCALE: tl.constexpr):
     """Keys [tok_lo, tok_hi) of one sequence, 16-bit/fp32 cache; carries (acc, m, l) in log2 units.
 
     Without CAUSAL_MASK every row sees every key of the range (the caller guarantees it)."""
@@ -102,8 +132,10 @@ def _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, tok_lo, tok_hi, row_limi
         if CAUSAL_MASK:
             visible = tok_ok[None, :] & (toks[None, :] < row_limit[:, None])
             qk = tl.where(visible, qk, float("-inf"))
-        p, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i)
-        p, acc = _unchain(p, acc, alpha, qk_scale, k.dtype, UNCHAIN)
+        m_new, rescale = _next_max(qk, m_i, qk_scale > 0, LAZY_RESCALE)
+        p, alpha, l_i = _softmax_step(qk, m_i, m_new, l_i)
+        m_i = m_new
+        p, acc = _unchain(p, acc, alpha, qk_scale > 0, rescale, k.dtype, UNCHAIN, LAZY_RESCALE > 0)
         acc = tl.dot(p, k, acc, input_precision=DOT_PRECISION)
     return acc, m_i, l_i
 
@@ -111,7 +143,7 @@ def _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, tok_lo, tok_hi, row_limi
 @triton.jit
 def _attend_fp8(acc0, acc1, acc2, acc3, m_i, l_i, q0, q1, q2, q3, q_pe, k_ptr, bt_row, tok_lo, tok_hi,
                 row_limit, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale,
-                BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, UNCHAIN: tl.constexpr):
+                BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, UNCHAIN: tl.constexpr, LAZY_RESCALE: tl.constexpr):
     """As ``_attend``, over the FP8 layout: 4 groups of 128 latent dims (one accumulator each) + 64 rope."""
     offs_n = tl.arange(0, BLOCK_N)
     dt = q_pe.dtype
@@ -133,12 +165,15 @@ def _attend_fp8(acc0, acc1, acc2, acc3, m_i, l_i, q0, q1, q2, q3, q_pe, k_ptr, b
         if CAUSAL_MASK:
             visible = tok_ok[None, :] & (toks[None, :] < row_limit[:, None])
             qk = tl.where(visible, qk, float("-inf"))
-        p, alpha, m_i, l_i = _softmax_step(qk, m_i, l_i)
+        m_new, rescale = _next_max(qk, m_i, qk_scale > 0, LAZY_RESCALE)
+        p, alpha, l_i = _softmax_step(qk, m_i, m_new, l_i)
+        m_i = m_new
         # -- PV: the factor scales P's columns, so each group's raw tile is the B operand ----
-        p0, acc0 = _unchain(p * f0[None, :], acc0, alpha, qk_scale, dt, UNCHAIN)
-        p1, acc1 = _unchain(p * f1[None, :], acc1, alpha, qk_scale, dt, UNCHAIN)
-        p2, acc2 = _unchain(p * f2[None, :], acc2, alpha, qk_scale, dt, UNCHAIN)
-        p3, acc3 = _unchain(p * f3[None, :], acc3, alpha, qk_scale, dt, UNCHAIN)
+        lazy: tl.constexpr = LAZY_RESCALE > 0
+        p0, acc0 = _unchain(p * f0[None, :], acc0, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+        p1, acc1 = _unchain(p * f1[None, :], acc1, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+        p2, acc2 = _unchain(p * f2[None, :], acc2, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+        p3, acc3 = _unchain(p * f3[None, :], acc3, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
         acc0 = tl.dot(p0, x0, acc0)
         acc1 = tl.dot(p1, x1, acc1)
         acc2 = tl.dot(p2, x2, acc2)
@@ -165,7 +200,7 @@ def _extend_kernel(
     total_q, h_q, num_blocks, page_size, max_len, qk_scale,
     DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP8: tl.constexpr, UNCHAIN: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, LAZY_RESCALE: tl.constexpr,
 ):
     seq = tl.program_id(1)
     # the last row blocks of a chunk see the most keys: start them first
@@ -212,10 +247,12 @@ def _extend_kernel(
             acc3 = tl.zeros([BLOCK_M, 128], dtype=tl.float32)
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_fp8(
                 acc0, acc1, acc2, acc3, m_i, l_i, q0, q1, q2, q3, q_pe, k_ptr, bt_row, 0, full_hi, row_limit,
-                stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, BLOCK_N, False, UNCHAIN)
+                stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, BLOCK_N, False, UNCHAIN,
+                LAZY_RESCALE)
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_fp8(
                 acc0, acc1, acc2, acc3, m_i, l_i, q0, q1, q2, q3, q_pe, k_ptr, bt_row, full_hi, diag_hi,
-                row_limit, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, BLOCK_N, True, UNCHAIN)
+                row_limit, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, BLOCK_N, True, UNCHAIN,
+                LAZY_RESCALE)
             # -- epilogue: a row that saw nothing gets out = 0 (its acc is 0) and lse = +inf ------
             empty = l_i == 0.0
             inv_l = 1.0 / tl.where(empty, 1.0, l_i)
@@ -235,10 +272,12 @@ def _extend_kernel(
             acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
             acc, m_i, l_i = _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, 0, full_hi, row_limit,
                                     stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale,
-                                    DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, False, UNCHAIN, DOT_PRECISION)
+                                    DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, False, UNCHAIN, DOT_PRECISION,
+                                    LAZY_RESCALE)
             acc, m_i, l_i = _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, full_hi, diag_hi, row_limit,
                                     stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale,
-                                    DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, True, UNCHAIN, DOT_PRECISION)
+                                    DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, True, UNCHAIN, DOT_PRECISION,
+                                    LAZY_RESCALE)
             # -- epilogue: a row that saw nothing gets out = 0 (its acc is 0) and lse = +inf ------
             empty = l_i == 0.0
             o = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -254,11 +293,15 @@ def _dot_precision(dtype):
 
 
 def _launch_params(entry, fp8):
-    """An entry's launch fields; the FP8 kernel takes its own overrides from ``entry["fp8"]`` if any."""
+    """An entry's launch fields: (tile constexprs, num_warps, num_stages). The FP8 kernel takes its own
+    overrides from ``entry["fp8"]`` if any. Optional keys (absent: the behaviour they were added beside):
+    UNCHAIN (True) and LAZY_RESCALE (0.0: rescale acc on every tile; tau > 0, in log2 units: see ``_next_max``).
+    """
     if fp8:
         entry = {**entry, **entry.get("fp8", {})}
-    return (entry["BLOCK_M"], entry["BLOCK_N"], bool(entry.get("UNCHAIN", True)), entry["num_warps"],
-            entry["num_stages"])
+    consts = dict(BLOCK_M=entry["BLOCK_M"], BLOCK_N=entry["BLOCK_N"], UNCHAIN=bool(entry.get("UNCHAIN", True)),
+                  LAZY_RESCALE=float(entry.get("LAZY_RESCALE", 0.0)))
+    return consts, entry["num_warps"], entry["num_stages"]
 
 
 def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, head_dim_v, softmax_scale,
@@ -273,8 +316,8 @@ def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, h
     b = cache_seqlens.shape[0]
     num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
     dv, dr = head_dim_v, d - head_dim_v
-    block_m, block_n, unchain, num_warps, num_stages = _launch_params(config, fp8)
-    row_blocks = triton.cdiv(max_seqlen_q * h_q, block_m)
+    consts, num_warps, num_stages = _launch_params(config, fp8)
+    row_blocks = triton.cdiv(max_seqlen_q * h_q, consts["BLOCK_M"])
     if b == 0 or row_blocks == 0:
         return out, lse
     _extend_kernel[(row_blocks, b)](
@@ -288,7 +331,7 @@ def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, h
         total_q, h_q, num_blocks, page_size, block_table.shape[1] * page_size, softmax_scale * LOG2E.value,
         DV=dv, DR=dr, BLOCK_DV=max(16, triton.next_power_of_2(dv)),
         BLOCK_DR=max(16, triton.next_power_of_2(dr)) if dr > 0 else 16,
-        BLOCK_M=block_m, BLOCK_N=block_n, IS_FP8=fp8, UNCHAIN=unchain, DOT_PRECISION=_dot_precision(q.dtype),
+        IS_FP8=fp8, DOT_PRECISION=_dot_precision(q.dtype), **consts,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out, lse
@@ -300,8 +343,8 @@ def compile_specs(section, entry):
     elem = "*fp32" if is_32 else "*bf16"
     variants = [(False, elem)] if is_32 else [(False, elem), (True, "*u8")]
     for fp8, k_type in variants:
-        block_m, block_n, unchain, num_warps, num_stages = _launch_params(entry, fp8)
+        tiles, num_warps, num_stages = _launch_params(entry, fp8)
         types = dict(q_ptr=elem, k_ptr=k_type, out_ptr=elem, lse_ptr="*fp32", qk_scale="fp32")
-        consts = dict(DV=512, DR=64, BLOCK_DV=512, BLOCK_DR=64, BLOCK_M=block_m, BLOCK_N=block_n, IS_FP8=fp8,
-                      UNCHAIN=unchain, DOT_PRECISION="ieee" if is_32 else "tf32")
+        consts = dict(DV=512, DR=64, BLOCK_DV=512, BLOCK_DR=64, IS_FP8=fp8, DOT_PRECISION="ieee" if is_32 else "tf32",
+                      **tiles)
         yield ("extend_fp8" if fp8 else "extend", _extend_kernel, types, consts, num_warps, num_stages)
