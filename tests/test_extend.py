@@ -183,6 +183,7 @@ VARIANTS = {
     "lazy1_n16": dict(LAZY_RESCALE=1.0, BLOCK_N=16),
     "n64": dict(BLOCK_N=64),
     "n32_s5": dict(BLOCK_N=32, num_stages=5),
+    "fp8_one_tile": dict(FP8_ONE_TILE=True),  # FP8 only; a no-op for 16-bit caches
 }
 
 
@@ -196,7 +197,7 @@ def test_launch_variants(variant, dtype):
         check_extend([200, 90], [9, 90], h_q=4, dtype=dtype, softmax_scale=3.0, seed=12)
 
 
-@pytest.mark.parametrize("variant", ["lazy8", "lazy1_n16"])
+@pytest.mark.parametrize("variant", ["lazy8", "lazy1_n16", "fp8_one_tile"])
 def test_launch_variants_fp8_cpu(variant):
     with configs.overridden(**VARIANTS[variant]):
         check_extend([40, 1, 65], [9, 1, 3], h_q=4, dv=512, dr=64, page_size=16, fp8=True)

@@ -15,7 +15,8 @@ sequence's rows exit at once, and nothing is read on the host.
 
 The FP8 cache (``triton_mla.fp8``, 656 bytes a token) is read in its 4 groups of 128 values: each group's
 raw e4m3 tile goes to the tensor cores as it is, and the per-token scale multiplies the scores (QK^T:
-columns) and the probabilities (PV: P's columns), so the tile itself is never rescaled.
+columns) and the probabilities (PV: P's columns), so the tile itself is never rescaled. The launch option
+FP8_ONE_TILE instead dequantizes the whole tile (exact in bf16) and runs the 16-bit path's two dots.
 """
 
 import torch
@@ -23,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._common import LN2, LOG2E
-from ._fp8 import load_fp8_group, load_fp8_rope
+from ._fp8 import load_fp8_group, load_fp8_nope, load_fp8_rope
 
 
 @triton.jit
@@ -104,10 +105,12 @@ def _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, tok_lo, tok_hi, row_limi
             stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale,
             DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
             BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, UNCHAIN: tl.constexpr, DOT_PRECISION: tl.constexpr,
-            LAZY_RESCALE: tl.constexpr):
+            LAZY_RESCALE: tl.constexpr, FP8: tl.constexpr):
     """Keys [tok_lo, tok_hi) of one sequence, 16-bit/fp32 cache; carries (acc, m, l) in log2 units.
 
-    Without CAUSAL_MASK every row sees every key of the range (the caller guarantees it)."""
+    Without CAUSAL_MASK every row sees every key of the range (the caller guarantees it). FP8 (the
+    FP8_ONE_TILE launch option): the FP8 layout, each K tile dequantized whole (value * its group's
+    power-of-two scale: exact in bf16) so QK^T and PV are one dot each, as for a 16-bit cache."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_dr = tl.arange(0, BLOCK_DR)
@@ -118,7 +121,10 @@ def _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, tok_lo, tok_hi, row_limi
         k_mask = tok_ok[:, None]
         if BLOCK_DV != DV:
             k_mask = k_mask & (offs_dv[None, :] < DV)
-        k = tl.load(k_ptr + tok_off[:, None] + offs_dv[None, :], mask=k_mask, other=0.0)
+        if FP8:
+            k = load_fp8_nope(k_ptr, tok_off, tok_ok, q_nope.dtype)
+        else:
+            k = tl.load(k_ptr + tok_off[:, None] + offs_dv[None, :], mask=k_mask, other=0.0)
         # -- scores (DV latent dims + DR rope dims), in log2 units ------------------------
         # each dot is scaled before the sum: Triton would fuse dot + x into one dot accumulating x,
         # a chain of dots (see _unchain)
@@ -127,7 +133,10 @@ def _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, tok_lo, tok_hi, row_limi
             pe_mask = tok_ok[:, None]
             if BLOCK_DR != DR:
                 pe_mask = pe_mask & (offs_dr[None, :] < DR)
-            k_pe = tl.load(k_ptr + tok_off[:, None] + DV + offs_dr[None, :], mask=pe_mask, other=0.0)
+            if FP8:
+                k_pe = load_fp8_rope(k_ptr, tok_off, tok_ok, q_pe.dtype)
+            else:
+                k_pe = tl.load(k_ptr + tok_off[:, None] + DV + offs_dr[None, :], mask=pe_mask, other=0.0)
             qk += tl.dot(q_pe, tl.trans(k_pe), input_precision=DOT_PRECISION) * qk_scale
         if CAUSAL_MASK:
             visible = tok_ok[None, :] & (toks[None, :] < row_limit[:, None])
@@ -200,7 +209,7 @@ def _extend_kernel(
     total_q, h_q, num_blocks, page_size, max_len, qk_scale,
     DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_FP8: tl.constexpr, UNCHAIN: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, LAZY_RESCALE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, LAZY_RESCALE: tl.constexpr, FP8_ONE_TILE: tl.constexpr,
 ):
     seq = tl.program_id(1)
     # the last row blocks of a chunk see the most keys: start them first
@@ -232,7 +241,7 @@ def _extend_kernel(
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         out_rows = out_ptr + (q_lo + row_t).to(tl.int64) * stride_ot + row_h.to(tl.int64) * stride_oh
-        if IS_FP8:
+        if IS_FP8 and not FP8_ONE_TILE:
             tl.static_assert((DV == 512) & (DR == 64), "the FP8 layout holds 512 + 64 dims")
             offs_g = tl.arange(0, 128)
             offs_r = tl.arange(0, 64)
@@ -261,6 +270,8 @@ def _extend_kernel(
             _store_group(out_rows, acc2, inv_l, row_ok, 2, 128)
             _store_group(out_rows, acc3, inv_l, row_ok, 3, 128)
         else:
+            if IS_FP8:
+                tl.static_assert((DV == 512) & (DR == 64), "the FP8 layout holds 512 + 64 dims")
             offs_dv = tl.arange(0, BLOCK_DV)
             offs_dr = tl.arange(0, BLOCK_DR)
             dv_ok = offs_dv < DV
@@ -273,11 +284,11 @@ def _extend_kernel(
             acc, m_i, l_i = _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, 0, full_hi, row_limit,
                                     stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale,
                                     DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, False, UNCHAIN, DOT_PRECISION,
-                                    LAZY_RESCALE)
+                                    LAZY_RESCALE, IS_FP8)
             acc, m_i, l_i = _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, full_hi, diag_hi, row_limit,
                                     stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale,
                                     DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, True, UNCHAIN, DOT_PRECISION,
-                                    LAZY_RESCALE)
+                                    LAZY_RESCALE, IS_FP8)
             # -- epilogue: a row that saw nothing gets out = 0 (its acc is 0) and lse = +inf ------
             empty = l_i == 0.0
             o = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -295,12 +306,14 @@ def _dot_precision(dtype):
 def _launch_params(entry, fp8):
     """An entry's launch fields: (tile constexprs, num_warps, num_stages). The FP8 kernel takes its own
     overrides from ``entry["fp8"]`` if any. Optional keys (absent: the behaviour they were added beside):
-    UNCHAIN (True) and LAZY_RESCALE (0.0: rescale acc on every tile; tau > 0, in log2 units: see ``_next_max``).
+    UNCHAIN (True), LAZY_RESCALE (0.0: rescale acc on every tile; tau > 0, in log2 units: see ``_next_max``)
+    and FP8_ONE_TILE (False: the FP8 cache in 4 groups of 128, one dot each; True: see ``_attend``).
     """
     if fp8:
         entry = {**entry, **entry.get("fp8", {})}
     consts = dict(BLOCK_M=entry["BLOCK_M"], BLOCK_N=entry["BLOCK_N"], UNCHAIN=bool(entry.get("UNCHAIN", True)),
-                  LAZY_RESCALE=float(entry.get("LAZY_RESCALE", 0.0)))
+                  LAZY_RESCALE=float(entry.get("LAZY_RESCALE", 0.0)),
+                  FP8_ONE_TILE=bool(fp8 and entry.get("FP8_ONE_TILE", False)))
     return consts, entry["num_warps"], entry["num_stages"]
 
 
