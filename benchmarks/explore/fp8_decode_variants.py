@@ -1,6 +1,6 @@
 """FP8 dense decode: launch variants, each checked on a small fresh case, then timed at b=128, s_k=8192, s_q=1.
 
-Run on the GPU from the repo root:  PYTHONPATH=. python .devrun/explore_fp8.py
+Run on the GPU from the repo root:  PYTHONPATH=. python benchmarks/explore/fp8_decode_variants.py
 One line per (h_q, variant): relative error (small case), us, GB/s (656 B a token), and the ratio to the bf16
 kernel's time measured on the H100 (BF16_US below, from the issue). A variant that fails prints FAILED.
 """

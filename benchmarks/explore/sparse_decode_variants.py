@@ -1,7 +1,7 @@
 """Sparse FP8 decode: A/B the FP8 kernel's loop variants (config overrides) on the anchor shapes.
 
-    PYTHONPATH=. python .devrun/explore_sparse.py            # H100, ~2 min
-    TRITON_INTERPRET=1 PYTHONPATH=. python .devrun/explore_sparse.py   # CPU dry run, tiny shapes
+    PYTHONPATH=. python benchmarks/explore/sparse_decode_variants.py            # H100, ~2 min
+    TRITON_INTERPRET=1 PYTHONPATH=. python benchmarks/explore/sparse_decode_variants.py   # CPU dry run, tiny shapes
 
 For each shape: a fresh small random case (same b, s_q, h_q, topk, so the same split plan and compiled kernel,
 but 4096 tokens per sequence) is checked against the float32 oracle (rel err of the first sequence), then the
