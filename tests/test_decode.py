@@ -112,7 +112,8 @@ def test_launch_variants(variant, page_size):
 def test_lazy_rescale_growing_scores():
     """Scores that keep growing along the sequence make the lazy max move many times."""
     q, k_cache, block_table, lens = make_case([700, 333], 1, 4, dtype=torch.float32)
-    k_cache *= torch.linspace(0.0, 40.0, k_cache.shape[0] * k_cache.shape[1]).view(k_cache.shape[:2])[..., None, None]
+    growth = torch.linspace(0.0, 40.0, k_cache.shape[0] * k_cache.shape[1], device=k_cache.device)
+    k_cache *= growth.view(k_cache.shape[:2])[..., None, None]
     ref, ref_lse = decode_ref(q, k_cache, block_table, lens, 64)
     with configs.overridden(LAZY_RESCALE=True):
         out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, lens, 64)

@@ -443,6 +443,10 @@ def test_gpu_decode_split_and_batch(b, s_q, h_q, topk, fp8):
 @pytest.mark.parametrize("b,s_q,h_q,topk", [(128, 1, 16, 2048), (4, 1, 8, 2048), (2, 2, 128, 577), (3, 1, 12, 1000)])
 def test_gpu_decode_fp8_variants(variant, b, s_q, h_q, topk):
     """Each FP8 loop variant on DeepSeek's shapes (split and not, odd topk, varied topk_length)."""
+    if variant.get("FP8_DUAL_LOAD") and h_q > 32:
+        # two copies of each 64-token tile need 288 KB of shared memory with the 64-row entry (Triton 3.6),
+        # over sm90's 227 KB: no config ships this pair, and the launch fails with OutOfResources
+        pytest.skip("FP8_DUAL_LOAD is not a valid option for the 64-row entry")
     with configs.overridden(**variant):
         check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=64, num_blocks=160,
                      dtype=torch.bfloat16, fp8=True, seed=b + topk, invalid_frac=0.05,
