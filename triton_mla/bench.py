@@ -102,7 +102,7 @@ def load_peers(device_name: str):
     return {(r["cand"], r["b"], r["s_k"], r["h_q"], r["s_q"], r["varlen"]): r for r in rows if "ms" in r}
 
 
-def _git_commit():
+def git_commit():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, timeout=5).stdout.strip() or None
@@ -324,7 +324,7 @@ def main(argv=None):
         return 0
     bw, tf = ceilings()
     info = dict(device=dev.name, sms=dev.multi_processor_count, copy_GBps=round(bw), matmul_TFLOPS=round(tf),
-                torch=torch.__version__, triton=triton.__version__, commit=_git_commit(),
+                torch=torch.__version__, triton=triton.__version__, commit=git_commit(),
                 time=time.strftime("%Y-%m-%d %H:%M:%S"), command="python -m triton_mla.bench " + " ".join(
                     argv if argv is not None else sys.argv[1:]))
     print(json.dumps(info), flush=True)

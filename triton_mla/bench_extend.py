@@ -26,17 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from .bench import git_commit
+
 D, DV, ROPE, PAGE = 576, 512, 64, 64
 D_NOPE, D_V_MHA = 128, 128
 SCALE = (D_NOPE + ROPE) ** -0.5
-REPO = Path(__file__).resolve().parents[1]
 DEVICE, DTYPE = "cuda", torch.bfloat16  # a CPU smoke run of this script sets "cpu" and float16
 
 
@@ -264,24 +264,11 @@ def apply_sweep(path):
 
     doc = json.loads(Path(path).read_text())
     best, fam = doc["summary"]["best"], doc["info"]["family"]
-    cfg_path = configs.CONFIG_DIR / f"{fam}.json"
-    cfg = json.loads(cfg_path.read_text())  # read just before writing: others edit other sections
-    target = next(e for e in cfg["extend"] if e["dtype"] == "16bit" and e["max_rows"] is None)
-    target.update(best)
-    target["tuned_on"] = f"{doc['info']['device']} @ {doc['info'].get('commit')} (bench_extend --sweep)"
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f, indent=1)
-        f.write("\n")
+    tuned_on = f"{doc['info']['device']} @ {doc['info'].get('commit')} (bench_extend --sweep)"
+    cfg_path = configs.update_catch_all(fam, "extend", best, tuned_on)
     print(f"{cfg_path}: extend 16bit catch-all <- {best}")
     return 0
 
-
-def _git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
-    except Exception:
-        return None
 
 
 def format_targets(rows, mm):
@@ -321,7 +308,7 @@ def main(argv=None):
     dev = torch.cuda.get_device_properties(0)
     info = dict(device=dev.name, sms=dev.multi_processor_count, family=configs.family_of(0),
                 capability=list(torch.cuda.get_device_capability(0)), torch=torch.__version__,
-                triton=triton.__version__, commit=_git_commit(), time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                triton=triton.__version__, commit=git_commit(), time=time.strftime("%Y-%m-%d %H:%M:%S"),
                 command="python -m triton_mla.bench_extend " + " ".join(argv if argv is not None else sys.argv[1:]))
     log = lambda line: print(line, flush=True)
     info["matmul_TFLOPS"] = matmul_tflops()

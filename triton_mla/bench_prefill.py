@@ -22,17 +22,17 @@ import argparse
 import itertools
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from .bench import git_commit
+
 DQK, DV = 192, 128
 SHAPES = [(1, 128, 4096), (1, 128, 16384), (4, 16, 4096), (1, 16, 16384), (16, 128, 1024)]
 QUICK_SHAPES = [(1, 128, 4096), (4, 16, 4096), (16, 128, 1024)]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def prefill_flops(b, h, s, causal=True):
@@ -215,25 +215,12 @@ def apply_sweep(path):
 
     doc = json.loads(Path(path).read_text())
     best, fam = doc["summary"]["best"], doc["info"]["family"]
-    cfg_path = configs.CONFIG_DIR / f"{fam}.json"
-    cfg = json.loads(cfg_path.read_text())  # read just before writing: others edit other sections
-    entries = cfg["prefill"]
-    target = next(e for e in entries if e["dtype"] == "16bit" and e["max_rows"] is None)
-    target.update({k: best[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA")})
-    target["tuned_on"] = f"{doc['info']['device']} @ {doc['info'].get('commit')} (bench_prefill --sweep)"
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f, indent=1)
-        f.write("\n")
+    tuned_on = f"{doc['info']['device']} @ {doc['info'].get('commit')} (bench_prefill --sweep)"
+    fields = {k: best[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA")}
+    cfg_path = configs.update_catch_all(fam, "prefill", fields, tuned_on)
     print(f"{cfg_path}: prefill 16bit catch-all <- {best}")
     return 0
 
-
-def _git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
-    except Exception:
-        return None
 
 
 def _parse_shape(text):
@@ -265,7 +252,7 @@ def main(argv=None):
     dev = torch.cuda.get_device_properties(0)
     info = dict(device=dev.name, sms=dev.multi_processor_count, family=configs.family_of(0),
                 capability=list(torch.cuda.get_device_capability(0)), torch=torch.__version__,
-                triton=triton.__version__, commit=_git_commit(), time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                triton=triton.__version__, commit=git_commit(), time=time.strftime("%Y-%m-%d %H:%M:%S"),
                 command="python -m triton_mla.bench_prefill " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(json.dumps(info), flush=True)
     log = lambda line: print(line, flush=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .bench import _git_commit
+from .bench import git_commit
 
 D, DV, PAGE = 576, 512, 64
 REPO = Path(__file__).resolve().parents[1]
@@ -334,7 +334,7 @@ def main(argv=None):
     only = [kinds[k] for k in args.only.split(",") if k]
     dev = torch.cuda.get_device_properties(0)
     info = dict(device=dev.name, sms=dev.multi_processor_count, torch=torch.__version__, triton=triton.__version__,
-                commit=_git_commit(), time=time.strftime("%Y-%m-%d %H:%M:%S"),
+                commit=git_commit(), time=time.strftime("%Y-%m-%d %H:%M:%S"),
                 command="python -m triton_mla.bench_sparse " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(json.dumps(info), flush=True)
     log = lambda s: print(s, flush=True)

@@ -127,3 +127,19 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: a few parts exercise the split path
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def update_catch_all(family: str, section: str, fields: dict, tuned_on: str) -> Path:
+    """Write ``fields`` into the 16-bit catch-all entry of ``section`` in a family file (the sweeps' winners).
+
+    The file is read just before it is written, so other sections edited meanwhile are kept."""
+    path = CONFIG_DIR / f"{family}.json"
+    doc = json.loads(path.read_text())
+    target = next(e for e in doc[section] if e["dtype"] == "16bit" and e["max_rows"] is None)
+    target.update(fields)
+    target["tuned_on"] = tuned_on
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    return path
+
