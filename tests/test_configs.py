@@ -27,6 +27,8 @@ def test_every_shipped_config_fits(family):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "all configs fit" in res.stdout and f"{family:>6}" in res.stdout
+    if family == "sm90":  # the Gluon warpgroup-MMA decode of the 64+ row entries is compiled too
+        assert "decode_sm90(causal=True)" in res.stdout
 
 
 def test_oversized_config_is_caught():
@@ -68,3 +70,16 @@ def test_pick_buckets():
 def test_unknown_gpu_gets_safe_default():
     assert configs.FAMILIES.get((7, 5), configs.SAFE_DEFAULT) == "sm86"
     assert configs.load_family(configs.SAFE_DEFAULT)["smem_limit"] == min(LIMITS.values())
+
+
+def test_wgmma_kernel_checked_on_sm90_only():
+    """The Gluon decode is compiled for the sm90 entries that ask for it, and such an entry in another
+    family is an error (it could never run there)."""
+    from triton_mla.configs import check
+
+    entry = dict(max_rows=None, dtype="16bit", BLOCK_H=64, BLOCK_N=64, num_warps=8, num_stages=2, PARTS_PER_SM=1,
+                 MIN_BLOCKS_PER_PART=4, WGMMA=True, NUM_BUF=2)
+    specs = [spec for spec in check.decode_kernels(entry) if spec[0].startswith("decode_sm90")]
+    assert len(specs) == 2
+    shared, verdict = check._run_job(("sm89", "label", specs[0]))
+    assert verdict.startswith("FAILED") and "sm90" in verdict

@@ -109,6 +109,14 @@ def test_launch_variants(variant, page_size):
         check_decode([130, 1, 64], s_q=1, h_q=16, dv=512, dr=64, page_size=page_size)
 
 
+def test_wgmma_config_falls_back_off_sm90():
+    """A WGMMA entry (the Gluon kernel, sm90 only) must still decode correctly where that kernel cannot run:
+    the interpreter, float32, other head dims."""
+    with configs.overridden(WGMMA=True, NUM_BUF=2):
+        check_decode([0, 1, 65, 130], s_q=2, h_q=4, causal=True)
+        check_decode([65, 3], s_q=1, h_q=8, dv=512, dr=64, dtype=torch.float32)
+
+
 def test_lazy_rescale_growing_scores():
     """Scores that keep growing along the sequence make the lazy max move many times."""
     q, k_cache, block_table, lens = make_case([700, 333], 1, 4, dtype=torch.float32)
@@ -235,6 +243,31 @@ def test_gpu_bf16_deepseek(h_q, s_q):
     lens = [0, 1, 63, 64, 65, 1000, 4097] + [random.Random(h_q + s_q + i).randint(1, 3000) for i in range(9)]
     check_decode(lens, s_q=s_q, h_q=h_q, dv=512, dr=64, page_size=64, dtype=torch.bfloat16, causal=True,
                  seed=h_q * 10 + s_q)
+
+
+SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("tiles", [dict(BLOCK_N=64, NUM_BUF=2, MIN_BLOCKS_PER_PART=4),
+                                   dict(BLOCK_N=32, NUM_BUF=3, MIN_BLOCKS_PER_PART=8, ROWS_FIRST=True)],
+                         ids=["n64x2", "n32x3"])
+@pytest.mark.parametrize("page_size", [1, 16, 64, 128])
+@pytest.mark.parametrize("split_heavy", [False, True])
+def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
+    """kernels/decode_sm90.py against the reference: row counts 8-128 (partial 64-row blocks too), causal
+    s_q > 1, lengths 0/1/page and tile edges, one sequence per part or many, bf16 and fp16."""
+    from triton_mla import api
+
+    calls = []
+    launch = api._decode_sm90.decode_sm90
+    monkeypatch.setattr(api._decode_sm90, "decode_sm90", lambda *a: calls.append(1) or launch(*a))
+    lens = [0, 1, 31, 32, 63, 64, 65, 1000, 4097]
+    with configs.overridden(WGMMA=True, **tiles, **(SPLIT_HEAVY if split_heavy else {})):
+        for i, (h_q, s_q) in enumerate([(128, 1), (64, 2), (16, 4), (8, 1), (96, 1), (40, 3)]):
+            check_decode(lens, s_q=s_q, h_q=h_q, dv=512, dr=64, page_size=page_size,
+                         dtype=torch.float16 if i % 2 else torch.bfloat16, causal=True, seed=page_size + i)
+    assert len(calls) == 6
 
 
 @gpu

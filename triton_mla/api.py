@@ -21,6 +21,11 @@ from .kernels import decode as _decode
 from .kernels import decode_fp8 as _decode_fp8
 from .kernels import decode_invariant as _invariant
 
+try:  # Gluon (Triton's explicit-layout dialect) ships with Triton >= 3.5; without it the tl.dot kernel serves
+    from .kernels import decode_sm90 as _decode_sm90
+except ImportError:  # pragma: no cover
+    _decode_sm90 = None
+
 MAX_HEAD_DIM_V = 512
 MAX_ROPE_DIM = 128
 _UNCLAMPED_LEN = 1 << 30
@@ -204,5 +209,8 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     if fp8:
         return _decode_fp8.decode_splitkv_fp8(q, k_cache.view(torch.uint8), block_table, cache_seqlens,
                                           float(softmax_scale), causal, num_parts, config, out, lse)
+    if _decode_sm90 is not None and _decode_sm90.supports(q, head_dim_v, config):
+        return _decode_sm90.decode_sm90(q, k_cache, block_table, cache_seqlens, float(softmax_scale), causal,
+                                        num_parts, config, out, lse)
     return _decode.decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, float(softmax_scale),
                                   causal, num_parts, config, out, lse)

@@ -64,13 +64,26 @@ def _signature(fn, types, constexprs):
     return sig
 
 
+def _is_gluon(fn) -> bool:
+    try:
+        from triton.experimental.gluon._runtime import GluonJITFunction
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(fn, GluonJITFunction)
+
+
 def _compile(fn, types, constexprs, cap, num_warps, num_stages):
     sig = _signature(fn, types, constexprs)
     # as the JIT specializes a real launch: 16-byte aligned pointers and strides let Triton vectorize and
     # pipeline loads, which is what costs shared memory; without these hints the check would under-report
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
              if sig[name] != "constexpr" and (sig[name].startswith("*") or name.startswith("stride"))}
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    if _is_gluon(fn):
+        from triton.experimental.gluon._runtime import GluonASTSource
+
+        src = GluonASTSource(fn, sig, constexprs, attrs)
+    else:
+        src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     kernel = compile(src, target=GPUTarget("cuda", cap, 32),
                      options=dict(num_warps=num_warps, num_stages=num_stages))
     return kernel.metadata.shared
@@ -95,6 +108,11 @@ def decode_kernels(entry, section="decode"):
                     PREFETCH_PAGES=bool(entry.get("PREFETCH_PAGES", False))),
                entry["num_warps"], entry["num_stages"])
     yield ("combine", k._combine_kernel, ptrs, dict(common, BLOCK_H=min(block_h, 16)), 4, 1)
+    if entry.get("WGMMA", False):
+        # the Gluon kernel that serves this entry's 16-bit calls on sm90 (kernels/decode_sm90.py)
+        from ..kernels import decode_sm90
+
+        yield from decode_sm90.compile_specs(entry)
     from ..kernels import decode_invariant as inv
 
     chunk = max(1, inv.chunk_tokens(entry["max_rows"] or 128) // block_n)
@@ -132,6 +150,9 @@ def _jobs(families):
 def _run_job(job):
     fam, _, (name, fn, types, consts, warps, stages) = job
     cap, limit = TARGETS[fam]
+    if _is_gluon(fn) and cap != 90:
+        # warpgroup MMA exists only on sm90: such an entry would never be used elsewhere, so it is a mistake
+        return -1, "FAILED: a WGMMA (Gluon, sm90-only) entry in a non-sm90 family"
     try:
         shared = _compile(fn, types, consts, cap, warps, stages)
         return shared, ("ok" if shared <= limit else "EXCEEDS")
@@ -175,7 +196,7 @@ def _report(results, out) -> bool:
     ok = True
     for (fam, label, spec), (shared, verdict) in zip(_JOBS, results, strict=True):
         ok &= verdict == "ok"
-        print(f"{fam:>6} {label:<50} {spec[0]:<20} shared {shared:>7} / {TARGETS[fam][1]} B  {verdict}",
+        print(f"{fam:>6} {label:<50} {spec[0]:<25} shared {shared:>7} / {TARGETS[fam][1]} B  {verdict}",
               file=out, flush=True)
     return ok
 

@@ -1,0 +1,319 @@
+"""Dense MLA decode for Hopper (sm90) at 64 query rows a program, written in Gluon.
+
+Why a second kernel: ``tl.dot`` gives all 8 warps to the rows of a dot whose result feeds another dot,
+so with 64 rows both warpgroups compute the same QK^T and the 64 x 512 fp32 accumulator spills
+(``benchmarks/NOTES.md``). Here the layouts are explicit, FlashMLA's way: the two warpgroups split the
+key columns of S = QK^T (no duplicated work) and the 512 output columns of O = PV (64 x 256 fp32 each),
+exchanging P through shared memory. Q stays in shared memory for the whole segment; key tiles arrive
+by ``cp.async`` (any page size, any strides, bad page ids clamped) into ``NUM_BUF`` buffers, and each
+tile serves both dots (V is the first 512 dims of K).
+
+The split plan, the partial-result slots and the combine are those of ``decode.py`` (same plan
+derivation, ported to Gluon below), so ``decode._combine`` merges what this kernel writes.
+Shapes: d = 576, dv = 512 (DeepSeek), bf16/fp16, any number of rows (blocks of 64).
+"""
+
+import functools
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+from ._common import LN2, LOG2E
+
+# renamed between Triton 3.6 (thread_barrier) and 3.8 (barrier)
+_cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+# renamed between Triton 3.6 (async_copy_global_to_shared) and 3.9 (async_load)
+_async_load = getattr(cp, "async_load", None) or cp.async_copy_global_to_shared
+
+DV = gl.constexpr(512)
+DR = gl.constexpr(64)
+BLOCK_H = gl.constexpr(64)
+NUM_WARPS = gl.constexpr(8)
+CHUNK_B = gl.constexpr(256)  # sequences read at once by the plan: one per thread
+
+
+# -- the split plan (decode.py's, see _common) --------------------------------------------------------
+
+@gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _seq_blocks(seqlens_ptr, stride_seqlens, idx, mask, max_len, BLOCK_N: gl.constexpr):
+    length = gl.load(seqlens_ptr + idx * stride_seqlens, mask=mask, other=0)
+    length = gl.minimum(gl.maximum(length, 0), max_len)
+    return gl.where(mask, (length + BLOCK_N - 1) // BLOCK_N, 0)
+
+
+@gluon.jit
+def _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N: gl.constexpr):
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [NUM_WARPS], [0])
+    total = 0
+    for b0 in range(0, batch, CHUNK_B):
+        idx = b0 + gl.arange(0, CHUNK_B, layout=layout)
+        n = _seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
+        total += gl.sum(n, axis=0)
+    return total
+
+
+@gluon.jit
+def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.constexpr):
+    """The sequence holding global block ``g`` and the global index of its first block."""
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [NUM_WARPS], [0])
+    count = 0
+    start = 0
+    running = 0
+    for b0 in range(0, batch, CHUNK_B):
+        idx = b0 + gl.arange(0, CHUNK_B, layout=layout)
+        n = _seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
+        cu_end = running + gl.associative_scan(n, 0, _add)
+        done = (cu_end <= g) & (idx < batch)
+        count += gl.sum(done.to(gl.int32), axis=0)
+        start = gl.maximum(start, gl.max(gl.where(done, cu_end, 0), axis=0))
+        running += gl.sum(n, axis=0)
+    return count, start
+
+
+# -- loads --------------------------------------------------------------------------------------------
+
+@gluon.jit
+def _issue_tile(kn_buf, kpe_buf, k_ptr, bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
+                page_size, BLOCK_N: gl.constexpr):
+    """cp.async of key tile [start, start + BLOCK_N) of one sequence: 512 + 64 dims a token. Tokens past
+    ``tok_hi`` are zero-filled (P is 0 there, and 0 * garbage could be NaN)."""
+    nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NUM_WARPS, 1], [1, 0])
+    pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
+    toks = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, nope_l))
+    tok_ok = toks < tok_hi
+    page = gl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
+    page = gl.minimum(gl.maximum(page, 0), num_blocks - 1).to(gl.int64)
+    tok_off = page * stride_kb + (toks % page_size).to(gl.int64) * stride_kt
+    offs = gl.arange(0, DV, layout=gl.SliceLayout(0, nope_l))
+    _async_load(kn_buf, k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None])
+    tok_off_pe = gl.convert_layout(tok_off, gl.SliceLayout(1, pe_l))
+    ok_pe = gl.convert_layout(tok_ok, gl.SliceLayout(1, pe_l))
+    offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
+    _async_load(kpe_buf, k_ptr + tok_off_pe[:, None] + DV + offs_pe[None, :],
+                                   mask=ok_pe[:, None])
+
+
+@gluon.jit
+def _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh):
+    nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NUM_WARPS, 1], [1, 0])
+    pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
+    rows = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, nope_l))
+    row_ok = rows < s_q * h_q
+    q_off = (seq.to(gl.int64) * stride_qb + (rows // h_q).to(gl.int64) * stride_qs
+             + (rows % h_q).to(gl.int64) * stride_qh)
+    offs = gl.arange(0, DV, layout=gl.SliceLayout(0, nope_l))
+    _async_load(q_smem, q_ptr + q_off[:, None] + offs[None, :], mask=row_ok[:, None])
+    q_off_pe = gl.convert_layout(q_off, gl.SliceLayout(1, pe_l))
+    ok_pe = gl.convert_layout(row_ok, gl.SliceLayout(1, pe_l))
+    offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
+    _async_load(qpe_smem, q_ptr + q_off_pe[:, None] + DV + offs_pe[None, :], mask=ok_pe[:, None])
+
+
+# -- the kernel -----------------------------------------------------------------------------------------
+
+@gluon.jit
+def _decode_sm90_kernel(
+    q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt,
+    stride_btb, stride_btp,
+    stride_seqlens,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
+    BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
+    ROWS_FIRST: gl.constexpr,
+):
+    dtype: gl.constexpr = q_ptr.dtype.element_ty
+    # S [64, BLOCK_N]: warpgroup w computes key columns [w * BLOCK_N / 2, (w + 1) * BLOCK_N / 2)
+    s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                  instr_shape=[16, BLOCK_N // 2, 16])
+    # O [64, 512]: warpgroup w owns output columns [256 w, 256 (w + 1))
+    o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 256, 16])
+    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    p_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if BLOCK_N >= 64 else BLOCK_N * 2,
+                                              element_bitwidth=16, rank=2)
+
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
+    qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], wide_sl)
+    kn_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DV], wide_sl)
+    kpe_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DR], wide_sl)
+    p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
+
+    if ROWS_FIRST:
+        part = gl.program_id(1)
+        row_block = gl.program_id(0)
+    else:
+        part = gl.program_id(0)
+        row_block = gl.program_id(1)
+    total = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N)
+    parts = gl.maximum(gl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
+    g_lo = ((total.to(gl.int64) * part) // parts).to(gl.int32)
+    g_hi = ((total.to(gl.int64) * (part + 1)) // parts).to(gl.int32)
+    if part >= parts:
+        g_hi = g_lo
+    seq, seq_g0 = _find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N)
+
+    rows_per_seq = s_q * h_q
+    rows_s = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, s_l))
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_l))
+    rows_o = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, o_l))
+    row_ok_o = rows_o < rows_per_seq
+    offs_o = gl.arange(0, DV, layout=gl.SliceLayout(0, o_l))
+
+    g = g_lo
+    while g < g_hi:
+        length = gl.load(seqlens_ptr + seq * stride_seqlens)
+        length = gl.minimum(gl.maximum(length, 0), max_len)
+        n = (length + BLOCK_N - 1) // BLOCK_N
+        seg_hi = gl.minimum(g_hi, seq_g0 + n)
+        if n > 0:
+            tok_lo = (g - seq_g0) * BLOCK_N
+            tok_hi = gl.minimum((seg_hi - seq_g0) * BLOCK_N, length)
+            bt_row = block_table_ptr + seq.to(gl.int64) * stride_btb
+            # every warp is done with the buffers of the previous segment before they are refilled
+            _cta_barrier()
+            _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh)
+            cp.commit_group()
+            for i in gl.static_range(NUM_BUF - 1):
+                if tok_lo + i * BLOCK_N < tok_hi:
+                    _issue_tile(kn_bufs.index(i), kpe_bufs.index(i), k_ptr, bt_row, tok_lo + i * BLOCK_N, tok_hi,
+                                stride_kb, stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
+                cp.commit_group()
+
+            if CAUSAL:
+                row_limit = length - s_q + rows_s // h_q + 1
+            else:
+                row_limit = gl.zeros([BLOCK_H], gl.int32, layout=gl.SliceLayout(1, s_l)) + length
+            acc = gl.zeros([BLOCK_H, DV], gl.float32, layout=o_l)
+            m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_l))
+            l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, s_l))
+            n_tiles = (tok_hi - tok_lo + BLOCK_N - 1) // BLOCK_N
+            for j in range(n_tiles):
+                start = tok_lo + j * BLOCK_N
+                cp.wait_group(NUM_BUF - 2)
+                fence_async_shared()
+                # tile j has landed for every thread, and every warpgroup is done with tile j - 1's buffer
+                _cta_barrier()
+                nxt = start + (NUM_BUF - 1) * BLOCK_N
+                if nxt < tok_hi:
+                    slot = (j + NUM_BUF - 1) % NUM_BUF
+                    _issue_tile(kn_bufs.index(slot), kpe_bufs.index(slot), k_ptr, bt_row, nxt, tok_hi,
+                                stride_kb, stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
+                cp.commit_group()
+
+                kn = kn_bufs.index(j % NUM_BUF)
+                kpe = kpe_bufs.index(j % NUM_BUF)
+                s = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_l)
+                s = warpgroup_mma(q_smem, kn.permute((1, 0)), s, use_acc=False, is_async=True)
+                s = warpgroup_mma(qpe_smem, kpe.permute((1, 0)), s, is_async=True)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
+
+                toks = start + offs_n
+                qk = s * qk_scale
+                visible = (toks[None, :] < tok_hi) & (toks[None, :] < row_limit[:, None])
+                qk = gl.where(visible, qk, float("-inf"))
+                m_new = gl.maximum(m_i, gl.max(qk, axis=1))
+                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+                p = gl.exp2(qk - m_safe[:, None])
+                alpha = gl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + gl.sum(p, axis=1)
+                m_i = m_new
+                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_l))[:, None]
+
+                p_smem.store(p.to(dtype))
+                fence_async_shared()
+                _cta_barrier()
+                acc = warpgroup_mma(p_smem, kn, acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+            cp.wait_group(0)
+
+            # -- epilogue -----------------------------------------------------------------------------
+            l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_l))
+            m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_l))
+            empty = l_o == 0.0
+            o = acc / gl.where(empty, 1.0, l_o)[:, None]
+            lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
+            if (g == seq_g0) & (seg_hi == seq_g0 + n):
+                # the whole sequence is ours: the final output, no combine
+                row_s = rows_o // h_q
+                row_h = rows_o % h_q
+                o_rows = (out_ptr + seq.to(gl.int64) * stride_ob + row_s.to(gl.int64) * stride_os
+                          + row_h.to(gl.int64) * stride_oh)
+                gl.store(o_rows[:, None] + offs_o[None, :], o.to(dtype), mask=row_ok_o[:, None])
+                lse_rows = lse_ptr + seq.to(gl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
+                gl.store(lse_rows, gl.where(empty, float("inf"), lse2 * LN2), mask=row_ok_o)
+            else:
+                # slot 0: the sequence this part starts in; slot 1: the one it ends in (decode.py's layout)
+                slot = part * 2 + gl.where(g == g_lo, 0, 1)
+                part_rows = slot.to(gl.int64) * rows_per_seq + rows_o
+                gl.store(o_part_ptr + part_rows[:, None] * DV + offs_o[None, :], o, mask=row_ok_o[:, None])
+                gl.store(lse_part_ptr + part_rows, lse2, mask=row_ok_o)
+        g = seg_hi
+        seq_g0 += n
+        seq += 1
+
+
+@functools.cache
+def _is_sm90(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] == 9
+
+
+def supports(q, head_dim_v, config) -> bool:
+    """Whether this kernel serves the call: the config asks for it (``WGMMA``), DeepSeek's dims, 16-bit
+    queries, an sm90 GPU."""
+    return (bool(config.get("WGMMA", False)) and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+            and q.shape[-1] == DV + DR and head_dim_v == DV and _is_sm90(q.device.index or 0))
+
+
+def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse):
+    """Launch the Gluon decode, then ``decode._combine``. Arguments validated by ``triton_mla.api``."""
+    from .decode import _combine
+
+    b, s_q, h_q, _ = q.shape
+    num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
+    rows = s_q * h_q
+    row_blocks = triton.cdiv(rows, BLOCK_H.value)
+    max_len = block_table.shape[1] * page_size
+    o_part = torch.empty(2 * num_parts, rows, DV.value, dtype=torch.float32, device=q.device)
+    lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
+    rows_first = bool(config.get("ROWS_FIRST", False))
+    grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
+    _decode_sm90_kernel[grid](
+        q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1),
+        block_table.stride(0), block_table.stride(1),
+        cache_seqlens.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
+        BLOCK_N=config["BLOCK_N"], NUM_BUF=config.get("NUM_BUF", 2),
+        MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
+        num_warps=NUM_WARPS.value,
+    )
+    common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=BLOCK_H.value, BLOCK_N=config["BLOCK_N"],
+                  MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
+    _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
+    return out, lse
+
+
+def compile_specs(entry):
+    """(name, fn, types, constexprs, warps, stages) for check-configs (a ``WGMMA`` decode entry)."""
+    ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", out_ptr="*bf16", lse_ptr="*fp32", o_part_ptr="*fp32",
+                lse_part_ptr="*fp32")
+    for causal in (False, True):
+        yield (f"decode_sm90(causal={causal})", _decode_sm90_kernel, ptrs,
+               dict(BLOCK_N=entry["BLOCK_N"], NUM_BUF=entry.get("NUM_BUF", 2),
+                    MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
+                    ROWS_FIRST=bool(entry.get("ROWS_FIRST", False))),
+               NUM_WARPS.value, 1)
