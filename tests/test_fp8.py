@@ -187,6 +187,12 @@ def test_variants(variant):
         check_fp8_decode([0, 1, 70, 129], s_q=1, h_q=16, seed=3)
 
 
+def test_wgmma_config_falls_back_off_sm90():
+    """A WGMMA entry (the Gluon kernel, sm90 only) still decodes the FP8 cache where that kernel cannot run."""
+    with configs.overridden(WGMMA=True, **SPLIT_HEAVY):
+        check_fp8_decode([0, 1, 40, 100], s_q=2, h_q=4, causal=True)
+
+
 @pytest.mark.parametrize("page_size", [1, 16, 64])
 def test_page_sizes(page_size):
     check_fp8_decode([5, 97, 64], s_q=1, h_q=4, page_size=page_size, seed=page_size)
@@ -292,6 +298,30 @@ def test_gpu_batch128_4096(h_q, scale_tile):
     with configs.overridden(SCALE_TILE=scale_tile):
         check_fp8_decode([4096] * 128, s_q=1, h_q=h_q, page_size=64, dtype=torch.bfloat16, outliers=True,
                          seed=h_q)
+
+
+SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("page_size", [1, 16, 64, 128])
+@pytest.mark.parametrize("split_heavy", [False, True])
+def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, monkeypatch):
+    """kernels/decode_sm90.py on the FP8 cache (tiles dequantized in shared memory): 8-128 rows, causal s_q > 1,
+    NaN bytes past each sequence, outliers, one sequence per part or many."""
+    from triton_mla import api
+
+    calls = []
+    launch = api._decode_sm90.decode_sm90
+    monkeypatch.setattr(api._decode_sm90, "decode_sm90", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    lens = [0, 1, 31, 63, 64, 65, 1000, 4097]
+    split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
+    shapes = [(128, 1), (64, 2), (16, 4), (8, 1), (96, 1)]
+    with configs.overridden(WGMMA=True, BLOCK_N=64, **split):
+        for i, (h_q, s_q) in enumerate(shapes):
+            check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
+                             outliers=i == 0)
+    assert len(calls) == len(shapes)
 
 
 @gpu

@@ -4,7 +4,7 @@ Correctness first, on odd cases (lengths 0 and 1, page sizes 1-128, non-contiguo
 rows, causal s_q > 1, bf16 and fp16) against the float64 reference, then do_bench medians on the
 benchmark's shapes. A variant is a dict of config overrides (``triton_mla.configs.overridden``).
 
-    PYTHONPATH=. python3 benchmarks/explore/decode_sm90_variants.py [base,g64x2,...]
+    PYTHONPATH=. python3 benchmarks/explore/decode_sm90_variants.py [base,g64x2,...] [number of shapes]
 """
 
 import sys
@@ -14,7 +14,7 @@ import triton
 
 import triton_mla as tm
 from triton_mla import configs
-from triton_mla.bench import decode_flops, make_decode_case
+from triton_mla.bench import decode_flops, fp8_cache_of, fp8_rel_err, make_decode_case
 from triton_mla.reference import decode_ref
 
 VARIANTS = {
@@ -22,6 +22,8 @@ VARIANTS = {
     "g64x2": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
     "g32x3": {"WGMMA": True, "BLOCK_N": 32, "NUM_BUF": 3, "MIN_BLOCKS_PER_PART": 8},
     "g32x4": {"WGMMA": True, "BLOCK_N": 32, "NUM_BUF": 4, "MIN_BLOCKS_PER_PART": 8},
+    "fp8": {"_fp8": True, "WGMMA": False},
+    "fp8_g64": {"_fp8": True, "WGMMA": True, "BLOCK_N": 64, "MIN_BLOCKS_PER_PART": 4},
 }
 
 # (b, h_q, s_q, page_size, lengths)
@@ -57,8 +59,27 @@ def make_case(b, h_q, s_q, page, lens, dtype, seed, non_contiguous):
     return q, kv, bt, lens_t
 
 
+def check_fp8(variant):
+    """Largest relative error of FP8-cache decode against the reference on the dequantized cache."""
+    worst = 0.0
+    for i, (b, h_q, s_q, page, lens) in enumerate(CASES):
+        q, kv, bt, lens_t = make_case(b, h_q, s_q, page, lens, torch.bfloat16, i, i % 2 == 1)
+        kv8 = fp8_cache_of(kv)
+        with configs.overridden(**variant):
+            out, _ = tm.flash_mla_with_kvcache(q, kv8, bt, lens_t, 512, causal=s_q > 1, is_fp8_kvcache=True)
+        err = fp8_rel_err(out, q, kv8, bt, lens_t, s_q > 1, 576 ** -0.5, b)
+        if torch.isnan(out).any() or not (err < 1e-2):
+            print(f"  FAIL fp8 case {i}: err {err:.2e}")
+            return float("nan")
+        worst = max(worst, err)
+    return worst
+
+
 def check(variant):
     """Largest relative error over CASES x (bf16, fp16); prints each failing case."""
+    variant = dict(variant)
+    if variant.pop("_fp8", False):
+        return check_fp8(variant)
     worst = 0.0
     for i, (b, h_q, s_q, page, lens) in enumerate(CASES):
         for dtype in (torch.bfloat16, torch.float16):
@@ -80,12 +101,16 @@ def check(variant):
 
 
 def time_us(variant, b, s_k, h_q, s_q):
+    variant = dict(variant)
+    fp8 = variant.pop("_fp8", False)
     q, kv, bt, lens = make_decode_case(b, s_k, h_q, s_q, False)
+    if fp8:
+        kv = fp8_cache_of(kv)
     with configs.overridden(**variant):
-        md = tm.get_mla_metadata(lens, s_q * h_q, 1)
+        md = tm.get_mla_metadata(lens, s_q * h_q, 1, is_fp8_kvcache=fp8)
 
         def run():
-            return tm.flash_mla_with_kvcache(q, kv, bt, lens, 512, md[0], md[1], causal=s_q > 1)
+            return tm.flash_mla_with_kvcache(q, kv, bt, lens, 512, md[0], md[1], causal=s_q > 1, is_fp8_kvcache=fp8)
 
         run()
         torch.cuda.synchronize()
@@ -93,17 +118,18 @@ def time_us(variant, b, s_k, h_q, s_q):
     return ms * 1e3, decode_flops(s_q, h_q, int(lens.sum())) / ms / 1e9
 
 
-def main(names):
+def main(names, shapes=SHAPES):
     print("correctness (relative error against float64; causal when s_q > 1)")
     for name in names:
         print(f"  {name:8s} max err {check(VARIANTS[name]):.2e} over {2 * len(CASES)} runs", flush=True)
     print("timing: do_bench median, us and TFLOPS")
     print(f"{'b':>4} {'s_k':>5} {'h':>4} {'s_q':>3} | " + " | ".join(f"{n:>14}" for n in names))
-    for b, s_k, h_q, s_q in SHAPES:
+    for b, s_k, h_q, s_q in shapes:
         cells = [time_us(VARIANTS[n], b, s_k, h_q, s_q) for n in names]
         print(f"{b:>4} {s_k:>5} {h_q:>4} {s_q:>3} | " + " | ".join(f"{us:7.1f} {tf:4.0f}TF" for us, tf in cells),
               flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].split(",") if len(sys.argv) > 1 else list(VARIANTS))
+    names = sys.argv[1].split(",") if len(sys.argv) > 1 else list(VARIANTS)
+    main(names, SHAPES[: int(sys.argv[2])] if len(sys.argv) > 2 else SHAPES)

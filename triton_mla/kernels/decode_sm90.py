@@ -82,40 +82,139 @@ def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.c
 # -- loads --------------------------------------------------------------------------------------------
 
 @gluon.jit
+def _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size,
+                   BLOCK_N: gl.constexpr, layout: gl.constexpr):
+    """Element offsets of tokens [start, start + BLOCK_N) in the cache, and which are < tok_hi. Bad page ids
+    are clamped into the cache. Computed in the layout of the copy that uses them: a convert_layout would
+    cost shared-memory round trips and barriers on every tile."""
+    toks = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
+    tok_ok = toks < tok_hi
+    page = gl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
+    page = gl.minimum(gl.maximum(page, 0), num_blocks - 1).to(gl.int64)
+    return page * stride_kb + (toks % page_size).to(gl.int64) * stride_kt, tok_ok
+
+
+@gluon.jit
+def _token_offsets_t(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size,
+                     BLOCK_N: gl.constexpr, layout: gl.constexpr):
+    """``_token_offsets`` for a layout with the tokens along dimension 1."""
+    toks = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+    tok_ok = toks < tok_hi
+    page = gl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
+    page = gl.minimum(gl.maximum(page, 0), num_blocks - 1).to(gl.int64)
+    return page * stride_kb + (toks % page_size).to(gl.int64) * stride_kt, tok_ok
+
+
+@gluon.jit
 def _issue_tile(kn_buf, kpe_buf, k_ptr, bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
                 page_size, BLOCK_N: gl.constexpr):
     """cp.async of key tile [start, start + BLOCK_N) of one sequence: 512 + 64 dims a token. Tokens past
     ``tok_hi`` are zero-filled (P is 0 there, and 0 * garbage could be NaN)."""
     nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NUM_WARPS, 1], [1, 0])
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
-    toks = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, nope_l))
-    tok_ok = toks < tok_hi
-    page = gl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
-    page = gl.minimum(gl.maximum(page, 0), num_blocks - 1).to(gl.int64)
-    tok_off = page * stride_kb + (toks % page_size).to(gl.int64) * stride_kt
+    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
+                                     page_size, BLOCK_N, nope_l)
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, nope_l))
     _async_load(kn_buf, k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None])
-    tok_off_pe = gl.convert_layout(tok_off, gl.SliceLayout(1, pe_l))
-    ok_pe = gl.convert_layout(tok_ok, gl.SliceLayout(1, pe_l))
+    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
+                                     page_size, BLOCK_N, pe_l)
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
-    _async_load(kpe_buf, k_ptr + tok_off_pe[:, None] + DV + offs_pe[None, :],
-                                   mask=ok_pe[:, None])
+    _async_load(kpe_buf, k_ptr + tok_off[:, None] + DV + offs_pe[None, :], mask=tok_ok[:, None])
+
+
+@gluon.jit
+def _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, layout: gl.constexpr):
+    rows = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, layout))
+    q_off = (seq.to(gl.int64) * stride_qb + (rows // h_q).to(gl.int64) * stride_qs
+             + (rows % h_q).to(gl.int64) * stride_qh)
+    return q_off, rows < s_q * h_q
 
 
 @gluon.jit
 def _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh):
     nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NUM_WARPS, 1], [1, 0])
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
-    rows = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, nope_l))
-    row_ok = rows < s_q * h_q
-    q_off = (seq.to(gl.int64) * stride_qb + (rows // h_q).to(gl.int64) * stride_qs
-             + (rows % h_q).to(gl.int64) * stride_qh)
+    q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, nope_l)
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, nope_l))
     _async_load(q_smem, q_ptr + q_off[:, None] + offs[None, :], mask=row_ok[:, None])
-    q_off_pe = gl.convert_layout(q_off, gl.SliceLayout(1, pe_l))
-    ok_pe = gl.convert_layout(row_ok, gl.SliceLayout(1, pe_l))
+    q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, pe_l)
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
-    _async_load(qpe_smem, q_ptr + q_off_pe[:, None] + DV + offs_pe[None, :], mask=ok_pe[:, None])
+    _async_load(qpe_smem, q_ptr + q_off[:, None] + DV + offs_pe[None, :], mask=row_ok[:, None])
+
+
+# -- FP8 cache (triton_mla.fp8: 512 e4m3 bytes, 4 fp32 scales, 64 bf16 rope values = 656 bytes a token) --
+
+@gluon.jit
+def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp,
+                    num_blocks, page_size, BLOCK_N: gl.constexpr):
+    """cp.async of a tile's raw e4m3 bytes and scales into the staging buffers and its rope values straight
+    into ``kpe_buf``; masked tokens read as 0 (and scale 0)."""
+    raw_l: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [NUM_WARPS, 1], [1, 0])
+    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
+                                     page_size, BLOCK_N, raw_l)
+    offs = gl.arange(0, DV, layout=gl.SliceLayout(0, raw_l))
+    _async_load(stage, k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None])
+    sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [NUM_WARPS, 1], [1, 0])
+    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
+                                     page_size, BLOCK_N, sc_l)
+    groups = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
+    sc_ptrs = (k_ptr + tok_off[:, None] + DV).to(gl.pointer_type(gl.float32)) + groups[None, :]
+    _async_load(stage_scale, sc_ptrs, mask=tok_ok[:, None])
+    pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
+    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
+                                     page_size, BLOCK_N, pe_l)
+    offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
+    pe_ptrs = (k_ptr + tok_off[:, None] + DV + 16).to(gl.pointer_type(gl.bfloat16)) + offs_pe[None, :]
+    _async_load(kpe_buf, pe_ptrs, mask=tok_ok[:, None])
+
+
+@gluon.jit
+def _convert_fp8_tile(stage, stage_scale, kn_buf, BLOCK_N: gl.constexpr):
+    """Dequantize the staged tile into ``kn_buf`` (16-bit), 128 columns (one scale group) at a time; the
+    power-of-two scales keep the product exact in bfloat16."""
+    cv_l: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [NUM_WARPS, 1], [1, 0])
+    # [tokens, 4 groups] with the tokens placed as in cv_l, so picking a group's column needs no data movement
+    sc_l: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [NUM_WARPS, 1], [1, 0])
+    scales = stage_scale.load(sc_l)
+    groups = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
+    for c in gl.static_range(4):
+        # sm90 converts e4m3 pairs to float16 in one instruction (cvt.rn.f16x2.e4m3x2), exactly
+        x = stage.slice(c * 128, 128, dim=1).load(cv_l).to(gl.float8e4nv, bitcast=True)
+        scale = gl.convert_layout(gl.sum(gl.where(groups[None, :] == c, scales, 0.0), axis=1),
+                                  gl.SliceLayout(1, cv_l))
+        v = x.to(gl.float32) * scale[:, None]
+        kn_buf.slice(c * 128, 128, dim=1).store(v.to(kn_buf.dtype))
+
+
+# -- one key tile ----------------------------------------------------------------------------------------
+
+@gluon.jit
+def _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, start, tok_hi, row_limit, qk_scale,
+               BLOCK_N: gl.constexpr, s_l: gl.constexpr, o_l: gl.constexpr):
+    """S = QK^T, online softmax, O += PV for one key tile already in shared memory (log2 units)."""
+    s = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_l)
+    s = warpgroup_mma(q_smem, kn.permute((1, 0)), s, use_acc=False, is_async=True)
+    s = warpgroup_mma(qpe_smem, kpe.permute((1, 0)), s, is_async=True)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
+
+    toks = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_l))
+    qk = s * qk_scale
+    visible = (toks[None, :] < tok_hi) & (toks[None, :] < row_limit[:, None])
+    qk = gl.where(visible, qk, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(qk, axis=1))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    p = gl.exp2(qk - m_safe[:, None])
+    alpha = gl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_l))[:, None]
+
+    # each warpgroup wrote half of P's columns; both read all of it
+    p_smem.store(p.to(p_smem.dtype))
+    fence_async_shared()
+    _cta_barrier()
+    acc = warpgroup_mma(p_smem, kn, acc, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+    return acc, m_new, l_i
 
 
 # -- the kernel -----------------------------------------------------------------------------------------
@@ -131,7 +230,7 @@ def _decode_sm90_kernel(
     stride_lb, stride_lh, stride_ls,
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
-    ROWS_FIRST: gl.constexpr,
+    ROWS_FIRST: gl.constexpr, FP8: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     # S [64, BLOCK_N]: warpgroup w computes key columns [w * BLOCK_N / 2, (w + 1) * BLOCK_N / 2)
@@ -142,12 +241,20 @@ def _decode_sm90_kernel(
     wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     p_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if BLOCK_N >= 64 else BLOCK_N * 2,
                                               element_bitwidth=16, rank=2)
+    plain_sl: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
 
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
     qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], wide_sl)
-    kn_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DV], wide_sl)
-    kpe_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DR], wide_sl)
     p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
+    if FP8:
+        # one dequantized tile (converted between tiles), raw bytes of the next one staged meanwhile
+        kn_bufs = gl.allocate_shared_memory(dtype, [1, BLOCK_N, DV], wide_sl)
+        kpe_bufs = gl.allocate_shared_memory(dtype, [2, BLOCK_N, DR], wide_sl)
+        stage = gl.allocate_shared_memory(gl.uint8, [BLOCK_N, DV], plain_sl)
+        stage_scale = gl.allocate_shared_memory(gl.float32, [BLOCK_N, 4], plain_sl)
+    else:
+        kn_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DV], wide_sl)
+        kpe_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DR], wide_sl)
 
     if ROWS_FIRST:
         part = gl.program_id(1)
@@ -165,7 +272,6 @@ def _decode_sm90_kernel(
 
     rows_per_seq = s_q * h_q
     rows_s = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, s_l))
-    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_l))
     rows_o = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, o_l))
     row_ok_o = rows_o < rows_per_seq
     offs_o = gl.arange(0, DV, layout=gl.SliceLayout(0, o_l))
@@ -179,17 +285,8 @@ def _decode_sm90_kernel(
         if n > 0:
             tok_lo = (g - seq_g0) * BLOCK_N
             tok_hi = gl.minimum((seg_hi - seq_g0) * BLOCK_N, length)
+            n_tiles = (tok_hi - tok_lo + BLOCK_N - 1) // BLOCK_N
             bt_row = block_table_ptr + seq.to(gl.int64) * stride_btb
-            # every warp is done with the buffers of the previous segment before they are refilled
-            _cta_barrier()
-            _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh)
-            cp.commit_group()
-            for i in gl.static_range(NUM_BUF - 1):
-                if tok_lo + i * BLOCK_N < tok_hi:
-                    _issue_tile(kn_bufs.index(i), kpe_bufs.index(i), k_ptr, bt_row, tok_lo + i * BLOCK_N, tok_hi,
-                                stride_kb, stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
-                cp.commit_group()
-
             if CAUSAL:
                 row_limit = length - s_q + rows_s // h_q + 1
             else:
@@ -197,44 +294,52 @@ def _decode_sm90_kernel(
             acc = gl.zeros([BLOCK_H, DV], gl.float32, layout=o_l)
             m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_l))
             l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, s_l))
-            n_tiles = (tok_hi - tok_lo + BLOCK_N - 1) // BLOCK_N
-            for j in range(n_tiles):
-                start = tok_lo + j * BLOCK_N
-                cp.wait_group(NUM_BUF - 2)
-                fence_async_shared()
-                # tile j has landed for every thread, and every warpgroup is done with tile j - 1's buffer
-                _cta_barrier()
-                nxt = start + (NUM_BUF - 1) * BLOCK_N
-                if nxt < tok_hi:
-                    slot = (j + NUM_BUF - 1) % NUM_BUF
-                    _issue_tile(kn_bufs.index(slot), kpe_bufs.index(slot), k_ptr, bt_row, nxt, tok_hi,
-                                stride_kb, stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
+            # every warp is done with the buffers of the previous segment before they are refilled
+            _cta_barrier()
+            _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh)
+            cp.commit_group()
+            if FP8:
+                kn = kn_bufs.index(0)
+                _issue_fp8_tile(stage, stage_scale, kpe_bufs.index(0), k_ptr, bt_row, tok_lo, tok_hi, stride_kb,
+                                stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
                 cp.commit_group()
-
-                kn = kn_bufs.index(j % NUM_BUF)
-                kpe = kpe_bufs.index(j % NUM_BUF)
-                s = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_l)
-                s = warpgroup_mma(q_smem, kn.permute((1, 0)), s, use_acc=False, is_async=True)
-                s = warpgroup_mma(qpe_smem, kpe.permute((1, 0)), s, is_async=True)
-                s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
-
-                toks = start + offs_n
-                qk = s * qk_scale
-                visible = (toks[None, :] < tok_hi) & (toks[None, :] < row_limit[:, None])
-                qk = gl.where(visible, qk, float("-inf"))
-                m_new = gl.maximum(m_i, gl.max(qk, axis=1))
-                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-                p = gl.exp2(qk - m_safe[:, None])
-                alpha = gl.exp2(m_i - m_safe)
-                l_i = l_i * alpha + gl.sum(p, axis=1)
-                m_i = m_new
-                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_l))[:, None]
-
-                p_smem.store(p.to(dtype))
-                fence_async_shared()
-                _cta_barrier()
-                acc = warpgroup_mma(p_smem, kn, acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+                for j in range(n_tiles):
+                    start = tok_lo + j * BLOCK_N
+                    # the raw tile j has landed for every thread, and tile j - 1 is done with (kn is free)
+                    cp.wait_group(0)
+                    _cta_barrier()
+                    _convert_fp8_tile(stage, stage_scale, kn, BLOCK_N)
+                    fence_async_shared()
+                    _cta_barrier()
+                    # the staging buffers are free again: fetch tile j + 1 while tile j computes
+                    if start + BLOCK_N < tok_hi:
+                        _issue_fp8_tile(stage, stage_scale, kpe_bufs.index((j + 1) % 2), k_ptr, bt_row,
+                                        start + BLOCK_N, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
+                                        page_size, BLOCK_N)
+                    cp.commit_group()
+                    acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn, kpe_bufs.index(j % 2), p_smem, acc, m_i, l_i,
+                                               start, tok_hi, row_limit, qk_scale, BLOCK_N, s_l, o_l)
+            else:
+                for i in gl.static_range(NUM_BUF - 1):
+                    if tok_lo + i * BLOCK_N < tok_hi:
+                        _issue_tile(kn_bufs.index(i), kpe_bufs.index(i), k_ptr, bt_row, tok_lo + i * BLOCK_N,
+                                    tok_hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
+                    cp.commit_group()
+                for j in range(n_tiles):
+                    start = tok_lo + j * BLOCK_N
+                    cp.wait_group(NUM_BUF - 2)
+                    fence_async_shared()
+                    # tile j has landed for every thread, and every warpgroup is done with tile j - 1's buffer
+                    _cta_barrier()
+                    nxt = start + (NUM_BUF - 1) * BLOCK_N
+                    if nxt < tok_hi:
+                        slot = (j + NUM_BUF - 1) % NUM_BUF
+                        _issue_tile(kn_bufs.index(slot), kpe_bufs.index(slot), k_ptr, bt_row, nxt, tok_hi,
+                                    stride_kb, stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
+                    cp.commit_group()
+                    acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn_bufs.index(j % NUM_BUF),
+                                               kpe_bufs.index(j % NUM_BUF), p_smem, acc, m_i, l_i, start, tok_hi,
+                                               row_limit, qk_scale, BLOCK_N, s_l, o_l)
             cp.wait_group(0)
 
             # -- epilogue -----------------------------------------------------------------------------
@@ -268,15 +373,18 @@ def _is_sm90(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
-def supports(q, head_dim_v, config) -> bool:
+def supports(q, head_dim_v, config, fp8=False) -> bool:
     """Whether this kernel serves the call: the config asks for it (``WGMMA``), DeepSeek's dims, 16-bit
-    queries, an sm90 GPU."""
-    return (bool(config.get("WGMMA", False)) and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+    queries (bfloat16 with the FP8 cache, whose rope values are bfloat16), an sm90 GPU."""
+    dtypes = (torch.bfloat16,) if fp8 else (torch.bfloat16, torch.float16)
+    return (bool(config.get("WGMMA", False)) and q.is_cuda and q.dtype in dtypes
             and q.shape[-1] == DV + DR and head_dim_v == DV and _is_sm90(q.device.index or 0))
 
 
-def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse):
-    """Launch the Gluon decode, then ``decode._combine``. Arguments validated by ``triton_mla.api``."""
+def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse,
+                fp8=False):
+    """Launch the Gluon decode, then ``decode._combine``. Arguments validated by ``triton_mla.api``; with
+    ``fp8`` the cache is the FP8 layout viewed as uint8 (strides in bytes)."""
     from .decode import _combine
 
     b, s_q, h_q, _ = q.shape
@@ -299,7 +407,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         BLOCK_N=config["BLOCK_N"], NUM_BUF=config.get("NUM_BUF", 2),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
-        num_warps=NUM_WARPS.value,
+        FP8=bool(fp8), num_warps=NUM_WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=BLOCK_H.value, BLOCK_N=config["BLOCK_N"],
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
@@ -307,13 +415,13 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     return out, lse
 
 
-def compile_specs(entry):
+def compile_specs(entry, fp8=False):
     """(name, fn, types, constexprs, warps, stages) for check-configs (a ``WGMMA`` decode entry)."""
-    ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", out_ptr="*bf16", lse_ptr="*fp32", o_part_ptr="*fp32",
-                lse_part_ptr="*fp32")
+    ptrs = dict(q_ptr="*bf16", k_ptr="*u8" if fp8 else "*bf16", out_ptr="*bf16", lse_ptr="*fp32",
+                o_part_ptr="*fp32", lse_part_ptr="*fp32")
     for causal in (False, True):
-        yield (f"decode_sm90(causal={causal})", _decode_sm90_kernel, ptrs,
+        yield (f"decode_sm90{'_fp8' if fp8 else ''}(causal={causal})", _decode_sm90_kernel, ptrs,
                dict(BLOCK_N=entry["BLOCK_N"], NUM_BUF=entry.get("NUM_BUF", 2),
                     MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
-                    ROWS_FIRST=bool(entry.get("ROWS_FIRST", False))),
+                    ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)), FP8=fp8),
                NUM_WARPS.value, 1)
