@@ -263,7 +263,7 @@ def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
     launch = api._decode_sm90.decode_sm90
     monkeypatch.setattr(api._decode_sm90, "decode_sm90", lambda *a: calls.append(1) or launch(*a))
     lens = [0, 1, 31, 32, 63, 64, 65, 1000, 4097]
-    with configs.overridden(WGMMA=True, **tiles, **(SPLIT_HEAVY if split_heavy else {})):
+    with configs.overridden(WGMMA=True, **{**tiles, **(SPLIT_HEAVY if split_heavy else {})}):
         for i, (h_q, s_q) in enumerate([(128, 1), (64, 2), (16, 4), (8, 1), (96, 1), (40, 3)]):
             check_decode(lens, s_q=s_q, h_q=h_q, dv=512, dr=64, page_size=page_size,
                          dtype=torch.float16 if i % 2 else torch.bfloat16, causal=True, seed=page_size + i)

@@ -233,8 +233,10 @@ def _replay(hz, graphs, sids, rng):
         if rng.random() < 0.5 and len(hz.pages[s]) > 1:
             hz.relocate(s)
         tables.append(hz.pages[s] + [FAR])
-    out = graphs.run(ctx, tables, hidden=new)
-    return out.clone(), [(hz.xs[s], 1) for s in sids]
+    out = graphs.run(ctx, tables, hidden=new).clone()
+    # the same step run eagerly (it rewrites the same latents into the same slots)
+    eager = hz.layer(new, hz.backend.plan([1] * len(sids), ctx, tables), hz.k_cache)
+    return out, eager, [(hz.xs[s], 1) for s in sids]
 
 
 
@@ -249,8 +251,12 @@ def test_graph_replay_new_lengths_and_tables(monkeypatch, num_heads):
         hz.fill_prefix(i, c)
     graphs.capture()
     for sids in ([0, 1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [12], [2, 0, 5, 1], list(range(13))):
-        out, seqs = _replay(hz, graphs, sids, rng)
-        assert_close(out, reference_step(layer, seqs), torch.bfloat16)
+        out, eager, seqs = _replay(hz, graphs, sids, rng)
+        assert_close(out, eager, torch.bfloat16, tol=1e-3)
+        # against float64: these random weights make attention sharp, so the bf16 rounding of q and of the cached
+        # latents moves a bf16 layer's output by up to ~6e-2 at 1000 tokens, with or without graphs (measured
+        # 2026-11-24 on an H100; the same layer in float32 agrees to 4e-6); a wrong page or length is off by O(1)
+        assert_close(out, reference_step(layer, seqs), torch.bfloat16, tol=1e-1)
 
 
 @gpu
@@ -263,7 +269,7 @@ def test_review_no_host_sync_no_allocation_per_step(monkeypatch):
         hz.fill_prefix(i, c)
     graphs.capture()
     rng = random.Random(1)
-    _replay(hz, graphs, [0, 1, 2], rng)  # warm the pinned-memory cache
+    _replay(hz, graphs, [0, 1, 2], rng)  # warm the pinned-memory cache (and the eager path)
     ctx = [hz.xs[s].shape[0] for s in range(3)]
     for s in range(3):
         hz.grow(s, 1)
