@@ -83,3 +83,23 @@ def test_wgmma_kernel_checked_on_sm90_only():
     assert len(specs) == 2
     shared, verdict = check._run_job(("sm89", "label", specs[0]))
     assert verdict.startswith("FAILED") and "sm90" in verdict
+
+
+def test_tune_candidates():
+    """Every candidate says which decode kernel it times, so a tuned file never drops the sm90 Gluon kernel by
+    omission; the Gluon candidates appear only on sm90 and from 64 rows up."""
+    from triton_mla import tune
+
+    plain = list(tune.candidates(128))
+    assert plain and all(c["WGMMA"] is False for c in plain)
+    assert not any(c["BLOCK_H"] >= 64 and c["num_warps"] == 4 for c in plain)
+    hopper = list(tune.candidates(128, sm90=True))
+    gluon = [c for c in hopper if c["WGMMA"]]
+    assert len(gluon) == 4 and {c["BLOCK_N"] for c in gluon} == {32, 64}
+    assert all(c["NUM_BUF"] * c["BLOCK_N"] <= 128 for c in gluon)  # what fits next to Q in 227 KB
+    assert not any(c["WGMMA"] for c in tune.candidates(32, sm90=True))
+    # a tuned entry must be valid for check-configs: the Gluon kernel's specs compile from these keys
+    from triton_mla.configs import check
+
+    specs = [s[0] for s in check.decode_kernels(gluon[0])]
+    assert "decode_sm90(causal=True)" in specs

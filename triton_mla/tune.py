@@ -33,14 +33,24 @@ SPACE = {
 }
 
 
-def candidates(rows: int):
+# the Gluon warpgroup-MMA kernel (kernels/decode_sm90.py, sm90 only, 64+ rows): 64 rows and 8 warps are fixed
+WGMMA_SPACE = dict(BLOCK_N=((64, 2), (32, 3)), ROWS_FIRST=(False, True))
+
+
+def candidates(rows: int, sm90: bool = False):
     space = SPACE[min((r for r in SPACE if r >= rows), default=max(SPACE))]
     names = list(space)
     for values in itertools.product(*space.values()):
         cand = dict(zip(names, values, strict=True))
         if cand["BLOCK_H"] >= 64 and cand["num_warps"] == 4:
             continue
-        yield dict(max_rows=None, dtype="16bit", **cand, MIN_BLOCKS_PER_PART=max(1, 256 // cand["BLOCK_N"]))
+        yield dict(max_rows=None, dtype="16bit", **cand, MIN_BLOCKS_PER_PART=max(1, 256 // cand["BLOCK_N"]),
+                   WGMMA=False)
+    if sm90 and rows >= 64:
+        for (block_n, num_buf), rows_first in itertools.product(*WGMMA_SPACE.values()):
+            yield dict(max_rows=None, dtype="16bit", BLOCK_H=64, BLOCK_N=block_n, num_warps=8, num_stages=1,
+                       PARTS_PER_SM=1, MIN_BLOCKS_PER_PART=256 // block_n, WGMMA=True, NUM_BUF=num_buf,
+                       ROWS_FIRST=rows_first)
 
 
 def _key(rows, cand):
@@ -88,7 +98,7 @@ def main(argv=None) -> int:
     best = {}
     with partial.open("a") as log:
         for rows in bucket_rows:
-            cands = list(candidates(rows))
+            cands = list(candidates(rows, sm90=torch.cuda.get_device_capability()[0] == 9))
             for i, cand in enumerate(cands):
                 key = _key(rows, cand)
                 if key not in done:
