@@ -4,7 +4,7 @@ Correctness first, on odd cases (lengths 0 and 1, page sizes 1-128, non-contiguo
 rows, causal s_q > 1, bf16 and fp16) against the float64 reference, then do_bench medians on the
 benchmark's shapes. A variant is a dict of config overrides (``triton_mla.configs.overridden``).
 
-    PYTHONPATH=. python3 benchmarks/explore/decode_sm90_variants.py [base,g64x2,...] [number of shapes]
+    PYTHONPATH=. python3 benchmarks/explore/decode_sm90_variants.py [base,g64x2,...] [number of shapes | few-rows]
 """
 
 import sys
@@ -22,6 +22,7 @@ VARIANTS = {
     "g64x2": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
     "g32x3": {"WGMMA": True, "BLOCK_N": 32, "NUM_BUF": 3, "MIN_BLOCKS_PER_PART": 8},
     "g32x4": {"WGMMA": True, "BLOCK_N": 32, "NUM_BUF": 4, "MIN_BLOCKS_PER_PART": 8},
+    "g64x2p1": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
     "fp8": {"_fp8": True, "WGMMA": False},
     "fp8_g64": {"_fp8": True, "WGMMA": True, "BLOCK_N": 64, "MIN_BLOCKS_PER_PART": 4},
 }
@@ -42,6 +43,8 @@ CASES = [
 # (b, s_k, h_q, s_q)
 SHAPES = [(128, 8192, 64, 1), (128, 8192, 128, 1), (128, 8192, 128, 2), (128, 8192, 32, 2), (128, 4096, 128, 1),
           (1, 8192, 128, 1), (8, 8192, 128, 1)]
+# memory-bound shapes (16-32 rows), where the 64-row Gluon tile leaves MMA rows empty
+SHAPES_FEW_ROWS = [(128, 4096, 32, 1), (128, 8192, 32, 1), (128, 8192, 16, 2), (128, 8192, 16, 1), (32, 4096, 16, 1)]
 
 
 def make_case(b, h_q, s_q, page, lens, dtype, seed, non_contiguous):
@@ -132,4 +135,8 @@ def main(names, shapes=SHAPES):
 
 if __name__ == "__main__":
     names = sys.argv[1].split(",") if len(sys.argv) > 1 else list(VARIANTS)
-    main(names, SHAPES[: int(sys.argv[2])] if len(sys.argv) > 2 else SHAPES)
+    if len(sys.argv) > 2:
+        shapes = SHAPES_FEW_ROWS if sys.argv[2] == "few-rows" else SHAPES[: int(sys.argv[2])]
+    else:
+        shapes = SHAPES
+    main(names, shapes)
