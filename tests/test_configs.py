@@ -87,7 +87,7 @@ def test_wgmma_kernel_checked_on_sm90_only():
 
 def test_tune_candidates():
     """Every candidate says which decode kernel it times, so a tuned file never drops the sm90 Gluon kernel by
-    omission; the Gluon candidates appear only on sm90 and from 64 rows up."""
+    omission; the Gluon candidates appear only on sm90 and from 32 rows up."""
     from triton_mla import tune
 
     plain = list(tune.candidates(128))
@@ -97,7 +97,7 @@ def test_tune_candidates():
     gluon = [c for c in hopper if c["WGMMA"]]
     assert len(gluon) == 4 and {c["BLOCK_N"] for c in gluon} == {32, 64}
     assert all(c["NUM_BUF"] * c["BLOCK_N"] <= 128 for c in gluon)  # what fits next to Q in 227 KB
-    assert not any(c["WGMMA"] for c in tune.candidates(32, sm90=True))
+    assert not any(c["WGMMA"] for c in tune.candidates(16, sm90=True))
     # a tuned entry must be valid for check-configs: the Gluon kernel's specs compile from these keys
     from triton_mla.configs import check
 

@@ -33,7 +33,7 @@ SPACE = {
 }
 
 
-# the Gluon warpgroup-MMA kernel (kernels/decode_sm90.py, sm90 only, 64+ rows): 64 rows and 8 warps are fixed
+# the Gluon warpgroup-MMA kernel (kernels/decode_sm90.py, sm90 only, 32+ rows): 64 rows and 8 warps are fixed
 WGMMA_SPACE = dict(BLOCK_N=((64, 2), (32, 3)), ROWS_FIRST=(False, True))
 
 
@@ -46,7 +46,7 @@ def candidates(rows: int, sm90: bool = False):
             continue
         yield dict(max_rows=None, dtype="16bit", **cand, MIN_BLOCKS_PER_PART=max(1, 256 // cand["BLOCK_N"]),
                    WGMMA=False)
-    if sm90 and rows >= 64:
+    if sm90 and rows >= 32:
         for (block_n, num_buf), rows_first in itertools.product(*WGMMA_SPACE.values()):
             yield dict(max_rows=None, dtype="16bit", BLOCK_H=64, BLOCK_N=block_n, num_warps=8, num_stages=1,
                        PARTS_PER_SM=1, MIN_BLOCKS_PER_PART=256 // block_n, WGMMA=True, NUM_BUF=num_buf,
