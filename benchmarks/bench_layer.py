@@ -48,7 +48,8 @@ DSV3 = dict(hidden_size=7168, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_d
             v_head_dim=128)
 YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096, mscale=1.0,
             mscale_all_dim=1.0, beta_fast=32, beta_slow=1)
-ATTENTION_KERNELS = ("_write_kv", "_decode_kernel", "_combine_kernel", "decode_fp8", "_extend", "_prefill")
+ATTENTION_KERNELS = ("_write_kv", "_decode_kernel", "_decode_sm90", "_combine_kernel", "decode_fp8", "_extend",
+                     "_prefill")
 PAGE = 64
 
 
