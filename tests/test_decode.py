@@ -117,6 +117,18 @@ def test_wgmma_config_falls_back_off_sm90():
         check_decode([65, 3], s_q=1, h_q=8, dv=512, dr=64, dtype=torch.float32)
 
 
+def test_sm90_alignment_predicate():
+    """The Gluon kernel copies 16 bytes at a time: a cache sliced out of a wider one (577-wide rows) must go to
+    the tl.dot kernels instead of failing to compile."""
+    from triton_mla.kernels.decode_sm90 import aligned16
+
+    cache = torch.zeros(4, 16, 1, 576, dtype=torch.bfloat16)
+    assert aligned16(cache, (0, 1))
+    assert not aligned16(torch.zeros(4, 16, 1, 577, dtype=torch.bfloat16)[..., :576], (0, 1))
+    assert not aligned16(torch.zeros(4 * 16 * 576 + 1, dtype=torch.bfloat16)[1:].view(4, 16, 1, 576), (0, 1))
+    assert aligned16(torch.zeros(4, 16, 1, 656, dtype=torch.uint8), (0, 1))
+
+
 def test_lazy_rescale_growing_scores():
     """Scores that keep growing along the sequence make the lazy max move many times."""
     q, k_cache, block_table, lens = make_case([700, 333], 1, 4, dtype=torch.float32)
@@ -268,6 +280,20 @@ def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
             check_decode(lens, s_q=s_q, h_q=h_q, dv=512, dr=64, page_size=page_size,
                          dtype=torch.float16 if i % 2 else torch.bfloat16, causal=True, seed=page_size + i)
     assert len(calls) == 6
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+def test_gpu_sm90_unaligned_cache_falls_back():
+    """A cache whose token rows are not 16-byte aligned (sliced from 577-wide rows) decodes through tl.dot."""
+    q, k_cache, block_table, lens = make_case([300, 1, 70], 1, 64, dv=512, dr=64, page_size=16,
+                                              dtype=torch.bfloat16)
+    wide = torch.zeros(*k_cache.shape[:3], 577, dtype=k_cache.dtype, device=k_cache.device)
+    wide[..., :576] = k_cache
+    sliced = wide[..., :576]
+    with configs.overridden(WGMMA=True):
+        out, lse = tm.flash_mla_with_kvcache(q, sliced, block_table, lens, 512)
+    ref, _ = decode_ref(q.cpu(), k_cache.cpu(), block_table.cpu(), lens.cpu(), 512, dtype=torch.float64)
+    assert_close(out, ref, torch.bfloat16)
 
 
 @gpu

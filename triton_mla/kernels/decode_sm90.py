@@ -373,12 +373,25 @@ def _is_sm90(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
-def supports(q, head_dim_v, config, fp8=False) -> bool:
+def aligned16(t: torch.Tensor, dims) -> bool:
+    """Whether ``t``'s base and its strides along ``dims`` are multiples of 16 bytes: ``cp.async`` copies 16 bytes
+    at a time, and Triton rejects a copy it cannot make at least 4 bytes wide."""
+    size = t.element_size()
+    return t.data_ptr() % 16 == 0 and all(t.stride(d) * size % 16 == 0 for d in dims)
+
+
+def supports(q, head_dim_v, config, fp8=False, k_cache=None) -> bool:
     """Whether this kernel serves the call: the config asks for it (``WGMMA``), DeepSeek's dims, 16-bit
-    queries (bfloat16 with the FP8 cache, whose rope values are bfloat16), an sm90 GPU."""
+    queries (bfloat16 with the FP8 cache, whose rope values are bfloat16), an sm90 GPU, and q and the cache
+    16-byte aligned (a sliced cache with odd strides goes to the tl.dot kernels)."""
     dtypes = (torch.bfloat16,) if fp8 else (torch.bfloat16, torch.float16)
-    return (bool(config.get("WGMMA", False)) and q.is_cuda and q.dtype in dtypes
-            and q.shape[-1] == DV + DR and head_dim_v == DV and _is_sm90(q.device.index or 0))
+    if not (config.get("WGMMA", False) and q.is_cuda and q.dtype in dtypes and q.shape[-1] == DV + DR
+            and head_dim_v == DV):
+        return False
+    if k_cache is not None and not (aligned16(q, (0, 1, 2)) and aligned16(k_cache, (0, 1))):
+        return False
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    return _is_sm90(index)
 
 
 def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse,
