@@ -95,17 +95,6 @@ def _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_
 
 
 @gluon.jit
-def _token_offsets_t(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size,
-                     BLOCK_N: gl.constexpr, layout: gl.constexpr):
-    """``_token_offsets`` for a layout with the tokens along dimension 1."""
-    toks = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-    tok_ok = toks < tok_hi
-    page = gl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
-    page = gl.minimum(gl.maximum(page, 0), num_blocks - 1).to(gl.int64)
-    return page * stride_kb + (toks % page_size).to(gl.int64) * stride_kt, tok_ok
-
-
-@gluon.jit
 def _issue_tile(kn_buf, kpe_buf, k_ptr, bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
                 page_size, BLOCK_N: gl.constexpr):
     """cp.async of key tile [start, start + BLOCK_N) of one sequence: 512 + 64 dims a token. Tokens past
