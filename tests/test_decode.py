@@ -117,6 +117,21 @@ def test_wgmma_config_falls_back_off_sm90():
         check_decode([65, 3], s_q=1, h_q=8, dv=512, dr=64, dtype=torch.float32)
 
 
+def test_dense_decode_kernels_share_launch_arguments():
+    """decode.launch_tensors feeds all four dense decode kernels: their leading parameters must match it."""
+    from triton_mla.kernels import decode, decode_fp8, decode_invariant, decode_sm90
+
+    names = decode._decode_kernel.arg_names[:22]
+    assert names[:8] == ["q_ptr", "k_ptr", "block_table_ptr", "seqlens_ptr", "out_ptr", "lse_ptr", "o_part_ptr",
+                         "lse_part_ptr"]
+    assert names[-1] == "stride_ls"
+    for kernel in (decode_fp8._decode_fp8_kernel, decode_invariant._invariant_kernel,
+                   decode_sm90._decode_sm90_kernel):
+        assert kernel.arg_names[:22] == names
+    t = torch.zeros(2, 3, 4, 5)
+    assert len(decode.launch_tensors(t, t, t[0, 0], t[0, 0, 0], t, t, t, t)) == 22
+
+
 def test_sm90_alignment_predicate():
     """The Gluon kernel copies 16 bytes at a time: a cache sliced out of a wider one (577-wide rows) must go to
     the tl.dot kernels instead of failing to compile."""

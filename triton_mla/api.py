@@ -206,8 +206,7 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
             raise NotImplementedError("batch_invariant: not available with is_fp8_kvcache=True yet")
         return _invariant.decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v,
                                            float(softmax_scale), causal, config, out, lse)
-    use_sm90 = _decode_sm90 is not None and _decode_sm90.supports(q, head_dim_v, config, fp8=fp8,
-                                                                  k_cache=k_cache)
+    use_sm90 = _decode_sm90 is not None and _decode_sm90.supports(q, k_cache, head_dim_v, config, fp8=fp8)
     if fp8 and use_sm90:
         return _decode_sm90.decode_sm90(q, k_cache.view(torch.uint8), block_table, cache_seqlens,
                                         float(softmax_scale), causal, num_parts, config, out, lse, fp8=True)

@@ -258,6 +258,18 @@ def _combine_kernel(
         tl.store(lse_ptrs, lse, mask=row_ok)
 
 
+def launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part):
+    """The leading arguments of every dense decode kernel (``_decode_kernel``, ``_decode_fp8_kernel``,
+    ``_invariant_kernel``, ``decode_sm90._decode_sm90_kernel`` share them): 8 tensors, then their strides."""
+    return (q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part,
+            q.stride(0), q.stride(1), q.stride(2),
+            k_cache.stride(0), k_cache.stride(1),
+            block_table.stride(0), block_table.stride(1),
+            cache_seqlens.stride(0),
+            out.stride(0), out.stride(1), out.stride(2),
+            lse.stride(0), lse.stride(1), lse.stride(2))
+
+
 def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, num_parts,
                    config, out, lse):
     """Launch decode + combine. Arguments are validated by the caller (``triton_mla.api``).
@@ -282,13 +294,7 @@ def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_s
     rows_first = bool(config.get("ROWS_FIRST", False))
     grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
     _decode_kernel[grid](
-        q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part,
-        q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1),
-        block_table.stride(0), block_table.stride(1),
-        cache_seqlens.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1), lse.stride(2),
+        *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         DR=dr, BLOCK_DR=block_dr, CAUSAL=bool(causal and s_q > 1), DOT_PRECISION=precision, ROWS_FIRST=rows_first,
         LAZY_RESCALE=bool(config.get("LAZY_RESCALE", False)), PREFETCH_PAGES=bool(config.get("PREFETCH_PAGES", False)),

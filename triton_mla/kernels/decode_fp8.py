@@ -12,7 +12,7 @@ import triton.language as tl
 from .._checks import interpreting
 from ._common import LN2, LOG2E, output_ptrs, query_rows
 from ._fp8 import GROUP, ROPE, SCALE_BYTE, load_fp8_rope
-from .decode import _combine, _combine_kernel, _part_range, _program_coords
+from .decode import _combine, _combine_kernel, _part_range, _program_coords, launch_tensors
 
 FP8_DV = tl.constexpr(512)  # the FP8 layout's value dims: 4 groups of GROUP
 
@@ -292,13 +292,7 @@ def decode_splitkv_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, ca
     rows_first = bool(config.get("ROWS_FIRST", False))
     row_blocks = triton.cdiv(rows, block_h)
     _decode_fp8_kernel[(row_blocks, num_parts) if rows_first else (num_parts, row_blocks)](
-        q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part,
-        q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1),
-        block_table.stride(0), block_table.stride(1),
-        cache_seqlens.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1), lse.stride(2),
+        *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         BLOCK_H=block_h, BLOCK_N=block_n, MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"],
         CAUSAL=bool(causal and s_q > 1), CHUNK_B=128,

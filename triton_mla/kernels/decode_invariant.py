@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ._common import LN2, LOG2E, output_ptrs, query_rows
-from .decode import _attend_range
+from .decode import _attend_range, launch_tensors
 
 
 @triton.jit
@@ -146,14 +146,8 @@ def decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax
     o_part = torch.empty(b * max_chunks, rows, block_dv, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(b * max_chunks, rows, dtype=torch.float32, device=q.device)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    out_strides = (out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1), lse.stride(2))
     _invariant_kernel[(b * max_chunks, triton.cdiv(rows, block_h))](
-        q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part,
-        q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1),
-        block_table.stride(0), block_table.stride(1),
-        cache_seqlens.stride(0),
-        *out_strides,
+        *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         s_q, h_q, num_blocks, page_size, max_len, max_chunks, softmax_scale * LOG2E.value,
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr, BLOCK_H=block_h, BLOCK_N=block_n,
         CHUNK_BLOCKS=chunk_blocks, CAUSAL=bool(causal and s_q > 1), DOT_PRECISION=precision,
@@ -163,7 +157,8 @@ def decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax
     _invariant_combine_kernel[(b, triton.cdiv(rows, combine_h))](
         o_part, lse_part, cache_seqlens, out, lse,
         cache_seqlens.stride(0),
-        *out_strides,
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), lse.stride(2),
         s_q, h_q, max_len, max_chunks,
         DV=dv, BLOCK_DV=block_dv, BLOCK_H=combine_h, BLOCK_N=block_n, CHUNK_BLOCKS=chunk_blocks, num_warps=4,
     )

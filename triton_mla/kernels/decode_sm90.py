@@ -369,7 +369,7 @@ def aligned16(t: torch.Tensor, dims) -> bool:
     return t.data_ptr() % 16 == 0 and all(t.stride(d) * size % 16 == 0 for d in dims)
 
 
-def supports(q, head_dim_v, config, fp8=False, k_cache=None) -> bool:
+def supports(q, k_cache, head_dim_v, config, fp8=False) -> bool:
     """Whether this kernel serves the call: the config asks for it (``WGMMA``), DeepSeek's dims, 16-bit
     queries (bfloat16 with the FP8 cache, whose rope values are bfloat16), an sm90 GPU, and q and the cache
     16-byte aligned (a sliced cache with odd strides goes to the tl.dot kernels)."""
@@ -377,7 +377,7 @@ def supports(q, head_dim_v, config, fp8=False, k_cache=None) -> bool:
     if not (config.get("WGMMA", False) and q.is_cuda and q.dtype in dtypes and q.shape[-1] == DV + DR
             and head_dim_v == DV):
         return False
-    if k_cache is not None and not (aligned16(q, (0, 1, 2)) and aligned16(k_cache, (0, 1))):
+    if not (aligned16(q, (0, 1, 2)) and aligned16(k_cache, (0, 1))):
         return False
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     return _is_sm90(index)
@@ -387,7 +387,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
                 fp8=False):
     """Launch the Gluon decode, then ``decode._combine``. Arguments validated by ``triton_mla.api``; with
     ``fp8`` the cache is the FP8 layout viewed as uint8 (strides in bytes)."""
-    from .decode import _combine
+    from .decode import _combine, launch_tensors
 
     b, s_q, h_q, _ = q.shape
     num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
@@ -399,13 +399,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     rows_first = bool(config.get("ROWS_FIRST", False))
     grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
     _decode_sm90_kernel[grid](
-        q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part,
-        q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1),
-        block_table.stride(0), block_table.stride(1),
-        cache_seqlens.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1), lse.stride(2),
+        *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         BLOCK_N=config["BLOCK_N"], NUM_BUF=config.get("NUM_BUF", 2),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
