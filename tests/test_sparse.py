@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import CPU_DTYPES, DEVICE, assert_close, gpu
+from conftest import CPU_DTYPES, DEVICE, HAS_GPU, assert_close, gpu
 
 import triton_mla as tm
 from triton_mla import configs
@@ -451,6 +451,67 @@ def test_gpu_decode_fp8_variants(variant, b, s_q, h_q, topk):
         check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=64, num_blocks=160,
                      dtype=torch.bfloat16, fp8=True, seed=b + topk, invalid_frac=0.05,
                      topk_length=_gpu_lengths(b, topk, h_q))
+
+
+def test_wgmma_config_falls_back_off_sm90():
+    """A WGMMA entry (the Gluon kernel, sm90 only) still runs where that kernel cannot: the interpreter, float32,
+    small latents (the tl.dot kernels serve the call)."""
+    with configs.overridden(WGMMA=True):
+        check_decode(b=2, s_q=1, h_q=4, topk=40, dtype=CPU_DTYPES[0])
+        check_prefill(s_q=3, h_q=2, topk=20, dtype=torch.float32)
+
+
+SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.fixture
+def sm90_calls(monkeypatch):
+    """Counts launches of the Gluon kernel (kernels/sparse_sm90.py)."""
+    calls = []
+    launch = sparse_kernels._sm90.launch
+    monkeypatch.setattr(sparse_kernels._sm90, "launch", lambda *a: calls.append(1) or launch(*a))
+    return calls
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("split_heavy", [False, True])
+@pytest.mark.parametrize("h_q,s_q", [(1, 1), (8, 2), (12, 1), (16, 4), (32, 1), (64, 2), (100, 1), (128, 2)])
+def test_gpu_sm90_sparse_decode(h_q, s_q, split_heavy, fp8, sm90_calls):
+    """kernels/sparse_sm90.py against the reference: every head-block shape (partial 64-row blocks), odd topk,
+    topk_length, sinks, invalid and duplicate ids, pages of 64 and of 1, one split or many (combine)."""
+    b = 3
+    sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
+    with configs.overridden(WGMMA=True, **(SPLIT_HEAVY if split_heavy else {})):
+        for i, (topk, page_size) in enumerate([(577, 64), (2048, 1), (64, 64)]):
+            check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
+                         num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16 if i != 1 or fp8 else torch.float16,
+                         fp8=fp8, seed=h_q + s_q + i, invalid_frac=0.1, topk_length=_gpu_lengths(b, topk, h_q + i),
+                         sink=sink if i != 2 else None)
+    assert len(sm90_calls) == 3
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("h_q", [1, 16, 64, 128])
+@pytest.mark.parametrize("split_heavy", [False, True])
+def test_gpu_sm90_sparse_prefill(h_q, split_heavy, sm90_calls):
+    """The Gluon kernel on sparse prefill (kv as pages of one token): max_logits, lse, sinks, all-invalid rows."""
+    with configs.overridden(WGMMA=True, **(SPLIT_HEAVY if split_heavy else {})):
+        check_prefill(s_q=40, h_q=h_q, topk=1000, s_kv=3000, dv=512, dr=64, dtype=torch.bfloat16, seed=h_q,
+                      invalid_frac=0.3, topk_length=[0] + _gpu_lengths(39, 1000, h_q),
+                      sink=torch.randn(h_q, generator=torch.Generator().manual_seed(1)).tolist(),
+                      sm_scale=576 ** -0.5)
+    assert len(sm90_calls) == 1
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("fp8", [False, True])
+def test_gpu_sm90_sparse_off_gives_tl_dot(fp8, sm90_calls):
+    """With WGMMA off the tl.dot kernels serve sm90 too (the 64-row entries use it by default)."""
+    with configs.overridden(WGMMA=False, FP8_WGMMA=False):
+        check_decode(b=2, s_q=2, h_q=128, topk=700, dv=512, dr=64, page_size=64, num_blocks=80,
+                     dtype=torch.bfloat16, fp8=fp8, seed=5)
+    assert not sm90_calls
 
 
 @gpu

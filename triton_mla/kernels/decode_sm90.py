@@ -82,31 +82,43 @@ def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.c
 # -- loads --------------------------------------------------------------------------------------------
 
 @gluon.jit
-def _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size,
-                   BLOCK_N: gl.constexpr, layout: gl.constexpr):
-    """Element offsets of tokens [start, start + BLOCK_N) in the cache, and which are < tok_hi. Bad page ids
-    are clamped into the cache. Computed in the layout of the copy that uses them: a convert_layout would
-    cost shared-memory round trips and barriers on every tile."""
-    toks = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
-    tok_ok = toks < tok_hi
-    page = gl.load(bt_row + (toks // page_size) * stride_btp, mask=tok_ok, other=0)
-    page = gl.minimum(gl.maximum(page, 0), num_blocks - 1).to(gl.int64)
-    return page * stride_kb + (toks % page_size).to(gl.int64) * stride_kt, tok_ok
+def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED: gl.constexpr,
+                 BLOCK_N: gl.constexpr, layout: gl.constexpr):
+    """Element offsets in the cache of keys [start, start + BLOCK_N) and which of them are valid, in the 1-D
+    ``layout`` of whatever uses them (a convert_layout would cost shared-memory round trips and barriers on
+    every tile).
+
+    Paged (dense decode): key t is position t of a sequence, its page read from the block-table row
+    ``table_row``; keys below ``hi`` (the segment's end) are valid; a bad page id is clamped into
+    [0, ``limit`` = num_blocks). Indexed (sparse): key t is entry t of a top-k row ``table_row``, a flat token
+    id page * page_size + offset; it is valid below ``hi`` (the top-k length) if the id lies in
+    [0, ``limit`` = number of tokens), and an invalid key reads token 0 under a mask."""
+    pos = start + gl.arange(0, BLOCK_N, layout=layout)
+    in_range = pos < hi
+    if INDEXED:
+        ids = gl.load(table_row + pos.to(gl.int64) * stride_table, mask=in_range, other=-1)
+        ok = (ids >= 0) & (ids < limit)
+        ids = gl.where(ok, ids, 0)
+        page = ids // page_size
+        return page.to(gl.int64) * stride_kb + (ids - page * page_size).to(gl.int64) * stride_kt, ok
+    page = gl.load(table_row + (pos // page_size) * stride_table, mask=in_range, other=0)
+    page = gl.minimum(gl.maximum(page, 0), limit - 1).to(gl.int64)
+    return page * stride_kb + (pos % page_size).to(gl.int64) * stride_kt, in_range
 
 
 @gluon.jit
-def _issue_tile(kn_buf, kpe_buf, k_ptr, bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
-                page_size, BLOCK_N: gl.constexpr):
-    """cp.async of key tile [start, start + BLOCK_N) of one sequence: 512 + 64 dims a token. Tokens past
-    ``tok_hi`` are zero-filled (P is 0 there, and 0 * garbage could be NaN)."""
+def _issue_tile(kn_buf, kpe_buf, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
+                page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr):
+    """cp.async of key tile [start, start + BLOCK_N) (``_key_offsets``): 512 + 64 dims a token. Invalid keys
+    are zero-filled (P is 0 there, and 0 * garbage could be NaN)."""
     nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NUM_WARPS, 1], [1, 0])
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
-    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
-                                     page_size, BLOCK_N, nope_l)
+    tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                   INDEXED, BLOCK_N, gl.SliceLayout(1, nope_l))
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, nope_l))
     _async_load(kn_buf, k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None])
-    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
-                                     page_size, BLOCK_N, pe_l)
+    tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                   INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l))
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
     _async_load(kpe_buf, k_ptr + tok_off[:, None] + DV + offs_pe[None, :], mask=tok_ok[:, None])
 
@@ -134,24 +146,24 @@ def _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, strid
 # -- FP8 cache (triton_mla.fp8: 512 e4m3 bytes, 4 fp32 scales, 64 bf16 rope values = 656 bytes a token) --
 
 @gluon.jit
-def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp,
-                    num_blocks, page_size, BLOCK_N: gl.constexpr):
+def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table,
+                    limit, page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr):
     """cp.async of a tile's raw e4m3 bytes and scales into the staging buffers and its rope values straight
-    into ``kpe_buf``; masked tokens read as 0 (and scale 0)."""
+    into ``kpe_buf``; invalid keys read as 0 (and scale 0)."""
     raw_l: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [NUM_WARPS, 1], [1, 0])
-    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
-                                     page_size, BLOCK_N, raw_l)
+    tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                   INDEXED, BLOCK_N, gl.SliceLayout(1, raw_l))
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, raw_l))
     _async_load(stage, k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None])
     sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [NUM_WARPS, 1], [1, 0])
-    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
-                                     page_size, BLOCK_N, sc_l)
+    tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                   INDEXED, BLOCK_N, gl.SliceLayout(1, sc_l))
     groups = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
     sc_ptrs = (k_ptr + tok_off[:, None] + DV).to(gl.pointer_type(gl.float32)) + groups[None, :]
     _async_load(stage_scale, sc_ptrs, mask=tok_ok[:, None])
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
-    tok_off, tok_ok = _token_offsets(bt_row, start, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
-                                     page_size, BLOCK_N, pe_l)
+    tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                   INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l))
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
     pe_ptrs = (k_ptr + tok_off[:, None] + DV + 16).to(gl.pointer_type(gl.bfloat16)) + offs_pe[None, :]
     _async_load(kpe_buf, pe_ptrs, mask=tok_ok[:, None])
@@ -175,20 +187,20 @@ def _convert_fp8_tile(stage, stage_scale, kn_buf, BLOCK_N: gl.constexpr):
         kn_buf.slice(c * 128, 128, dim=1).store(v.to(kn_buf.dtype))
 
 
-# -- one key tile ----------------------------------------------------------------------------------------
+# -- one key tile, and a run of them ----------------------------------------------------------------------
 
 @gluon.jit
-def _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, start, tok_hi, row_limit, qk_scale,
+def _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale,
                BLOCK_N: gl.constexpr, s_l: gl.constexpr, o_l: gl.constexpr):
-    """S = QK^T, online softmax, O += PV for one key tile already in shared memory (log2 units)."""
+    """S = QK^T, online softmax, O += PV for one key tile already in shared memory (log2 units). Key column c
+    counts for row r if ``key_ok[c]`` and ``key_pos[c] < row_limit[r]`` (the causal mask)."""
     s = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_l)
     s = warpgroup_mma(q_smem, kn.permute((1, 0)), s, use_acc=False, is_async=True)
     s = warpgroup_mma(qpe_smem, kpe.permute((1, 0)), s, is_async=True)
     s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
 
-    toks = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_l))
     qk = s * qk_scale
-    visible = (toks[None, :] < tok_hi) & (toks[None, :] < row_limit[:, None])
+    visible = key_ok[None, :] & (key_pos[None, :] < row_limit[:, None])
     qk = gl.where(visible, qk, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(qk, axis=1))
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
@@ -204,6 +216,105 @@ def _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, start, tok_hi, 
     acc = warpgroup_mma(p_smem, kn, acc, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
     return acc, m_new, l_i
+
+
+@gluon.jit
+def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_ptr, table_row, lo, hi, row_limit,
+            stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, INDEXED: gl.constexpr,
+            FP8: gl.constexpr, NUM_BUF: gl.constexpr, BLOCK_N: gl.constexpr, s_l: gl.constexpr,
+            o_l: gl.constexpr):
+    """(acc, m, l) of the 64 query rows in ``q_smem`` over keys [lo, hi) (``_key_offsets``): Q's copy must have
+    been issued and committed. Key tiles are copied ``NUM_BUF - 1`` ahead (FP8: the raw tile j + 1 is staged
+    while tile j, dequantized into the one 16-bit buffer, computes)."""
+    acc = gl.zeros([BLOCK_H, DV], gl.float32, layout=o_l)
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_l))
+    l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, s_l))
+    n_tiles = (hi - lo + BLOCK_N - 1) // BLOCK_N
+    key_l: gl.constexpr = gl.SliceLayout(0, s_l)
+    if FP8:
+        kn = kn_bufs.index(0)
+        _issue_fp8_tile(stage, stage_scale, kpe_bufs.index(0), k_ptr, table_row, lo, hi, stride_kb, stride_kt,
+                        stride_table, limit, page_size, INDEXED, BLOCK_N)
+        cp.commit_group()
+        for j in range(n_tiles):
+            start = lo + j * BLOCK_N
+            # the raw tile j has landed for every thread, and tile j - 1 is done with (kn is free)
+            cp.wait_group(0)
+            _cta_barrier()
+            _convert_fp8_tile(stage, stage_scale, kn, BLOCK_N)
+            fence_async_shared()
+            _cta_barrier()
+            # the staging buffers are free again: fetch tile j + 1 while tile j computes
+            if start + BLOCK_N < hi:
+                _issue_fp8_tile(stage, stage_scale, kpe_bufs.index((j + 1) % 2), k_ptr, table_row, start + BLOCK_N,
+                                hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
+            cp.commit_group()
+            _, key_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                     INDEXED, BLOCK_N, key_l)
+            key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
+            acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn, kpe_bufs.index(j % 2), p_smem, acc, m_i, l_i, key_ok,
+                                       key_pos, row_limit, qk_scale, BLOCK_N, s_l, o_l)
+    else:
+        for i in gl.static_range(NUM_BUF - 1):
+            if lo + i * BLOCK_N < hi:
+                _issue_tile(kn_bufs.index(i), kpe_bufs.index(i), k_ptr, table_row, lo + i * BLOCK_N, hi, stride_kb,
+                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
+            cp.commit_group()
+        for j in range(n_tiles):
+            start = lo + j * BLOCK_N
+            cp.wait_group(NUM_BUF - 2)
+            fence_async_shared()
+            # tile j has landed for every thread, and every warpgroup is done with tile j - 1's buffer
+            _cta_barrier()
+            nxt = start + (NUM_BUF - 1) * BLOCK_N
+            if nxt < hi:
+                slot = (j + NUM_BUF - 1) % NUM_BUF
+                _issue_tile(kn_bufs.index(slot), kpe_bufs.index(slot), k_ptr, table_row, nxt, hi, stride_kb,
+                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
+            cp.commit_group()
+            _, key_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                     INDEXED, BLOCK_N, key_l)
+            key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
+            acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn_bufs.index(j % NUM_BUF), kpe_bufs.index(j % NUM_BUF),
+                                       p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, BLOCK_N, s_l, o_l)
+    cp.wait_group(0)
+    return acc, m_i, l_i
+
+
+@gluon.jit
+def _buffers(dtype: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, FP8: gl.constexpr):
+    """Shared memory: Q (72 KB), P, key tiles (NUM_BUF of them; FP8: one dequantized tile, two rope tiles,
+    and the staging buffers of the raw one)."""
+    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    p_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if BLOCK_N >= 64 else BLOCK_N * 2,
+                                              element_bitwidth=16, rank=2)
+    plain_sl: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
+    qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], wide_sl)
+    p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
+    if FP8:
+        kn_bufs = gl.allocate_shared_memory(dtype, [1, BLOCK_N, DV], wide_sl)
+        kpe_bufs = gl.allocate_shared_memory(dtype, [2, BLOCK_N, DR], wide_sl)
+        stage = gl.allocate_shared_memory(gl.uint8, [BLOCK_N, DV], plain_sl)
+        stage_scale = gl.allocate_shared_memory(gl.float32, [BLOCK_N, 4], plain_sl)
+    else:
+        kn_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DV], wide_sl)
+        kpe_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DR], wide_sl)
+        stage = p_smem  # unused
+        stage_scale = p_smem
+    return q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale
+
+
+@gluon.constexpr_function
+def s_layout(BLOCK_N):
+    """S [64, BLOCK_N]: warpgroup w computes key columns [w * BLOCK_N / 2, (w + 1) * BLOCK_N / 2)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, BLOCK_N // 2, 16])
+
+
+@gluon.constexpr_function
+def o_layout():
+    """O [64, 512]: warpgroup w owns output columns [256 w, 256 (w + 1))."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 256, 16])
 
 
 # -- the kernel -----------------------------------------------------------------------------------------
@@ -222,28 +333,9 @@ def _decode_sm90_kernel(
     ROWS_FIRST: gl.constexpr, FP8: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
-    # S [64, BLOCK_N]: warpgroup w computes key columns [w * BLOCK_N / 2, (w + 1) * BLOCK_N / 2)
-    s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                  instr_shape=[16, BLOCK_N // 2, 16])
-    # O [64, 512]: warpgroup w owns output columns [256 w, 256 (w + 1))
-    o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 256, 16])
-    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    p_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if BLOCK_N >= 64 else BLOCK_N * 2,
-                                              element_bitwidth=16, rank=2)
-    plain_sl: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
-    qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], wide_sl)
-    p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
-    if FP8:
-        # one dequantized tile (converted between tiles), raw bytes of the next one staged meanwhile
-        kn_bufs = gl.allocate_shared_memory(dtype, [1, BLOCK_N, DV], wide_sl)
-        kpe_bufs = gl.allocate_shared_memory(dtype, [2, BLOCK_N, DR], wide_sl)
-        stage = gl.allocate_shared_memory(gl.uint8, [BLOCK_N, DV], plain_sl)
-        stage_scale = gl.allocate_shared_memory(gl.float32, [BLOCK_N, 4], plain_sl)
-    else:
-        kn_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DV], wide_sl)
-        kpe_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DR], wide_sl)
+    s_l: gl.constexpr = s_layout(BLOCK_N)
+    o_l: gl.constexpr = o_layout()
+    q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale = _buffers(dtype, BLOCK_N, NUM_BUF, FP8)
 
     if ROWS_FIRST:
         part = gl.program_id(1)
@@ -274,62 +366,18 @@ def _decode_sm90_kernel(
         if n > 0:
             tok_lo = (g - seq_g0) * BLOCK_N
             tok_hi = gl.minimum((seg_hi - seq_g0) * BLOCK_N, length)
-            n_tiles = (tok_hi - tok_lo + BLOCK_N - 1) // BLOCK_N
             bt_row = block_table_ptr + seq.to(gl.int64) * stride_btb
             if CAUSAL:
                 row_limit = length - s_q + rows_s // h_q + 1
             else:
                 row_limit = gl.zeros([BLOCK_H], gl.int32, layout=gl.SliceLayout(1, s_l)) + length
-            acc = gl.zeros([BLOCK_H, DV], gl.float32, layout=o_l)
-            m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_l))
-            l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, s_l))
             # every warp is done with the buffers of the previous segment before they are refilled
             _cta_barrier()
             _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh)
             cp.commit_group()
-            if FP8:
-                kn = kn_bufs.index(0)
-                _issue_fp8_tile(stage, stage_scale, kpe_bufs.index(0), k_ptr, bt_row, tok_lo, tok_hi, stride_kb,
-                                stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
-                cp.commit_group()
-                for j in range(n_tiles):
-                    start = tok_lo + j * BLOCK_N
-                    # the raw tile j has landed for every thread, and tile j - 1 is done with (kn is free)
-                    cp.wait_group(0)
-                    _cta_barrier()
-                    _convert_fp8_tile(stage, stage_scale, kn, BLOCK_N)
-                    fence_async_shared()
-                    _cta_barrier()
-                    # the staging buffers are free again: fetch tile j + 1 while tile j computes
-                    if start + BLOCK_N < tok_hi:
-                        _issue_fp8_tile(stage, stage_scale, kpe_bufs.index((j + 1) % 2), k_ptr, bt_row,
-                                        start + BLOCK_N, tok_hi, stride_kb, stride_kt, stride_btp, num_blocks,
-                                        page_size, BLOCK_N)
-                    cp.commit_group()
-                    acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn, kpe_bufs.index(j % 2), p_smem, acc, m_i, l_i,
-                                               start, tok_hi, row_limit, qk_scale, BLOCK_N, s_l, o_l)
-            else:
-                for i in gl.static_range(NUM_BUF - 1):
-                    if tok_lo + i * BLOCK_N < tok_hi:
-                        _issue_tile(kn_bufs.index(i), kpe_bufs.index(i), k_ptr, bt_row, tok_lo + i * BLOCK_N,
-                                    tok_hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
-                    cp.commit_group()
-                for j in range(n_tiles):
-                    start = tok_lo + j * BLOCK_N
-                    cp.wait_group(NUM_BUF - 2)
-                    fence_async_shared()
-                    # tile j has landed for every thread, and every warpgroup is done with tile j - 1's buffer
-                    _cta_barrier()
-                    nxt = start + (NUM_BUF - 1) * BLOCK_N
-                    if nxt < tok_hi:
-                        slot = (j + NUM_BUF - 1) % NUM_BUF
-                        _issue_tile(kn_bufs.index(slot), kpe_bufs.index(slot), k_ptr, bt_row, nxt, tok_hi,
-                                    stride_kb, stride_kt, stride_btp, num_blocks, page_size, BLOCK_N)
-                    cp.commit_group()
-                    acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn_bufs.index(j % NUM_BUF),
-                                               kpe_bufs.index(j % NUM_BUF), p_smem, acc, m_i, l_i, start, tok_hi,
-                                               row_limit, qk_scale, BLOCK_N, s_l, o_l)
-            cp.wait_group(0)
+            acc, m_i, l_i = _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_ptr, bt_row,
+                                    tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp, num_blocks,
+                                    page_size, qk_scale, False, FP8, NUM_BUF, BLOCK_N, s_l, o_l)
 
             # -- epilogue -----------------------------------------------------------------------------
             l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_l))
@@ -362,6 +410,11 @@ def _is_sm90(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
+def is_sm90(device: torch.device) -> bool:
+    """Whether ``device`` (a CUDA device; the current one when its index is unset) is an sm90 GPU."""
+    return _is_sm90(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def aligned16(t: torch.Tensor, dims) -> bool:
     """Whether ``t``'s base and its strides along ``dims`` are multiples of 16 bytes: ``cp.async`` copies 16 bytes
     at a time, and Triton rejects a copy it cannot make at least 4 bytes wide."""
@@ -379,8 +432,7 @@ def supports(q, k_cache, head_dim_v, config, fp8=False) -> bool:
         return False
     if not (aligned16(q, (0, 1, 2)) and aligned16(k_cache, (0, 1))):
         return False
-    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    return _is_sm90(index)
+    return is_sm90(q.device)
 
 
 def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse,

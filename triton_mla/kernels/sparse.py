@@ -20,6 +20,11 @@ import triton.language as tl
 from ._common import LN2, LOG2E
 from ._fp8 import GROUP, ROPE, SCALE_BYTE, fp8_to_f16, load_fp8_rope
 
+try:  # the Gluon kernel for sm90 (64 heads a program, warpgroup MMA); needs triton.experimental.gluon
+    from . import sparse_sm90 as _sm90
+except ImportError:  # pragma: no cover
+    _sm90 = None
+
 FP8_DV = 512
 FP8_DR = 64
 
@@ -451,7 +456,8 @@ def fp8_variant(config):
 
 def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_logits, softmax_scale, fp8,
                      config, num_sms):
-    """Launch the sparse kernel (+ combine). Arguments are validated by ``triton_mla.sparse``.
+    """Launch the sparse kernel (+ combine). Arguments are validated by ``triton_mla.sparse``. On sm90 an entry
+    with ``WGMMA`` runs the Gluon kernel (``kernels/sparse_sm90.py``) where it applies, else the tl.dot kernels.
 
     Decode-shaped views (prefill passes q.unsqueeze(1) and kv as pages of one token):
     q [b, s_q, h_q, d]; k_cache [num_blocks, page_size, 1, d] (uint8 [..., 656] when ``fp8``);
@@ -464,6 +470,9 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     tokens = b * s_q
     if fp8:
         config = fp8_config(config)
+    use_sm90 = _sm90 is not None and _sm90.supports(q, k_cache, dv, config, fp8)
+    if use_sm90:
+        config = _sm90.plan_config(config)
     block_h, block_n = config["BLOCK_H"], config["BLOCK_N"]
     splits = num_splits(tokens, h_q, topk, config, num_sms)
     block_dv = FP8_DV if fp8 else max(16, triton.next_power_of_2(dv))
@@ -491,7 +500,9 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     )
     launch = dict(BLOCK_H=block_h, BLOCK_N=block_n, SPLIT=splits > 1, num_warps=config["num_warps"],
                   num_stages=config["num_stages"], **flags)
-    if fp8:
+    if use_sm90:
+        _sm90.launch(args, splits, grid, flags, fp8)
+    elif fp8:
         _sparse_fp8_kernel[grid](*args, NATIVE_FP8=native_fp8(q.device), **fp8_variant(config), **launch)
     else:
         dr = d - dv
@@ -531,8 +542,12 @@ def compile_specs(section, entry, cap=None):
                dict(DV=FP8_DV, DR=FP8_DR, BLOCK_DV=FP8_DV, BLOCK_DR=FP8_DR, SPLIT=split,
                     DOT_PRECISION="ieee" if fp32 else "tf32", **tiles, **flags),
                entry["num_warps"], entry["num_stages"])
+    if entry.get("WGMMA", False) and not fp32:
+        yield from _sm90.compile_specs(prefill=prefill)
     if section == "sparse_decode" and not fp32:
         e8 = fp8_config(entry)
+        if e8.get("WGMMA", False):
+            yield from _sm90.compile_specs(fp8=True)
         for split in (False, True):
             yield (f"sparse_fp8(split={int(split)})", _sparse_fp8_kernel, dict(types, k_ptr="*u8"),
                    dict(BLOCK_H=e8["BLOCK_H"], BLOCK_N=e8["BLOCK_N"], SPLIT=split,

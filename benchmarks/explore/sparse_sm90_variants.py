@@ -1,0 +1,83 @@
+"""Sparse decode / prefill on sm90: the tl.dot kernels (shipped entries) against the Gluon kernel
+(``kernels/sparse_sm90.py``, config ``WGMMA``) on every anchor shape of ``bench_sparse``.
+
+    PYTHONPATH=. python benchmarks/explore/sparse_sm90_variants.py [decode|prefill ...]   # H100, ~3 min
+
+For each shape: a small random case with the same b, s_q, h_q, topk (same split plan, same compiled kernel,
+4096 cache tokens) is checked against the float32 oracle, then the anchor shape is timed (do_bench median).
+One line per (shape, variant); a variant that fails prints FAILED and the sweep goes on.
+"""
+import functools
+import sys
+import time
+import traceback
+
+import torch
+import triton
+
+from triton_mla import bench_sparse as bs
+from triton_mla import configs
+
+# the Gluon kernel's tiles are fixed (64 heads, 64 keys, 2 buffers, one program an SM); the first run of this
+# script (2026-11-24, fourth session) also timed 32-key tiles in 3 buffers and two programs an SM: slower
+VARIANTS = {
+    "tl.dot": dict(WGMMA=False, FP8_WGMMA=False),
+    "gluon": dict(WGMMA=True, FP8_WGMMA=True),
+}
+
+
+def _err(check, case, *extra_and_result):
+    """check(out, *case, *extra) for a call's result (its first element is out)."""
+    *extra, result = extra_and_result
+    return check(result[0], *case, *extra)
+
+
+def timed(fn):
+    return triton.testing.do_bench(fn, warmup=20, rep=100, return_mode="median")
+
+
+def run_variants(tag, run_small, err_of, run_big, flops, nbytes):
+    for name, var in VARIANTS.items():
+        try:
+            with configs.overridden(**var):
+                err = err_of(run_small())
+                run_big()
+                torch.cuda.synchronize()
+                ms = timed(run_big)
+            print(f"{tag} {name:<12} err {err:.1e} {ms * 1e3:8.1f} us {nbytes / ms / 1e6:6.0f} GB/s "
+                  f"{flops / ms / 1e9:6.1f} TFLOPS", flush=True)
+        except Exception as e:  # noqa: BLE001 - a variant that fails is reported, not fatal
+            print(f"{tag} {name:<12} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            if "-v" in sys.argv:
+                traceback.print_exc()
+
+
+def main():
+    print(torch.cuda.get_device_name(0), "triton", triton.__version__, flush=True)
+    which = [a for a in sys.argv[1:] if a in ("decode", "prefill")] or ["decode", "prefill"]
+    t0 = time.time()
+    if "decode" in which:
+        for fp8 in (False, True):
+            for b, s_q, h_q, topk, s_kv in bs.DECODE_SHAPES:
+                small = bs.make_decode_case(b, s_q, h_q, topk, 4096, fp8, seed=1)
+                big = bs.make_decode_case(b, s_q, h_q, topk, s_kv, fp8, seed=0)
+                run_variants(f"{'fp8 ' if fp8 else 'bf16'} b{b:<3} s_q{s_q} h{h_q:<3} topk{topk}",
+                             bs._decode_run(*small, fp8), functools.partial(_err, bs._decode_err, small, fp8),
+                             bs._decode_run(*big, fp8), bs.decode_flops(b, s_q, h_q, topk),
+                             bs.decode_bytes(b, s_q, h_q, topk, fp8))
+                small = big = None
+                torch.cuda.empty_cache()
+    if "prefill" in which:
+        for s_q, h_q, topk, s_kv in bs.PREFILL_SHAPES:
+            small = bs.make_prefill_case(256, h_q, topk, 4096, seed=1)
+            big = bs.make_prefill_case(s_q, h_q, topk, s_kv, seed=0)
+            run_variants(f"prefill s_q{s_q} h{h_q:<3} topk{topk}", bs._prefill_run(*small),
+                         functools.partial(_err, bs._prefill_err, small), bs._prefill_run(*big),
+                         bs.prefill_flops(s_q, h_q, topk), 0)
+            small = big = None
+            torch.cuda.empty_cache()
+    print(f"total {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
