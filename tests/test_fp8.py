@@ -306,9 +306,10 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128])
 @pytest.mark.parametrize("split_heavy", [False, True])
-def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, monkeypatch):
-    """kernels/decode_sm90.py on the FP8 cache (tiles dequantized in shared memory): 8-128 rows, causal s_q > 1,
-    NaN bytes past each sequence, outliers, one sequence per part or many."""
+@pytest.mark.parametrize("raw_stages", [1, 2])
+def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
+    """kernels/decode_sm90.py on the FP8 cache (tiles dequantized in shared memory; one or two raw tiles in
+    flight): 8-128 rows, causal s_q > 1, NaN bytes past each sequence, outliers, one sequence per part or many."""
     from triton_mla import api
 
     calls = []
@@ -317,7 +318,7 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, monkeypatch):
     lens = [0, 1, 31, 63, 64, 65, 1000, 4097]
     split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
     shapes = [(128, 1), (64, 2), (16, 4), (8, 1), (96, 1)]
-    with configs.overridden(WGMMA=True, BLOCK_N=64, **split):
+    with configs.overridden(WGMMA=True, BLOCK_N=64, RAW_STAGES=raw_stages, **split):
         for i, (h_q, s_q) in enumerate(shapes):
             check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
                              outliers=i == 0)

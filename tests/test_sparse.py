@@ -474,15 +474,18 @@ def sm90_calls(monkeypatch):
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
-@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("cache", ["bf16", "fp8", "fp8-raw2"])
 @pytest.mark.parametrize("split_heavy", [False, True])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (8, 2), (12, 1), (16, 4), (32, 1), (64, 2), (100, 1), (128, 2)])
-def test_gpu_sm90_sparse_decode(h_q, s_q, split_heavy, fp8, sm90_calls):
+def test_gpu_sm90_sparse_decode(h_q, s_q, split_heavy, cache, sm90_calls):
     """kernels/sparse_sm90.py against the reference: every head-block shape (partial 64-row blocks), odd topk,
-    topk_length, sinks, invalid and duplicate ids, pages of 64 and of 1, one split or many (combine)."""
+    topk_length, sinks, invalid and duplicate ids, pages of 64 and of 1, one split or many (combine); the FP8
+    cache with one or two raw tiles in flight."""
     b = 3
+    fp8 = cache != "bf16"
     sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
-    with configs.overridden(WGMMA=True, **(SPLIT_HEAVY if split_heavy else {})):
+    raw = dict(FP8_RAW_STAGES=2) if cache == "fp8-raw2" else {}
+    with configs.overridden(WGMMA=True, **raw, **(SPLIT_HEAVY if split_heavy else {})):
         for i, (topk, page_size) in enumerate([(577, 64), (2048, 1), (64, 64)]):
             check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
                          num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16 if i != 1 or fp8 else torch.float16,

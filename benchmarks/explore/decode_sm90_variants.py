@@ -25,6 +25,7 @@ VARIANTS = {
     "g64x2p1": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
     "fp8": {"_fp8": True, "WGMMA": False},
     "fp8_g64": {"_fp8": True, "WGMMA": True, "BLOCK_N": 64, "MIN_BLOCKS_PER_PART": 4},
+    "fp8_g64r2": {"_fp8": True, "WGMMA": True, "BLOCK_N": 64, "MIN_BLOCKS_PER_PART": 4, "RAW_STAGES": 2},
 }
 
 # (b, h_q, s_q, page_size, lengths)

@@ -23,6 +23,7 @@ from triton_mla import configs
 VARIANTS = {
     "tl.dot": dict(WGMMA=False, FP8_WGMMA=False),
     "gluon": dict(WGMMA=True, FP8_WGMMA=True),
+    "gluon_raw2": dict(WGMMA=True, FP8_WGMMA=True, FP8_RAW_STAGES=2),  # FP8: two raw tiles in flight
 }
 
 

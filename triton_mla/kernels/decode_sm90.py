@@ -16,13 +16,12 @@ Shapes: d = 576, dv = 512 (DeepSeek), bf16/fp16, any number of rows (blocks of 6
 import functools
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from ._common import LN2, LOG2E
+from ._common import LN2, LOG2E, cdiv
 
 # renamed between Triton 3.6 (thread_barrier) and 3.8 (barrier)
 _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
@@ -191,9 +190,11 @@ def _convert_fp8_tile(stage, stage_scale, kn_buf, BLOCK_N: gl.constexpr):
 
 @gluon.jit
 def _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale,
-               BLOCK_N: gl.constexpr, s_l: gl.constexpr, o_l: gl.constexpr):
+               BLOCK_N: gl.constexpr, s_l: gl.constexpr, o_l: gl.constexpr, P_T: gl.constexpr):
     """S = QK^T, online softmax, O += PV for one key tile already in shared memory (log2 units). Key column c
-    counts for row r if ``key_ok[c]`` and ``key_pos[c] < row_limit[r]`` (the causal mask)."""
+    counts for row r if ``key_ok[c]`` and ``key_pos[c] < row_limit[r]`` (the causal mask). With ``P_T``,
+    ``p_smem`` holds P transposed ([keys, rows]): it may then be the tile's own rope buffer ``kpe``, as each
+    warpgroup overwrites only the rows of its own keys, which its own (finished) QK^T read."""
     s = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_l)
     s = warpgroup_mma(q_smem, kn.permute((1, 0)), s, use_acc=False, is_async=True)
     s = warpgroup_mma(qpe_smem, kpe.permute((1, 0)), s, is_async=True)
@@ -210,10 +211,14 @@ def _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, key_ok, key_pos
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_l))[:, None]
 
     # each warpgroup wrote half of P's columns; both read all of it
-    p_smem.store(p.to(p_smem.dtype))
+    if P_T:
+        p_view = p_smem.permute((1, 0))
+    else:
+        p_view = p_smem
+    p_view.store(p.to(p_smem.dtype))
     fence_async_shared()
     _cta_barrier()
-    acc = warpgroup_mma(p_smem, kn, acc, is_async=True)
+    acc = warpgroup_mma(p_view, kn, acc, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
     return acc, m_new, l_i
 
@@ -222,38 +227,49 @@ def _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, key_ok, key_pos
 def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_ptr, table_row, lo, hi, row_limit,
             stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, INDEXED: gl.constexpr,
             FP8: gl.constexpr, NUM_BUF: gl.constexpr, BLOCK_N: gl.constexpr, s_l: gl.constexpr,
-            o_l: gl.constexpr):
+            o_l: gl.constexpr, RAW_STAGES: gl.constexpr = 1):
     """(acc, m, l) of the 64 query rows in ``q_smem`` over keys [lo, hi) (``_key_offsets``): Q's copy must have
-    been issued and committed. Key tiles are copied ``NUM_BUF - 1`` ahead (FP8: the raw tile j + 1 is staged
-    while tile j, dequantized into the one 16-bit buffer, computes)."""
+    been issued and committed. Key tiles are copied ``NUM_BUF - 1`` ahead. FP8: raw tiles are copied
+    ``RAW_STAGES`` ahead into staging buffers; tile j is dequantized into the one 16-bit buffer, then computes."""
     acc = gl.zeros([BLOCK_H, DV], gl.float32, layout=o_l)
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_l))
     l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, s_l))
     n_tiles = (hi - lo + BLOCK_N - 1) // BLOCK_N
     key_l: gl.constexpr = gl.SliceLayout(0, s_l)
     if FP8:
+        P_IN_ROPE: gl.constexpr = _p_in_rope(BLOCK_N, RAW_STAGES)
         kn = kn_bufs.index(0)
-        _issue_fp8_tile(stage, stage_scale, kpe_bufs.index(0), k_ptr, table_row, lo, hi, stride_kb, stride_kt,
-                        stride_table, limit, page_size, INDEXED, BLOCK_N)
-        cp.commit_group()
+        for i in gl.static_range(RAW_STAGES):
+            # a tile past hi is all masked: its copy only zero-fills
+            _issue_fp8_tile(stage.index(i), stage_scale.index(i), kpe_bufs.index(i), k_ptr, table_row,
+                            lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
+                            BLOCK_N)
+            cp.commit_group()
         for j in range(n_tiles):
             start = lo + j * BLOCK_N
-            # the raw tile j has landed for every thread, and tile j - 1 is done with (kn is free)
-            cp.wait_group(0)
+            # the raw tile j has landed for every thread, and tile j - 1 is done with (kn, P are free)
+            cp.wait_group(RAW_STAGES - 1)
             _cta_barrier()
-            _convert_fp8_tile(stage, stage_scale, kn, BLOCK_N)
+            _convert_fp8_tile(stage.index(j % RAW_STAGES), stage_scale.index(j % RAW_STAGES), kn, BLOCK_N)
             fence_async_shared()
             _cta_barrier()
-            # the staging buffers are free again: fetch tile j + 1 while tile j computes
-            if start + BLOCK_N < hi:
-                _issue_fp8_tile(stage, stage_scale, kpe_bufs.index((j + 1) % 2), k_ptr, table_row, start + BLOCK_N,
-                                hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
+            # tile j's staging buffers are free again: fetch tile j + RAW_STAGES into them while tile j computes
+            nxt = start + RAW_STAGES * BLOCK_N
+            if nxt < hi:
+                _issue_fp8_tile(stage.index(j % RAW_STAGES), stage_scale.index(j % RAW_STAGES),
+                                kpe_bufs.index((j + RAW_STAGES) % (RAW_STAGES + 1)), k_ptr, table_row, nxt, hi,
+                                stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
             cp.commit_group()
             _, key_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                                      INDEXED, BLOCK_N, key_l)
             key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
-            acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn, kpe_bufs.index(j % 2), p_smem, acc, m_i, l_i, key_ok,
-                                       key_pos, row_limit, qk_scale, BLOCK_N, s_l, o_l)
+            kpe = kpe_bufs.index(j % (RAW_STAGES + 1))
+            if P_IN_ROPE:
+                acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn, kpe, kpe, acc, m_i, l_i, key_ok, key_pos, row_limit,
+                                           qk_scale, BLOCK_N, s_l, o_l, True)
+            else:
+                acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, key_ok, key_pos,
+                                           row_limit, qk_scale, BLOCK_N, s_l, o_l, False)
     else:
         for i in gl.static_range(NUM_BUF - 1):
             if lo + i * BLOCK_N < hi:
@@ -276,28 +292,41 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
                                      INDEXED, BLOCK_N, key_l)
             key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
             acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn_bufs.index(j % NUM_BUF), kpe_bufs.index(j % NUM_BUF),
-                                       p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, BLOCK_N, s_l, o_l)
+                                       p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, BLOCK_N, s_l, o_l,
+                                       False)
     cp.wait_group(0)
     return acc, m_i, l_i
 
 
+@gluon.constexpr_function
+def _p_in_rope(BLOCK_N, RAW_STAGES):
+    """FP8 with two raw tiles in flight: P shares the rope buffer of its tile (same [64, 64] 16-bit shape), as the
+    extra staging buffer leaves no room for a P buffer of its own within sm90's 227 KB."""
+    return RAW_STAGES == 2 and BLOCK_N == 64
+
+
 @gluon.jit
-def _buffers(dtype: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, FP8: gl.constexpr):
-    """Shared memory: Q (72 KB), P, key tiles (NUM_BUF of them; FP8: one dequantized tile, two rope tiles,
-    and the staging buffers of the raw one)."""
+def _buffers(dtype: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, FP8: gl.constexpr,
+             RAW_STAGES: gl.constexpr = 1):
+    """Shared memory: Q (72 KB), P, key tiles (NUM_BUF of them; FP8: one dequantized tile, RAW_STAGES + 1 rope
+    tiles, and RAW_STAGES staging buffers of raw tiles)."""
     wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     p_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128 if BLOCK_N >= 64 else BLOCK_N * 2,
                                               element_bitwidth=16, rank=2)
     plain_sl: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
     qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], wide_sl)
-    p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
     if FP8:
         kn_bufs = gl.allocate_shared_memory(dtype, [1, BLOCK_N, DV], wide_sl)
-        kpe_bufs = gl.allocate_shared_memory(dtype, [2, BLOCK_N, DR], wide_sl)
-        stage = gl.allocate_shared_memory(gl.uint8, [BLOCK_N, DV], plain_sl)
-        stage_scale = gl.allocate_shared_memory(gl.float32, [BLOCK_N, 4], plain_sl)
+        kpe_bufs = gl.allocate_shared_memory(dtype, [RAW_STAGES + 1, BLOCK_N, DR], wide_sl)
+        stage = gl.allocate_shared_memory(gl.uint8, [RAW_STAGES, BLOCK_N, DV], plain_sl)
+        stage_scale = gl.allocate_shared_memory(gl.float32, [RAW_STAGES, BLOCK_N, 4], plain_sl)
+        if _p_in_rope(BLOCK_N, RAW_STAGES):
+            p_smem = kpe_bufs.index(0)  # unused: P lives in each tile's rope buffer
+        else:
+            p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
     else:
+        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
         kn_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DV], wide_sl)
         kpe_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, DR], wide_sl)
         stage = p_smem  # unused
@@ -330,12 +359,13 @@ def _decode_sm90_kernel(
     stride_lb, stride_lh, stride_ls,
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
-    ROWS_FIRST: gl.constexpr, FP8: gl.constexpr,
+    ROWS_FIRST: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     s_l: gl.constexpr = s_layout(BLOCK_N)
     o_l: gl.constexpr = o_layout()
-    q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale = _buffers(dtype, BLOCK_N, NUM_BUF, FP8)
+    q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale = _buffers(dtype, BLOCK_N, NUM_BUF, FP8,
+                                                                               RAW_STAGES)
 
     if ROWS_FIRST:
         part = gl.program_id(1)
@@ -377,7 +407,7 @@ def _decode_sm90_kernel(
             cp.commit_group()
             acc, m_i, l_i = _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_ptr, bt_row,
                                     tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp, num_blocks,
-                                    page_size, qk_scale, False, FP8, NUM_BUF, BLOCK_N, s_l, o_l)
+                                    page_size, qk_scale, False, FP8, NUM_BUF, BLOCK_N, s_l, o_l, RAW_STAGES)
 
             # -- epilogue -----------------------------------------------------------------------------
             l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_l))
@@ -444,7 +474,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     b, s_q, h_q, _ = q.shape
     num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
     rows = s_q * h_q
-    row_blocks = triton.cdiv(rows, BLOCK_H.value)
+    row_blocks = cdiv(rows, BLOCK_H.value)
     max_len = block_table.shape[1] * page_size
     o_part = torch.empty(2 * num_parts, rows, DV.value, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
@@ -455,7 +485,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         BLOCK_N=config["BLOCK_N"], NUM_BUF=config.get("NUM_BUF", 2),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
-        FP8=bool(fp8), num_warps=NUM_WARPS.value,
+        FP8=bool(fp8), RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, num_warps=NUM_WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=BLOCK_H.value, BLOCK_N=config["BLOCK_N"],
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
@@ -471,5 +501,6 @@ def compile_specs(entry, fp8=False):
         yield (f"decode_sm90{'_fp8' if fp8 else ''}(causal={causal})", _decode_sm90_kernel, ptrs,
                dict(BLOCK_N=entry["BLOCK_N"], NUM_BUF=entry.get("NUM_BUF", 2),
                     MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
-                    ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)), FP8=fp8),
+                    ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)), FP8=fp8,
+                    RAW_STAGES=entry.get("RAW_STAGES", 1) if fp8 else 1),
                NUM_WARPS.value, 1)

@@ -31,14 +31,15 @@ def _sparse_sm90_kernel(
     stride_lb, stride_lh, stride_ls,
     s_q, h_q, topk, num_tokens, page_size, splits, qk_scale,
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
-    MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr, FP8: gl.constexpr,
+    MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr,
 ):
     """One program: query token ``tok`` = (seq, s), heads [64 rb, 64 rb + 64), split ``split`` of its top-k
     list (the same program order and chunk ranges as ``sparse._sparse_kernel``)."""
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     s_l: gl.constexpr = s_layout(BLOCK_N)
     o_l: gl.constexpr = o_layout()
-    q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale = _buffers(dtype, BLOCK_N, NUM_BUF, FP8)
+    q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale = _buffers(dtype, BLOCK_N, NUM_BUF, FP8,
+                                                                               RAW_STAGES)
 
     pid = gl.program_id(0)
     row_blocks = (h_q + BLOCK_H - 1) // BLOCK_H
@@ -63,7 +64,7 @@ def _sparse_sm90_kernel(
     no_limit = gl.full([BLOCK_H], INT32_MAX, gl.int32, layout=gl.SliceLayout(1, s_l))
     acc, m_i, l_i = _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_ptr, idx_row, lo,
                             hi, no_limit, stride_kb, stride_kt, stride_ik, num_tokens, page_size, qk_scale, True, FP8,
-                            NUM_BUF, BLOCK_N, s_l, o_l)
+                            NUM_BUF, BLOCK_N, s_l, o_l, RAW_STAGES)
 
     # -- epilogue (sparse.py's) -----------------------------------------------------------------------------
     heads = rb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, o_l))
@@ -118,13 +119,14 @@ def plan_config(config):
     return dict(config, BLOCK_H=BLOCK_H.value, BLOCK_N=BLOCK_N, PROGRAMS_PER_SM=1)
 
 
-def launch(args, splits, grid, flags, fp8):
-    """Launch over ``sparse.sparse_attention``'s argument tuple (same kernel signature as ``_sparse_kernel``)."""
+def launch(args, splits, grid, flags, fp8, raw_stages=1):
+    """Launch over ``sparse.sparse_attention``'s argument tuple (same kernel signature as ``_sparse_kernel``);
+    ``raw_stages``: FP8 raw tiles in flight (an entry's ``FP8_RAW_STAGES``)."""
     _sparse_sm90_kernel[grid](*args, BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, SPLIT=splits > 1, FP8=bool(fp8),
-                              num_warps=NUM_WARPS.value, **flags)
+                              RAW_STAGES=raw_stages if fp8 else 1, num_warps=NUM_WARPS.value, **flags)
 
 
-def compile_specs(prefill=False, fp8=False):
+def compile_specs(prefill=False, fp8=False, raw_stages=1):
     """(name, fn, types, constexprs, warps, stages) for check-configs (a ``WGMMA`` sparse entry, sm90 only)."""
     types = dict(q_ptr="*bf16", k_ptr="*u8" if fp8 else "*bf16", idx_ptr="*i32", topk_len_ptr="*i32",
                  sink_ptr="*fp32", out_ptr="*bf16", lse_ptr="*fp32", max_ptr="*fp32", o_part_ptr="*fp32",
@@ -132,5 +134,5 @@ def compile_specs(prefill=False, fp8=False):
     for split in (False, True):
         yield (f"sparse_sm90{'_fp8' if fp8 else ''}(split={int(split)})", _sparse_sm90_kernel, types,
                dict(BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, HAS_TOPK_LEN=True, HAS_SINK=True, MAX_LOGITS=prefill,
-                    SPLIT=split, FP8=fp8),
+                    SPLIT=split, FP8=fp8, RAW_STAGES=raw_stages if fp8 else 1),
                NUM_WARPS.value, 1)
