@@ -34,13 +34,14 @@ def check_tensor(x, name, *, ndim=None, dtype=None, shape=None, device=None, las
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if dtype is not None:
+    # runs a few times on every decode call: the common (passing) case takes the cheapest comparisons first
+    if dtype is not None and x.dtype is not dtype:
         allowed = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
         if x.dtype not in allowed:
             raise TypeError(f"{name}: expected dtype {_dtype_name(allowed)}, got {_dtype_name(x.dtype)}")
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
-    if shape is not None:
+    if shape is not None and x.shape != tuple(shape):  # torch.Size is a tuple; a None entry takes the slow path
         if x.dim() != len(shape) or any(s is not None and s != t for s, t in zip(shape, x.shape, strict=True)):
             want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
             raise ValueError(f"{name}: expected shape {want}, got {list(x.shape)}")

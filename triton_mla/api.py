@@ -6,7 +6,6 @@ import dataclasses
 import os
 
 import torch
-import triton
 
 from . import configs
 from . import fp8 as _fp8
@@ -17,9 +16,11 @@ from ._checks import (
     check_tensor,
     value_checks_enabled,
 )
+from .cache import check_fp8_cache
 from .kernels import decode as _decode
 from .kernels import decode_fp8 as _decode_fp8
 from .kernels import decode_invariant as _invariant
+from .kernels._common import cdiv
 
 try:  # Gluon (Triton's explicit-layout dialect) ships with Triton >= 3.5; without it the tl.dot kernel serves
     from .kernels import decode_sm90 as _decode_sm90
@@ -32,7 +33,7 @@ _UNCLAMPED_LEN = 1 << 30
 
 
 def _num_parts(rows: int, config: dict, device: torch.device) -> int:
-    row_blocks = triton.cdiv(rows, config["BLOCK_H"])
+    row_blocks = cdiv(rows, config["BLOCK_H"])
     return max(1, config["PARTS_PER_SM"] * configs.num_sms(device) // row_blocks)
 
 
@@ -107,8 +108,6 @@ def check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache):
     device = q.device
     fp8 = bool(is_fp8_kvcache)
     if fp8:
-        from .cache import check_fp8_cache
-
         check_tensor(k_cache, "k_cache", ndim=4, dtype=(torch.uint8, torch.float8_e4m3fn), device=device)
         check_fp8_cache(k_cache)
         if q.dtype == torch.float32:
@@ -157,12 +156,13 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
         raise ValueError("attn_sink, topk_length: only sparse decode (indices=...) takes them")
     b, s_q, h_q, d, fp8 = check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache)
     device = q.device
-    if k_cache.shape[2] != 1:
-        raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_cache.shape[2]}")
-    if not fp8 and k_cache.shape[3] != d:
-        raise ValueError(f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
-    if k_cache.shape[0] < 1 or k_cache.shape[1] < 1:
-        raise ValueError(f"k_cache: needs at least one page of at least one token, got {list(k_cache.shape)}")
+    k_shape = k_cache.shape  # each .shape builds a new torch.Size
+    if k_shape[2] != 1:
+        raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_shape[2]}")
+    if not fp8 and k_shape[3] != d:
+        raise ValueError(f"k_cache: head dim {k_shape[3]} differs from q's {d}")
+    if k_shape[0] < 1 or k_shape[1] < 1:
+        raise ValueError(f"k_cache: needs at least one page of at least one token, got {list(k_shape)}")
     check_tensor(block_table, "block_table", ndim=2, dtype=torch.int32, device=device)
     if block_table.shape[0] != b:
         raise ValueError(f"block_table: expected {b} rows (q's batch), got {block_table.shape[0]}")

@@ -110,12 +110,20 @@ def kernel_config(section: str, rows: int, dtype: torch.dtype, device: torch.dev
     """
     index = device.index if device.type == "cuda" else None
     if device.type == "cuda" and index is None:
-        index = torch.cuda.current_device()
-    doc = device_configs(index)
-    if section not in doc:
-        doc = load_family(family_of(index))
-    entry = pick(doc[section], rows, dtype)
+        index = torch.cuda.current_device()  # not cached: the current device can change
+    entry = _entry(section, rows, dtype, index)
     return {**entry, **_overrides} if _overrides else entry
+
+
+@functools.lru_cache(maxsize=1024)
+def _entry(section: str, rows: int, dtype: torch.dtype, device_index: int | None) -> dict:
+    """``kernel_config``'s pick before overrides, cached: it runs on every decode call, and what it reads
+    (``device_configs``, ``load_family``) is itself cached for the life of the process. Overrides are applied
+    by the caller on each call, so ``overridden`` takes effect at once."""
+    doc = device_configs(device_index)
+    if section not in doc:
+        doc = load_family(family_of(device_index))
+    return pick(doc[section], rows, dtype)
 
 
 def decode_config(rows: int, dtype: torch.dtype, device: torch.device) -> dict:

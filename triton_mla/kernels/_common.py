@@ -87,3 +87,15 @@ def output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_
               + row_h.to(tl.int64) * stride_oh)
     lse_rows = lse_ptr + seq.to(tl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
     return o_rows[:, None] + offs_dv[None, :], lse_rows
+
+
+# -- host-side launch arithmetic ---------------------------------------------------------------------------
+# triton.cdiv / triton.next_power_of_2 cost 3-5 us per call from Python (they are wrapped for use inside
+# kernels); a decode call makes several, so launchers use these plain versions.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (n - 1).bit_length()

@@ -7,6 +7,7 @@ Two layouts: the plain cache (c_kv and k_pe side by side in the cache's dtype) a
 import triton
 import triton.language as tl
 
+from ._common import next_pow2
 from ._fp8 import GROUP, NOPE, ROPE, ROPE_BYTE, SCALE_BYTE, f32_to_e4m3, pow2_ceil
 
 
@@ -75,7 +76,7 @@ def write_kv(k_cache, kv_c, k_pe, slot_mapping, fp8=False):
         _write_kv_fp8_kernel[(num_tokens,)](*args, num_warps=4)
         return k_cache
     _write_kv_kernel[(num_tokens,)](
-        *args, R=r, DR=dr, BLOCK_R=triton.next_power_of_2(r), BLOCK_DR=triton.next_power_of_2(max(dr, 1)),
+        *args, R=r, DR=dr, BLOCK_R=next_pow2(r), BLOCK_DR=next_pow2(max(dr, 1)),
         num_warps=4,
     )
     return k_cache

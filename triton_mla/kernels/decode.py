@@ -15,8 +15,10 @@ import triton.language as tl
 from ._common import (
     LN2,
     LOG2E,
+    cdiv,
     effective_parts,
     find_sequence,
+    next_pow2,
     output_ptrs,
     part_of_block,
     part_start,
@@ -280,11 +282,11 @@ def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_s
     b, s_q, h_q, d = q.shape
     num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
     dv, dr = head_dim_v, d - head_dim_v
-    block_dv = max(16, triton.next_power_of_2(dv))
-    block_dr = max(16, triton.next_power_of_2(dr)) if dr > 0 else 16
+    block_dv = max(16, next_pow2(dv))
+    block_dr = max(16, next_pow2(dr)) if dr > 0 else 16
     block_h, block_n = config["BLOCK_H"], config["BLOCK_N"]
     rows = s_q * h_q
-    row_blocks = triton.cdiv(rows, block_h)
+    row_blocks = cdiv(rows, block_h)
     max_len = block_table.shape[1] * page_size
     o_part = torch.empty(2 * num_parts, rows, block_dv, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
@@ -308,7 +310,7 @@ def _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, comm
     """Launch the merge of split sequences' partial results (and the output of empty sequences)."""
     b, s_q, h_q, _ = out.shape
     combine_h = min(common["BLOCK_H"], 16)
-    _combine_kernel[(b, triton.cdiv(s_q * h_q, combine_h))](
+    _combine_kernel[(b, cdiv(s_q * h_q, combine_h))](
         o_part, lse_part, cache_seqlens, out, lse,
         cache_seqlens.stride(0),
         out.stride(0), out.stride(1), out.stride(2),

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .._checks import interpreting
-from ._common import LN2, LOG2E, output_ptrs, query_rows
+from ._common import LN2, LOG2E, cdiv, output_ptrs, query_rows
 from ._fp8 import GROUP, ROPE, SCALE_BYTE, load_fp8_rope
 from .decode import _combine, _combine_kernel, _part_range, _program_coords, launch_tensors
 
@@ -290,7 +290,7 @@ def decode_splitkv_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, ca
     o_part = torch.empty(2 * num_parts, rows, FP8_DV.value, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
     rows_first = bool(config.get("ROWS_FIRST", False))
-    row_blocks = triton.cdiv(rows, block_h)
+    row_blocks = cdiv(rows, block_h)
     _decode_fp8_kernel[(row_blocks, num_parts) if rows_first else (num_parts, row_blocks)](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LN2, LOG2E, output_ptrs, query_rows
+from ._common import LN2, LOG2E, cdiv, next_pow2, output_ptrs, query_rows
 from .decode import _attend_range, launch_tensors
 
 
@@ -136,17 +136,17 @@ def decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax
     b, s_q, h_q, d = q.shape
     num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
     dv, dr = head_dim_v, d - head_dim_v
-    block_dv = max(16, triton.next_power_of_2(dv))
-    block_dr = max(16, triton.next_power_of_2(dr)) if dr > 0 else 16
+    block_dv = max(16, next_pow2(dv))
+    block_dr = max(16, next_pow2(dr)) if dr > 0 else 16
     block_h, block_n = config["BLOCK_H"], config["BLOCK_N"]
     rows = s_q * h_q
     chunk_blocks = max(1, (config.get("INVARIANT_CHUNK_TOKENS") or chunk_tokens(rows)) // block_n)
     max_len = block_table.shape[1] * page_size
-    max_chunks = max(1, triton.cdiv(triton.cdiv(max_len, block_n), chunk_blocks))
+    max_chunks = max(1, cdiv(cdiv(max_len, block_n), chunk_blocks))
     o_part = torch.empty(b * max_chunks, rows, block_dv, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(b * max_chunks, rows, dtype=torch.float32, device=q.device)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    _invariant_kernel[(b * max_chunks, triton.cdiv(rows, block_h))](
+    _invariant_kernel[(b * max_chunks, cdiv(rows, block_h))](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         s_q, h_q, num_blocks, page_size, max_len, max_chunks, softmax_scale * LOG2E.value,
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr, BLOCK_H=block_h, BLOCK_N=block_n,
@@ -154,7 +154,7 @@ def decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax
         num_warps=config["num_warps"], num_stages=config["num_stages"],
     )
     combine_h = min(block_h, 16)
-    _invariant_combine_kernel[(b, triton.cdiv(rows, combine_h))](
+    _invariant_combine_kernel[(b, cdiv(rows, combine_h))](
         o_part, lse_part, cache_seqlens, out, lse,
         cache_seqlens.stride(0),
         out.stride(0), out.stride(1), out.stride(2),

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LN2, LOG2E
+from ._common import LN2, LOG2E, cdiv, next_pow2
 from ._fp8 import load_fp8_group, load_fp8_nope, load_fp8_rope
 
 
@@ -330,7 +330,7 @@ def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, h
     num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
     dv, dr = head_dim_v, d - head_dim_v
     consts, num_warps, num_stages = _launch_params(config, fp8)
-    row_blocks = triton.cdiv(max_seqlen_q * h_q, consts["BLOCK_M"])
+    row_blocks = cdiv(max_seqlen_q * h_q, consts["BLOCK_M"])
     if b == 0 or row_blocks == 0:
         return out, lse
     _extend_kernel[(row_blocks, b)](
@@ -342,8 +342,8 @@ def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, h
         out.stride(0), out.stride(1),
         lse.stride(0), lse.stride(1),
         total_q, h_q, num_blocks, page_size, block_table.shape[1] * page_size, softmax_scale * LOG2E.value,
-        DV=dv, DR=dr, BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-        BLOCK_DR=max(16, triton.next_power_of_2(dr)) if dr > 0 else 16,
+        DV=dv, DR=dr, BLOCK_DV=max(16, next_pow2(dv)),
+        BLOCK_DR=max(16, next_pow2(dr)) if dr > 0 else 16,
         IS_FP8=fp8, DOT_PRECISION=_dot_precision(q.dtype), **consts,
         num_warps=num_warps, num_stages=num_stages,
     )

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .._checks import interpreting
-from ._common import LN2, LOG2E
+from ._common import LN2, LOG2E, cdiv, next_pow2
 
 # DeepSeek's MHA-mode prefill (128 nope + 64 rope, 128): the head dims the shipped configs are sized for
 D_QK, D_V = 192, 128
@@ -209,12 +209,12 @@ def split_head_dim(d_qk):
     """(D1, D2, BLOCK_D2): QK^T runs as a D1-wide dot (a power of two) plus a D2-wide one padded to BLOCK_D2."""
     d1 = 1 << (d_qk.bit_length() - 1)
     d2 = d_qk - d1
-    block_d2 = max(16, triton.next_power_of_2(d2)) if d2 > 0 else 16
+    block_d2 = max(16, next_pow2(d2)) if d2 > 0 else 16
     return d1, d2, block_d2
 
 
 def block_dv(d_v):
-    return max(16, triton.next_power_of_2(d_v))
+    return max(16, next_pow2(d_v))
 
 
 def smem_estimate(entry, d_qk, d_v, elem_size, q_in_smem=True):
@@ -291,7 +291,7 @@ def prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, softmax_scale
         v_in = _descriptor(v, block_n, bdv)
     else:
         q_in, q2_in, k_in, k2_in, v_in = q, q, k, k, v
-    grid = (triton.cdiv(max_seqlen_q, block_m), h, b)
+    grid = (cdiv(max_seqlen_q, block_m), h, b)
     _prefill_mha_kernel[grid](
         q_in, q2_in, k_in, k2_in, v_in, cu_seqlens_q, cu_seqlens_k, out, lse,
         q.stride(0), q.stride(1),

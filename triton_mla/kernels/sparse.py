@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LN2, LOG2E
+from ._common import LN2, LOG2E, cdiv, next_pow2
 from ._fp8 import GROUP, ROPE, SCALE_BYTE, fp8_to_f16, load_fp8_rope
 
 try:  # the Gluon kernel for sm90 (64 heads a program, warpgroup MMA); needs triton.experimental.gluon
@@ -430,11 +430,11 @@ def num_splits(tokens, h_q, topk, config, num_sms):
     """Splits of each top-k list: as many as keep the programs within one wave of ``PROGRAMS_PER_SM`` (the
     programs an SM holds at once) per SM, with at least ``MIN_CHUNKS_PER_SPLIT`` chunks of BLOCK_N in each
     split. Depends on shapes only."""
-    programs = tokens * triton.cdiv(h_q, config["BLOCK_H"])
+    programs = tokens * cdiv(h_q, config["BLOCK_H"])
     target = config["PROGRAMS_PER_SM"] * num_sms
     if programs == 0 or 2 * programs > target:
         return 1
-    chunks = triton.cdiv(topk, config["BLOCK_N"])
+    chunks = cdiv(topk, config["BLOCK_N"])
     return max(1, min(target // programs, chunks // config["MIN_CHUNKS_PER_SPLIT"]))
 
 
@@ -475,7 +475,7 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
         config = _sm90.plan_config(config)
     block_h, block_n = config["BLOCK_H"], config["BLOCK_N"]
     splits = num_splits(tokens, h_q, topk, config, num_sms)
-    block_dv = FP8_DV if fp8 else max(16, triton.next_power_of_2(dv))
+    block_dv = FP8_DV if fp8 else max(16, next_pow2(dv))
     if splits > 1:
         o_part = torch.empty(tokens * splits * h_q, block_dv, dtype=torch.float32, device=q.device)
         stat_part = torch.empty(tokens * splits * h_q, 2, dtype=torch.float32, device=q.device)
@@ -487,7 +487,7 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     topk_length = indices if topk_length is None else topk_length  # placeholders, never read
     attn_sink = lse if attn_sink is None else attn_sink
     max_logits = lse if max_logits is None else max_logits
-    grid = (tokens * triton.cdiv(h_q, block_h) * splits,)
+    grid = (tokens * cdiv(h_q, block_h) * splits,)
     args = (
         q, k_cache, indices, topk_length, attn_sink, out, lse, max_logits, o_part, stat_part,
         q.stride(0), q.stride(1), q.stride(2),
@@ -501,17 +501,17 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     launch = dict(BLOCK_H=block_h, BLOCK_N=block_n, SPLIT=splits > 1, num_warps=config["num_warps"],
                   num_stages=config["num_stages"], **flags)
     if use_sm90:
-        _sm90.launch(args, splits, grid, flags, fp8)
+        _sm90.launch(args, splits, grid, flags, fp8, config.get("RAW_STAGES", 1))
     elif fp8:
         _sparse_fp8_kernel[grid](*args, NATIVE_FP8=native_fp8(q.device), **fp8_variant(config), **launch)
     else:
         dr = d - dv
         _sparse_kernel[grid](*args, DV=dv, DR=dr, BLOCK_DV=block_dv,
-                             BLOCK_DR=max(16, triton.next_power_of_2(dr)) if dr > 0 else 16,
+                             BLOCK_DR=max(16, next_pow2(dr)) if dr > 0 else 16,
                              DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **launch)
     if splits > 1:
         block_c = min(block_dv, COMBINE_BLOCK_C)
-        _combine_kernel[(tokens * triton.cdiv(h_q, COMBINE_BLOCK_H) * (block_dv // block_c),)](
+        _combine_kernel[(tokens * cdiv(h_q, COMBINE_BLOCK_H) * (block_dv // block_c),)](
             o_part, stat_part, attn_sink, out, lse, max_logits,
             out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1), lse.stride(2),
@@ -547,7 +547,7 @@ def compile_specs(section, entry, cap=None):
     if section == "sparse_decode" and not fp32:
         e8 = fp8_config(entry)
         if e8.get("WGMMA", False):
-            yield from _sm90.compile_specs(fp8=True)
+            yield from _sm90.compile_specs(fp8=True, raw_stages=e8.get("RAW_STAGES", 1))
         for split in (False, True):
             yield (f"sparse_fp8(split={int(split)})", _sparse_fp8_kernel, dict(types, k_ptr="*u8"),
                    dict(BLOCK_H=e8["BLOCK_H"], BLOCK_N=e8["BLOCK_N"], SPLIT=split,
