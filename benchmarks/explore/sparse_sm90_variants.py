@@ -56,6 +56,10 @@ def run_variants(tag, run_small, err_of, run_big, flops, nbytes):
 def main():
     print(torch.cuda.get_device_name(0), "triton", triton.__version__, flush=True)
     which = [a for a in sys.argv[1:] if a in ("decode", "prefill")] or ["decode", "prefill"]
+    names = [a for a in sys.argv[1:] if a in VARIANTS]
+    if names:
+        for name in [n for n in VARIANTS if n not in names]:
+            del VARIANTS[name]
     t0 = time.time()
     if "decode" in which:
         for fp8 in (False, True):

@@ -189,17 +189,22 @@ def _convert_fp8_tile(stage, stage_scale, kn_buf, BLOCK_N: gl.constexpr):
 # -- one key tile, and a run of them ----------------------------------------------------------------------
 
 @gluon.jit
-def _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale,
-               BLOCK_N: gl.constexpr, s_l: gl.constexpr, o_l: gl.constexpr, P_T: gl.constexpr):
-    """S = QK^T, online softmax, O += PV for one key tile already in shared memory (log2 units). Key column c
-    counts for row r if ``key_ok[c]`` and ``key_pos[c] < row_limit[r]`` (the causal mask). With ``P_T``,
-    ``p_smem`` holds P transposed ([keys, rows]): it may then be the tile's own rope buffer ``kpe``, as each
-    warpgroup overwrites only the rows of its own keys, which its own (finished) QK^T read."""
+def _qk_issue(q_smem, qpe_smem, kn, kpe, BLOCK_N: gl.constexpr, s_l: gl.constexpr):
+    """Start S = QK^T of one key tile on the tensor cores; ``_softmax_pv`` waits for it (the caller may issue
+    the next tile's copies in between)."""
     s = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_l)
     s = warpgroup_mma(q_smem, kn.permute((1, 0)), s, use_acc=False, is_async=True)
-    s = warpgroup_mma(qpe_smem, kpe.permute((1, 0)), s, is_async=True)
-    s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
+    return warpgroup_mma(qpe_smem, kpe.permute((1, 0)), s, is_async=True)
 
+
+@gluon.jit
+def _softmax_pv(s, kn, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, s_l: gl.constexpr,
+                o_l: gl.constexpr, P_T: gl.constexpr):
+    """Online softmax of the tile's scores ``s`` (from ``_qk_issue``) and O += PV (log2 units). Key column c
+    counts for row r if ``key_ok[c]`` and ``key_pos[c] < row_limit[r]`` (the causal mask). With ``P_T``,
+    ``p_smem`` holds P transposed ([keys, rows]): it may then be the tile's own rope buffer, as each warpgroup
+    overwrites only the rows of its own keys, which its own (finished) QK^T read."""
+    s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
     qk = s * qk_scale
     visible = key_ok[None, :] & (key_pos[None, :] < row_limit[:, None])
     qk = gl.where(visible, qk, float("-inf"))
@@ -253,23 +258,25 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
             _convert_fp8_tile(stage.index(j % RAW_STAGES), stage_scale.index(j % RAW_STAGES), kn, BLOCK_N)
             fence_async_shared()
             _cta_barrier()
+            kpe = kpe_bufs.index(j % (RAW_STAGES + 1))
             # tile j's staging buffers are free again: fetch tile j + RAW_STAGES into them while tile j computes
+            # (issuing S first was 1-9% slower here, benchmarks/NOTES.md)
             nxt = start + RAW_STAGES * BLOCK_N
             if nxt < hi:
                 _issue_fp8_tile(stage.index(j % RAW_STAGES), stage_scale.index(j % RAW_STAGES),
                                 kpe_bufs.index((j + RAW_STAGES) % (RAW_STAGES + 1)), k_ptr, table_row, nxt, hi,
                                 stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
             cp.commit_group()
+            s = _qk_issue(q_smem, qpe_smem, kn, kpe, BLOCK_N, s_l)
             _, key_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                                      INDEXED, BLOCK_N, key_l)
             key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
-            kpe = kpe_bufs.index(j % (RAW_STAGES + 1))
             if P_IN_ROPE:
-                acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn, kpe, kpe, acc, m_i, l_i, key_ok, key_pos, row_limit,
-                                           qk_scale, BLOCK_N, s_l, o_l, True)
+                acc, m_i, l_i = _softmax_pv(s, kn, kpe, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, s_l,
+                                            o_l, True)
             else:
-                acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn, kpe, p_smem, acc, m_i, l_i, key_ok, key_pos,
-                                           row_limit, qk_scale, BLOCK_N, s_l, o_l, False)
+                acc, m_i, l_i = _softmax_pv(s, kn, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, s_l,
+                                            o_l, False)
     else:
         for i in gl.static_range(NUM_BUF - 1):
             if lo + i * BLOCK_N < hi:
@@ -282,18 +289,25 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
             fence_async_shared()
             # tile j has landed for every thread, and every warpgroup is done with tile j - 1's buffer
             _cta_barrier()
+            kn = kn_bufs.index(j % NUM_BUF)
+            # Gathered keys (INDEXED): start S = QK^T before the next tile's copies, whose index loads then
+            # overlap the MMA (sparse decode 4-6% faster). Paged keys: copies first (dense decode was 4-5% slower
+            # the other way round: nothing to hide, and more spilled registers).
+            if INDEXED:
+                s = _qk_issue(q_smem, qpe_smem, kn, kpe_bufs.index(j % NUM_BUF), BLOCK_N, s_l)
             nxt = start + (NUM_BUF - 1) * BLOCK_N
             if nxt < hi:
                 slot = (j + NUM_BUF - 1) % NUM_BUF
                 _issue_tile(kn_bufs.index(slot), kpe_bufs.index(slot), k_ptr, table_row, nxt, hi, stride_kb,
                             stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
             cp.commit_group()
+            if not INDEXED:
+                s = _qk_issue(q_smem, qpe_smem, kn, kpe_bufs.index(j % NUM_BUF), BLOCK_N, s_l)
             _, key_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                                      INDEXED, BLOCK_N, key_l)
             key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
-            acc, m_i, l_i = _tile_step(q_smem, qpe_smem, kn_bufs.index(j % NUM_BUF), kpe_bufs.index(j % NUM_BUF),
-                                       p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, BLOCK_N, s_l, o_l,
-                                       False)
+            acc, m_i, l_i = _softmax_pv(s, kn, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, s_l, o_l,
+                                        False)
     cp.wait_group(0)
     return acc, m_i, l_i
 
