@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 import triton
-from conftest import CPU_DTYPES, DEVICE, assert_close, gpu
+from conftest import CPU_DTYPES, DEVICE, HAS_GPU, assert_close, gpu
 
 from triton_mla import configs
 from triton_mla import fp8 as fp8_layout
@@ -439,14 +439,41 @@ def test_gpu_long_chunks(prefix, q_len, fp8):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("fp8", [False, True])
 def test_gpu_launch_variants(variant, fp8):
-    """The sweep's variants at DeepSeek's dims in bf16: a long chunk over a prefix, decode tokens, a plain
-    causal chunk, page ends mid-tile; fp16 with 16-token pages too."""
-    with configs.overridden(**VARIANTS[variant]):
+    """The sweep's variants of the tl.dot kernel at DeepSeek's dims in bf16: a long chunk over a prefix, decode
+    tokens, a plain causal chunk, page ends mid-tile; fp16 with 16-token pages too."""
+    with configs.overridden(WGMMA=False, **VARIANTS[variant]):
         for h_q in (16, 128):
             check_extend([3000, 1, 513, 64], [1001, 1, 513, 1], h_q=h_q, dv=512, dr=64, page_size=64,
                          dtype=torch.bfloat16, fp8=fp8, seed=h_q, softmax_scale=192 ** -0.5)
         if not fp8:
             check_extend([300, 77], [100, 77], h_q=16, dv=512, dr=64, page_size=16, dtype=torch.float16)
+
+
+SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("page_size", [1, 16, 64])
+def test_gpu_sm90_extend_kernel(page_size, fp8, monkeypatch):
+    """kernels/extend_sm90.py against the reference: mixed batches (decode tokens, long chunks, empty chunks and
+    sequences), chunks with no prefix, head counts that cut tokens across 64-row blocks, pages of 1-64."""
+    from triton_mla.kernels import extend as extend_kernels
+
+    calls = []
+    launch = extend_kernels._sm90.extend_sm90
+    monkeypatch.setattr(extend_kernels._sm90, "extend_sm90", lambda *a: calls.append(1) or launch(*a))
+    cases = [([4096, 1, 700, 2049, 0, 64, 1000], [1000, 1, 1, 513, 0, 64, 0], 128),
+             ([3000, 1, 513, 64], [1001, 1, 513, 1], 16),
+             ([130, 1, 77], [33, 1, 77], 12),
+             ([600], [600], 1),
+             ([90, 300], [7, 250], 100)]
+    with configs.overridden(WGMMA=True):
+        for i, (lens, q_lens, h_q) in enumerate(cases):
+            check_extend(lens, q_lens, h_q=h_q, dv=512, dr=64, page_size=page_size,
+                         dtype=torch.float16 if i == 2 and not fp8 else torch.bfloat16, fp8=fp8, seed=i + page_size,
+                         softmax_scale=192 ** -0.5)
+    assert len(calls) == len(cases)
 
 
 @gpu

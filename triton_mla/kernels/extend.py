@@ -26,6 +26,11 @@ import triton.language as tl
 from ._common import LN2, LOG2E, cdiv, next_pow2
 from ._fp8 import load_fp8_group, load_fp8_nope, load_fp8_rope
 
+try:  # the Gluon kernel for sm90 (64 rows a program, warpgroup MMA); needs triton.experimental.gluon
+    from . import extend_sm90 as _sm90
+except ImportError:  # pragma: no cover
+    _sm90 = None
+
 
 @triton.jit
 def _key_offsets(bt_row, toks, tok_ok, stride_btp, stride_kb, stride_kt, num_blocks, page_size):
@@ -319,7 +324,8 @@ def _launch_params(entry, fp8):
 
 def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, head_dim_v, softmax_scale,
            config, out, lse, fp8=False):
-    """Launch; arguments are validated by ``triton_mla.extend.mla_extend``.
+    """Launch; arguments are validated by ``triton_mla.extend.mla_extend``. On sm90 an entry with ``WGMMA`` runs the
+    Gluon kernel (``kernels/extend_sm90.py``) where it applies.
 
     q [total_q, h_q, d]; k_cache [num_blocks, page_size, 1, d] (q's dtype) or, with ``fp8``,
     [num_blocks, page_size, 1, 656] uint8; block_table [b, max_pages] int32; cache_seqlens [b] int32;
@@ -333,6 +339,9 @@ def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, h
     row_blocks = cdiv(max_seqlen_q * h_q, consts["BLOCK_M"])
     if b == 0 or row_blocks == 0:
         return out, lse
+    if _sm90 is not None and _sm90.supports(q, k_cache, head_dim_v, config, fp8):
+        return _sm90.extend_sm90(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, softmax_scale,
+                                 out, lse, fp8)
     _extend_kernel[(row_blocks, b)](
         q, k_cache, block_table, cache_seqlens, cu_seqlens_q, out, lse,
         q.stride(0), q.stride(1),
@@ -361,3 +370,5 @@ def compile_specs(section, entry):
         consts = dict(DV=512, DR=64, BLOCK_DV=512, BLOCK_DR=64, IS_FP8=fp8, DOT_PRECISION="ieee" if is_32 else "tf32",
                       **tiles)
         yield ("extend_fp8" if fp8 else "extend", _extend_kernel, types, consts, num_warps, num_stages)
+        if entry.get("WGMMA", False):
+            yield from _sm90.compile_specs(fp8)
