@@ -449,6 +449,17 @@ def test_gpu_launch_variants(variant, fp8):
             check_extend([300, 77], [100, 77], h_q=16, dv=512, dr=64, page_size=16, dtype=torch.float16)
 
 
+def test_extend_kernels_share_launch_arguments():
+    """extend.extend builds one argument tuple for the tl.dot and the Gluon (sm90) kernels: their leading
+    parameters must match."""
+    from triton_mla.kernels import extend as k
+
+    if k._sm90 is None:
+        pytest.skip("this Triton has no Gluon")
+    n = k._extend_kernel.arg_names.index("qk_scale") + 1
+    assert k._sm90._extend_sm90_kernel.arg_names[:n] == k._extend_kernel.arg_names[:n]
+
+
 SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 
 
@@ -461,8 +472,8 @@ def test_gpu_sm90_extend_kernel(page_size, fp8, monkeypatch):
     from triton_mla.kernels import extend as extend_kernels
 
     calls = []
-    launch = extend_kernels._sm90.extend_sm90
-    monkeypatch.setattr(extend_kernels._sm90, "extend_sm90", lambda *a: calls.append(1) or launch(*a))
+    launch = extend_kernels._sm90.launch
+    monkeypatch.setattr(extend_kernels._sm90, "launch", lambda *a: calls.append(1) or launch(*a))
     cases = [([4096, 1, 700, 2049, 0, 64, 1000], [1000, 1, 1, 513, 0, 64, 0], 128),
              ([3000, 1, 513, 64], [1001, 1, 513, 1], 16),
              ([130, 1, 77], [33, 1, 77], 12),

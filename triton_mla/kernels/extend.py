@@ -339,10 +339,7 @@ def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, h
     row_blocks = cdiv(max_seqlen_q * h_q, consts["BLOCK_M"])
     if b == 0 or row_blocks == 0:
         return out, lse
-    if _sm90 is not None and _sm90.supports(q, k_cache, head_dim_v, config, fp8):
-        return _sm90.extend_sm90(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, softmax_scale,
-                                 out, lse, fp8)
-    _extend_kernel[(row_blocks, b)](
+    args = (
         q, k_cache, block_table, cache_seqlens, cu_seqlens_q, out, lse,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1),
@@ -351,6 +348,12 @@ def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, h
         out.stride(0), out.stride(1),
         lse.stride(0), lse.stride(1),
         total_q, h_q, num_blocks, page_size, block_table.shape[1] * page_size, softmax_scale * LOG2E.value,
+    )
+    if _sm90 is not None and _sm90.supports(q, k_cache, head_dim_v, config, fp8):
+        _sm90.launch(args, max_seqlen_q, fp8)
+        return out, lse
+    _extend_kernel[(row_blocks, b)](
+        *args,
         DV=dv, DR=dr, BLOCK_DV=max(16, next_pow2(dv)),
         BLOCK_DR=max(16, next_pow2(dr)) if dr > 0 else 16,
         IS_FP8=fp8, DOT_PRECISION=_dot_precision(q.dtype), **consts,

@@ -13,20 +13,20 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
-from ._common import LN2, LOG2E, cdiv
+from ._common import LN2, cdiv
 from .decode_sm90 import BLOCK_H, DR, DV, NUM_WARPS, _attend, _buffers, _issue_q, aligned16, is_sm90, o_layout, s_layout
 
 
 @gluon.jit
 def _extend_sm90_kernel(
-    q_ptr, k_ptr, block_table_ptr, seqlens_ptr, cu_q_ptr, out_ptr, lse_ptr,
+    q_ptr, k_ptr, block_table_ptr, seqlens_ptr, cu_seqlens_q_ptr, out_ptr, lse_ptr,
     stride_qt, stride_qh,
     stride_kb, stride_kt,
     stride_btb, stride_btp,
     stride_seqlens, stride_cu,
     stride_ot, stride_oh,
     stride_lh, stride_lt,
-    h_q, num_blocks, page_size, max_len, qk_scale,
+    total_q, h_q, num_blocks, page_size, max_len, qk_scale,  # total_q unused: the tl.dot kernel's parameters
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -36,8 +36,8 @@ def _extend_sm90_kernel(
                                                                                RAW_STAGES)
     rb = gl.program_id(0)
     seq = gl.program_id(1)
-    q_lo = gl.load(cu_q_ptr + seq * stride_cu)
-    q_len = gl.load(cu_q_ptr + (seq + 1) * stride_cu) - q_lo
+    q_lo = gl.load(cu_seqlens_q_ptr + seq * stride_cu)
+    q_len = gl.load(cu_seqlens_q_ptr + (seq + 1) * stride_cu) - q_lo
     # the grid is sized by the longest chunk: blocks past this sequence's rows do nothing
     if rb * BLOCK_H < q_len * h_q:
         length = gl.minimum(gl.maximum(gl.load(seqlens_ptr + seq * stride_seqlens), 0), max_len)
@@ -89,22 +89,11 @@ def _tiles(fp8):
     return dict(BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, FP8=bool(fp8), RAW_STAGES=2 if fp8 else 1)
 
 
-def extend_sm90(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, softmax_scale, out, lse, fp8=False):
-    """Launch (``extend.extend``'s arguments, already validated); grid (row blocks of the longest chunk, b)."""
-    h_q = q.shape[1]
-    b = cache_seqlens.shape[0]
-    _extend_sm90_kernel[(cdiv(max_seqlen_q * h_q, BLOCK_H.value), b)](
-        q, k_cache, block_table, cache_seqlens, cu_seqlens_q, out, lse,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1),
-        block_table.stride(0), block_table.stride(1),
-        cache_seqlens.stride(0), cu_seqlens_q.stride(0),
-        out.stride(0), out.stride(1),
-        lse.stride(0), lse.stride(1),
-        h_q, k_cache.shape[0], k_cache.shape[1], block_table.shape[1] * k_cache.shape[1], softmax_scale * LOG2E.value,
-        **_tiles(fp8), num_warps=NUM_WARPS.value,
-    )
-    return out, lse
+def launch(args, max_seqlen_q, fp8=False):
+    """Launch over ``extend.extend``'s argument tuple (the same parameters as ``_extend_kernel``'s, already
+    validated); grid (row blocks of the longest chunk, b)."""
+    h_q, b = args[0].shape[1], args[3].shape[0]
+    _extend_sm90_kernel[(cdiv(max_seqlen_q * h_q, BLOCK_H.value), b)](*args, **_tiles(fp8), num_warps=NUM_WARPS.value)
 
 
 def compile_specs(fp8=False):
