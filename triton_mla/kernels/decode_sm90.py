@@ -22,6 +22,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from ._common import LN2, LOG2E, cdiv
+from .decode import _combine, launch_tensors
 
 # renamed between Triton 3.6 (thread_barrier) and 3.8 (barrier)
 _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
@@ -272,11 +273,11 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
                                      INDEXED, BLOCK_N, key_l)
             key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
             if P_IN_ROPE:
-                acc, m_i, l_i = _softmax_pv(s, kn, kpe, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, s_l,
-                                            o_l, True)
+                p_buf = kpe
             else:
-                acc, m_i, l_i = _softmax_pv(s, kn, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, s_l,
-                                            o_l, False)
+                p_buf = p_smem
+            acc, m_i, l_i = _softmax_pv(s, kn, p_buf, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, s_l, o_l,
+                                        P_IN_ROPE)
     else:
         for i in gl.static_range(NUM_BUF - 1):
             if lo + i * BLOCK_N < hi:
@@ -467,14 +468,15 @@ def aligned16(t: torch.Tensor, dims) -> bool:
 
 
 def supports(q, k_cache, head_dim_v, config, fp8=False) -> bool:
-    """Whether this kernel serves the call: the config asks for it (``WGMMA``), DeepSeek's dims, 16-bit
-    queries (bfloat16 with the FP8 cache, whose rope values are bfloat16), an sm90 GPU, and q and the cache
-    16-byte aligned (a sliced cache with odd strides goes to the tl.dot kernels)."""
+    """Whether the Gluon kernels (this one, ``sparse_sm90``, ``extend_sm90``) serve a call: the config asks for
+    them (``WGMMA``), DeepSeek's dims, 16-bit queries (bfloat16 with the FP8 cache, whose rope values are
+    bfloat16), an sm90 GPU, and q (every dim but the last) and the cache 16-byte aligned (a sliced cache with odd
+    strides goes to the tl.dot kernels)."""
     dtypes = (torch.bfloat16,) if fp8 else (torch.bfloat16, torch.float16)
     if not (config.get("WGMMA", False) and q.is_cuda and q.dtype in dtypes and q.shape[-1] == DV + DR
             and head_dim_v == DV):
         return False
-    if not (aligned16(q, (0, 1, 2)) and aligned16(k_cache, (0, 1))):
+    if not (aligned16(q, range(q.dim() - 1)) and aligned16(k_cache, (0, 1))):
         return False
     return is_sm90(q.device)
 
@@ -483,8 +485,6 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
                 fp8=False):
     """Launch the Gluon decode, then ``decode._combine``. Arguments validated by ``triton_mla.api``; with
     ``fp8`` the cache is the FP8 layout viewed as uint8 (strides in bytes)."""
-    from .decode import _combine, launch_tensors
-
     b, s_q, h_q, _ = q.shape
     num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
     rows = s_q * h_q

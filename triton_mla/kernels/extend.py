@@ -27,6 +27,7 @@ from ._common import LN2, LOG2E, cdiv, next_pow2
 from ._fp8 import load_fp8_group, load_fp8_nope, load_fp8_rope
 
 try:  # the Gluon kernel for sm90 (64 rows a program, warpgroup MMA); needs triton.experimental.gluon
+    from . import decode_sm90 as _gluon
     from . import extend_sm90 as _sm90
 except ImportError:  # pragma: no cover
     _sm90 = None
@@ -349,7 +350,7 @@ def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, h
         lse.stride(0), lse.stride(1),
         total_q, h_q, num_blocks, page_size, block_table.shape[1] * page_size, softmax_scale * LOG2E.value,
     )
-    if _sm90 is not None and _sm90.supports(q, k_cache, head_dim_v, config, fp8):
+    if _sm90 is not None and _gluon.supports(q, k_cache, head_dim_v, config, fp8):
         _sm90.launch(args, max_seqlen_q, fp8)
         return out, lse
     _extend_kernel[(row_blocks, b)](

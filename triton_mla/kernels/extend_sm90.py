@@ -8,13 +8,12 @@ the causal limit per row; key tiles past the block's last visible key are not re
 Shapes: d = 576, dv = 512 (DeepSeek).
 """
 
-import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
 from ._common import LN2, cdiv
-from .decode_sm90 import BLOCK_H, DR, DV, NUM_WARPS, _attend, _buffers, _issue_q, aligned16, is_sm90, o_layout, s_layout
+from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, s_layout
 
 
 @gluon.jit
@@ -68,16 +67,6 @@ def _extend_sm90_kernel(
                  mask=row_ok[:, None])
         lse = gl.where(empty, float("inf"), (m_o + gl.log2(gl.where(empty, 1.0, l_o))) * LN2)
         gl.store(lse_ptr + head * stride_lh + tok * stride_lt, lse, mask=row_ok)
-
-
-def supports(q, k_cache, head_dim_v, config, fp8=False) -> bool:
-    """Whether this kernel serves the call: the config asks for it (``WGMMA``), DeepSeek's dims, 16-bit queries
-    (bfloat16 with the FP8 cache), an sm90 GPU, q and the cache 16-byte aligned (``cp.async``)."""
-    dtypes = (torch.bfloat16,) if fp8 else (torch.bfloat16, torch.float16)
-    if not (config.get("WGMMA", False) and q.is_cuda and q.dtype in dtypes and q.shape[-1] == DV + DR
-            and head_dim_v == DV):
-        return False
-    return aligned16(q, (0, 1)) and aligned16(k_cache, (0, 1)) and is_sm90(q.device)
 
 
 # Fixed, as in sparse_sm90: 64-key tiles in 2 buffers; FP8 with two raw tiles in flight (as dense decode).

@@ -21,6 +21,7 @@ from ._common import LN2, LOG2E, cdiv, next_pow2
 from ._fp8 import GROUP, ROPE, SCALE_BYTE, fp8_to_f16, load_fp8_rope
 
 try:  # the Gluon kernel for sm90 (64 heads a program, warpgroup MMA); needs triton.experimental.gluon
+    from . import decode_sm90 as _gluon
     from . import sparse_sm90 as _sm90
 except ImportError:  # pragma: no cover
     _sm90 = None
@@ -470,7 +471,7 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     tokens = b * s_q
     if fp8:
         config = fp8_config(config)
-    use_sm90 = _sm90 is not None and _sm90.supports(q, k_cache, dv, config, fp8)
+    use_sm90 = _sm90 is not None and _gluon.supports(q, k_cache, dv, config, fp8)
     if use_sm90:
         config = _sm90.plan_config(config)
     block_h, block_n = config["BLOCK_H"], config["BLOCK_N"]

@@ -9,13 +9,12 @@ differs is the epilogue, which is ``sparse.py``'s: attention sink, max_logits, a
 Shapes: d = 576, dv = 512 (DeepSeek), bf16/fp16 (bf16 with the FP8 cache), any h_q (blocks of 64).
 """
 
-import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
 from ._common import LN2, LOG2E
-from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, aligned16, is_sm90, o_layout, s_layout
+from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, s_layout
 
 INT32_MAX = gl.constexpr((1 << 31) - 1)
 
@@ -93,18 +92,6 @@ def _sparse_sm90_kernel(
         gl.store(lse_ptr + stat, gl.where(empty, float("inf"), lse2 * LN2), mask=head_ok)
         if MAX_LOGITS:
             gl.store(max_ptr + stat, m_o * LN2, mask=head_ok)  # -inf for a row with no valid key
-
-
-def supports(q, k_cache, dv, config, fp8=False) -> bool:
-    """Whether this kernel serves the call: the config asks for it (``WGMMA``), DeepSeek's dims, 16-bit queries
-    (bfloat16 with the FP8 cache), an sm90 GPU, q and the cache 16-byte aligned (``cp.async``)."""
-    dtypes = (torch.bfloat16,) if fp8 else (torch.bfloat16, torch.float16)
-    if not (config.get("WGMMA", False) and q.is_cuda and q.dtype in dtypes and q.shape[-1] == DV + 64
-            and dv == DV):
-        return False
-    if not (aligned16(q, (0, 1, 2)) and aligned16(k_cache, (0, 1))):
-        return False
-    return is_sm90(q.device)
 
 
 # Fixed, not config fields: 64-key tiles in 2 buffers (32-key tiles in 3 were slower on 11 of 12 anchor shapes,
