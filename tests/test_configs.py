@@ -85,6 +85,27 @@ def test_wgmma_kernel_checked_on_sm90_only():
     assert verdict.startswith("FAILED") and "sm90" in verdict
 
 
+_WS_COMPILE = """
+import sys
+from triton_mla.configs import check
+entry = dict(max_rows=None, dtype="16bit", BLOCK_H=64, BLOCK_N=int(sys.argv[1]), num_warps=8, num_stages=2,
+             PARTS_PER_SM=1, MIN_BLOCKS_PER_PART=4, WGMMA=True, WS=True, NUM_BUF=2)
+spec = next(spec for spec in check.decode_kernels(entry) if spec[0].startswith("decode_sm90_ws"))
+print(spec[4], *check._run_job(("sm90", "label", spec)))
+"""
+
+
+@pytest.mark.parametrize("block_n", [32, 64])
+def test_warp_specialized_decode_compiles_for_sm90(block_n):
+    """The warp-specialized decode (``WS``, not shipped in any config yet) still compiles for sm90 within its
+    shared memory, with 32- and 64-key tiles (4 warps: the second warpgroup is the worker partition)."""
+    res = subprocess.run([sys.executable, "-c", _WS_COMPILE, str(block_n)], env=_compiling_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    warps, shared, verdict = res.stdout.split()[-3:]
+    assert warps == "4" and verdict == "ok" and int(shared) > 200_000, res.stdout
+
+
 def test_tune_candidates():
     """Every candidate says which decode kernel it times, so a tuned file never drops the sm90 Gluon kernel by
     omission; the Gluon candidates appear only on sm90 and from 32 rows up."""

@@ -277,13 +277,16 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("tiles", [dict(BLOCK_N=64, NUM_BUF=2, MIN_BLOCKS_PER_PART=4),
-                                   dict(BLOCK_N=32, NUM_BUF=3, MIN_BLOCKS_PER_PART=8, ROWS_FIRST=True)],
-                         ids=["n64x2", "n32x3"])
+                                   dict(BLOCK_N=32, NUM_BUF=3, MIN_BLOCKS_PER_PART=8, ROWS_FIRST=True),
+                                   dict(BLOCK_N=64, MIN_BLOCKS_PER_PART=4, WS=True),
+                                   dict(BLOCK_N=32, MIN_BLOCKS_PER_PART=8, WS=True, ROWS_FIRST=True)],
+                         ids=["n64x2", "n32x3", "ws64", "ws32"])
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128])
 @pytest.mark.parametrize("split_heavy", [False, True])
 def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
-    """kernels/decode_sm90.py against the reference: row counts 8-128 (partial 64-row blocks too), causal
-    s_q > 1, lengths 0/1/page and tile edges, one sequence per part or many, bf16 and fp16."""
+    """kernels/decode_sm90.py (and the warp-specialized decode_sm90_ws.py: ``WS``) against the reference: row
+    counts 8-128 (partial 64-row blocks too), causal s_q > 1, lengths 0/1/page and tile edges, one sequence per
+    part or many, bf16 and fp16."""
     from triton_mla import api
 
     calls = []

@@ -33,7 +33,6 @@ DV = gl.constexpr(512)
 DR = gl.constexpr(64)
 BLOCK_H = gl.constexpr(64)
 NUM_WARPS = gl.constexpr(8)
-CHUNK_B = gl.constexpr(256)  # sequences read at once by the plan: one per thread
 
 
 # -- the split plan (decode.py's, see _common) --------------------------------------------------------
@@ -51,25 +50,26 @@ def _seq_blocks(seqlens_ptr, stride_seqlens, idx, mask, max_len, BLOCK_N: gl.con
 
 
 @gluon.jit
-def _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N: gl.constexpr):
-    layout: gl.constexpr = gl.BlockedLayout([1], [32], [NUM_WARPS], [0])
+def _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS):
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
     total = 0
-    for b0 in range(0, batch, CHUNK_B):
-        idx = b0 + gl.arange(0, CHUNK_B, layout=layout)
+    for b0 in range(0, batch, 32 * WARPS):
+        idx = b0 + gl.arange(0, 32 * WARPS, layout=layout)
         n = _seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
         total += gl.sum(n, axis=0)
     return total
 
 
 @gluon.jit
-def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.constexpr):
+def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.constexpr,
+                   WARPS: gl.constexpr = NUM_WARPS):
     """The sequence holding global block ``g`` and the global index of its first block."""
-    layout: gl.constexpr = gl.BlockedLayout([1], [32], [NUM_WARPS], [0])
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
     count = 0
     start = 0
     running = 0
-    for b0 in range(0, batch, CHUNK_B):
-        idx = b0 + gl.arange(0, CHUNK_B, layout=layout)
+    for b0 in range(0, batch, 32 * WARPS):
+        idx = b0 + gl.arange(0, 32 * WARPS, layout=layout)
         n = _seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
         cu_end = running + gl.associative_scan(n, 0, _add)
         done = (cu_end <= g) & (idx < batch)
@@ -494,12 +494,16 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
     rows_first = bool(config.get("ROWS_FIRST", False))
     grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
-    _decode_sm90_kernel[grid](
+    # WS: the warp-specialized kernel (two warpgroups on alternate tiles; 16-bit caches, 64-key tiles)
+    ws = bool(config.get("WS", False)) and not fp8 and config["BLOCK_N"] in (32, 64)
+    kernel = _decode_ws_kernel if ws else _decode_sm90_kernel
+    kernel[grid](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         BLOCK_N=config["BLOCK_N"], NUM_BUF=config.get("NUM_BUF", 2),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
-        FP8=bool(fp8), RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, num_warps=NUM_WARPS.value,
+        FP8=bool(fp8), RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1,
+        num_warps=NUM_WARPS.value // 2 if ws else NUM_WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=BLOCK_H.value, BLOCK_N=config["BLOCK_N"],
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
@@ -511,10 +515,16 @@ def compile_specs(entry, fp8=False):
     """(name, fn, types, constexprs, warps, stages) for check-configs (a ``WGMMA`` decode entry)."""
     ptrs = dict(q_ptr="*bf16", k_ptr="*u8" if fp8 else "*bf16", out_ptr="*bf16", lse_ptr="*fp32",
                 o_part_ptr="*fp32", lse_part_ptr="*fp32")
+    ws = bool(entry.get("WS", False)) and not fp8
     for causal in (False, True):
-        yield (f"decode_sm90{'_fp8' if fp8 else ''}(causal={causal})", _decode_sm90_kernel, ptrs,
+        yield (f"decode_sm90{'_ws' if ws else ''}{'_fp8' if fp8 else ''}(causal={causal})",
+               _decode_ws_kernel if ws else _decode_sm90_kernel, ptrs,
                dict(BLOCK_N=entry["BLOCK_N"], NUM_BUF=entry.get("NUM_BUF", 2),
                     MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
                     ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)), FP8=fp8,
                     RAW_STAGES=entry.get("RAW_STAGES", 1) if fp8 else 1),
-               NUM_WARPS.value, 1)
+               NUM_WARPS.value // 2 if ws else NUM_WARPS.value, 1)
+
+
+# at the end: decode_sm90_ws builds on this module's helpers
+from .decode_sm90_ws import _decode_ws_kernel  # noqa: E402
