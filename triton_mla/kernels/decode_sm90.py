@@ -361,6 +361,51 @@ def o_layout():
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, 256, 16])
 
 
+@gluon.jit
+def _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part, MIN_BLOCKS_PER_PART: gl.constexpr,
+                BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS):
+    """Part ``part``'s global blocks [g_lo, g_hi) of the split plan, the sequence holding g_lo and the global index
+    of that sequence's first block."""
+    total = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N, WARPS)
+    parts = gl.maximum(gl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
+    g_lo = ((total.to(gl.int64) * part) // parts).to(gl.int32)
+    g_hi = ((total.to(gl.int64) * (part + 1)) // parts).to(gl.int32)
+    if part >= parts:
+        g_hi = g_lo
+    seq, seq_g0 = _find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, WARPS)
+    return g_lo, g_hi, seq, seq_g0
+
+
+@gluon.jit
+def _store_segment(acc, m_i, l_i, seq, part, first, whole, rows_o, row_ok_o, offs_o, rows_per_seq, h_q, out_ptr,
+                   lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
+                   WRITE_LSE: gl.constexpr):
+    """A segment's result, columns ``offs_o`` of rows ``rows_o`` (log2-unit max ``m_i`` and sum ``l_i``): the final
+    output and lse if the segment is the ``whole`` sequence, else a partial slot for ``decode._combine`` (slot 0:
+    the sequence this part starts in (``first``); slot 1: the one it ends in, decode.py's layout)."""
+    o_l: gl.constexpr = acc.type.layout
+    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_l))
+    m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_l))
+    empty = l_o == 0.0
+    o = acc / gl.where(empty, 1.0, l_o)[:, None]
+    lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
+    if whole:
+        row_s = rows_o // h_q
+        row_h = rows_o % h_q
+        o_rows = (out_ptr + seq.to(gl.int64) * stride_ob + row_s.to(gl.int64) * stride_os
+                  + row_h.to(gl.int64) * stride_oh)
+        gl.store(o_rows[:, None] + offs_o[None, :], o.to(out_ptr.dtype.element_ty), mask=row_ok_o[:, None])
+        if WRITE_LSE:
+            lse_rows = lse_ptr + seq.to(gl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
+            gl.store(lse_rows, gl.where(empty, float("inf"), lse2 * LN2), mask=row_ok_o)
+    else:
+        slot = part * 2 + gl.where(first, 0, 1)
+        part_rows = slot.to(gl.int64) * rows_per_seq + rows_o
+        gl.store(o_part_ptr + part_rows[:, None] * DV + offs_o[None, :], o, mask=row_ok_o[:, None])
+        if WRITE_LSE:
+            gl.store(lse_part_ptr + part_rows, lse2, mask=row_ok_o)
+
+
 # -- the kernel -----------------------------------------------------------------------------------------
 
 @gluon.jit
@@ -388,13 +433,8 @@ def _decode_sm90_kernel(
     else:
         part = gl.program_id(0)
         row_block = gl.program_id(1)
-    total = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N)
-    parts = gl.maximum(gl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
-    g_lo = ((total.to(gl.int64) * part) // parts).to(gl.int32)
-    g_hi = ((total.to(gl.int64) * (part + 1)) // parts).to(gl.int32)
-    if part >= parts:
-        g_hi = g_lo
-    seq, seq_g0 = _find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N)
+    g_lo, g_hi, seq, seq_g0 = _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part,
+                                          MIN_BLOCKS_PER_PART, BLOCK_N)
 
     rows_per_seq = s_q * h_q
     rows_s = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, s_l))
@@ -424,27 +464,9 @@ def _decode_sm90_kernel(
                                     tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp, num_blocks,
                                     page_size, qk_scale, False, FP8, NUM_BUF, BLOCK_N, s_l, o_l, RAW_STAGES)
 
-            # -- epilogue -----------------------------------------------------------------------------
-            l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_l))
-            m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_l))
-            empty = l_o == 0.0
-            o = acc / gl.where(empty, 1.0, l_o)[:, None]
-            lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
-            if (g == seq_g0) & (seg_hi == seq_g0 + n):
-                # the whole sequence is ours: the final output, no combine
-                row_s = rows_o // h_q
-                row_h = rows_o % h_q
-                o_rows = (out_ptr + seq.to(gl.int64) * stride_ob + row_s.to(gl.int64) * stride_os
-                          + row_h.to(gl.int64) * stride_oh)
-                gl.store(o_rows[:, None] + offs_o[None, :], o.to(dtype), mask=row_ok_o[:, None])
-                lse_rows = lse_ptr + seq.to(gl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
-                gl.store(lse_rows, gl.where(empty, float("inf"), lse2 * LN2), mask=row_ok_o)
-            else:
-                # slot 0: the sequence this part starts in; slot 1: the one it ends in (decode.py's layout)
-                slot = part * 2 + gl.where(g == g_lo, 0, 1)
-                part_rows = slot.to(gl.int64) * rows_per_seq + rows_o
-                gl.store(o_part_ptr + part_rows[:, None] * DV + offs_o[None, :], o, mask=row_ok_o[:, None])
-                gl.store(lse_part_ptr + part_rows, lse2, mask=row_ok_o)
+            _store_segment(acc, m_i, l_i, seq, part, g == g_lo, (g == seq_g0) & (seg_hi == seq_g0 + n), rows_o,
+                           row_ok_o, offs_o, rows_per_seq, h_q, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob,
+                           stride_os, stride_oh, stride_lb, stride_lh, stride_ls, True)
         g = seg_hi
         seq_g0 += n
         seq += 1

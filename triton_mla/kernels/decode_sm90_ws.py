@@ -34,8 +34,17 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from ._common import LN2
-from .decode_sm90 import BLOCK_H, DR, DV, _async_load, _cta_barrier, _find_sequence, _key_offsets, _plan_totals
+from .decode_sm90 import (
+    BLOCK_H,
+    DR,
+    DV,
+    _async_load,
+    _cta_barrier,
+    _key_offsets,
+    _part_range,
+    _q_offsets,
+    _store_segment,
+)
 
 HALF = gl.constexpr(256)  # output columns a warpgroup
 WG_WARPS = gl.constexpr(4)
@@ -101,19 +110,14 @@ def _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, s
                  W: gl.constexpr):
     """Warpgroup W's half of the 64 query rows' dims: [256 W, +256), and the rope dims for W = 1."""
     nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [WG_WARPS, 1], [1, 0])
-    rows = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, nope_l))
-    q_off = (seq.to(gl.int64) * stride_qb + (rows // h_q).to(gl.int64) * stride_qs
-             + (rows % h_q).to(gl.int64) * stride_qh)
+    q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, nope_l)
     offs = W * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, nope_l))
-    _async_load(q_smem.slice(W * HALF, HALF, dim=1), q_ptr + q_off[:, None] + offs[None, :],
-                mask=(rows < s_q * h_q)[:, None])
+    _async_load(q_smem.slice(W * HALF, HALF, dim=1), q_ptr + q_off[:, None] + offs[None, :], mask=row_ok[:, None])
     if W == 1:
         pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WG_WARPS, 1], [1, 0])
-        rows = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, pe_l))
-        q_off = (seq.to(gl.int64) * stride_qb + (rows // h_q).to(gl.int64) * stride_qs
-                 + (rows % h_q).to(gl.int64) * stride_qh)
+        q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, pe_l)
         offs_pe = DV + gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
-        _async_load(qpe_smem, q_ptr + q_off[:, None] + offs_pe[None, :], mask=(rows < s_q * h_q)[:, None])
+        _async_load(qpe_smem, q_ptr + q_off[:, None] + offs_pe[None, :], mask=row_ok[:, None])
     cp.mbarrier_arrive(bar, increment_count=False)
 
 
@@ -301,7 +305,6 @@ def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_
     """Warpgroup W's run over the program's segments (decode_sm90's loop). (Arguments reach a partition as
     tensors, constexprs included: the tile size is read off the buffers' shape.)"""
     BN: gl.constexpr = kn_bufs.shape[1]
-    dtype: gl.constexpr = q_ptr.dtype.element_ty
     s_l: gl.constexpr = _s_layout(BN)
     o_l: gl.constexpr = _o_layout()
     rows_per_seq = s_q * h_q
@@ -338,27 +341,10 @@ def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_
             l_i = _row_sum(stats, bars, l_i, segs, W, BN)
             segs += 1
 
-            # -- epilogue: this warpgroup's 256 columns; warpgroup 0 writes the lse -----------------------------
-            l_o = _rows_o(l_i)
-            m_o = _rows_o(m_i)
-            empty = l_o == 0.0
-            o = acc / gl.where(empty, 1.0, l_o)[:, None]
-            lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
-            if (g == seq_g0) & (seg_hi == seq_g0 + n):
-                row_s = rows_o // h_q
-                row_h = rows_o % h_q
-                o_rows = (out_ptr + seq.to(gl.int64) * stride_ob + row_s.to(gl.int64) * stride_os
-                          + row_h.to(gl.int64) * stride_oh)
-                gl.store(o_rows[:, None] + offs_o[None, :], o.to(dtype), mask=row_ok_o[:, None])
-                if W == 0:
-                    lse_rows = lse_ptr + seq.to(gl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
-                    gl.store(lse_rows, gl.where(empty, float("inf"), lse2 * LN2), mask=row_ok_o)
-            else:
-                slot = part * 2 + gl.where(g == g_lo, 0, 1)
-                part_rows = slot.to(gl.int64) * rows_per_seq + rows_o
-                gl.store(o_part_ptr + part_rows[:, None] * DV + offs_o[None, :], o, mask=row_ok_o[:, None])
-                if W == 0:
-                    gl.store(lse_part_ptr + part_rows, lse2, mask=row_ok_o)
+            # this warpgroup's 256 columns; warpgroup 0 writes the lse
+            _store_segment(acc, m_i, l_i, seq, part, g == g_lo, (g == seq_g0) & (seg_hi == seq_g0 + n), rows_o,
+                           row_ok_o, offs_o, rows_per_seq, h_q, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob,
+                           stride_os, stride_oh, stride_lb, stride_lh, stride_ls, W == 0)
         g = seg_hi
         seq_g0 += n
         seq += 1
@@ -432,13 +418,8 @@ def _decode_ws_kernel(
     else:
         part = gl.program_id(0)
         row_block = gl.program_id(1)
-    total = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N, WG_WARPS)
-    parts = gl.maximum(gl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
-    g_lo = ((total.to(gl.int64) * part) // parts).to(gl.int32)
-    g_hi = ((total.to(gl.int64) * (part + 1)) // parts).to(gl.int32)
-    if part >= parts:
-        g_hi = g_lo
-    seq, seq_g0 = _find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, WG_WARPS)
+    g_lo, g_hi, seq, seq_g0 = _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part,
+                                          MIN_BLOCKS_PER_PART, BLOCK_N, WG_WARPS)
     _cta_barrier()  # the mbarriers are initialized before either warpgroup uses them
     args = (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
             stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob, stride_os,
