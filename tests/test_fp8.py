@@ -325,6 +325,28 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
     assert len(calls) == len(shapes)
 
 
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("page_size", [1, 16, 64, 128])
+@pytest.mark.parametrize("split_heavy", [False, True])
+def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, monkeypatch):
+    """kernels/decode_sm90_fp8.py (<= 16 rows, keys on the MMA's M side, dims permuted in the register operands):
+    8- and 16-row programs, every row count 1-16 that a head count and s_q make, causal s_q > 1, NaN bytes past each
+    sequence, outliers, one sequence per part or many."""
+    from triton_mla import api
+
+    calls = []
+    launch = api._decode_sm90._decode_fp8_keys_on_m
+    monkeypatch.setattr(api._decode_sm90, "_decode_fp8_keys_on_m", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    lens = [0, 1, 31, 63, 64, 65, 1000, 4097]
+    split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
+    shapes = [(16, 1), (8, 2), (1, 1), (4, 4), (3, 5), (12, 1), (2, 3), (8, 1)]
+    with configs.overridden(WGMMA=True, KEYS_ON_M=True, RAW_STAGES=2, **split):
+        for i, (h_q, s_q) in enumerate(shapes):
+            check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
+                             outliers=i == 0)
+    assert len(calls) == len(shapes)
+
+
 @gpu
 def test_gpu_fp16_and_split_heavy():
     with configs.overridden(**SPLIT_HEAVY):

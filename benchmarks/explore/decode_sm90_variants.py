@@ -4,7 +4,8 @@ Correctness first, on odd cases (lengths 0 and 1, page sizes 1-128, non-contiguo
 rows, causal s_q > 1, bf16 and fp16) against the float64 reference, then do_bench medians on the
 benchmark's shapes. A variant is a dict of config overrides (``triton_mla.configs.overridden``).
 
-    PYTHONPATH=. python3 benchmarks/explore/decode_sm90_variants.py [base,g64x2,...] [number of shapes | few-rows]
+    PYTHONPATH=. python3 benchmarks/explore/decode_sm90_variants.py [base,g64x2,...] [number of shapes | few-rows |
+        fp8-rows]
 """
 
 import sys
@@ -29,6 +30,20 @@ VARIANTS = {
     "fp8": {"_fp8": True, "WGMMA": False},
     "fp8_g64": {"_fp8": True, "WGMMA": True, "BLOCK_N": 64, "MIN_BLOCKS_PER_PART": 4},
     "fp8_g64r2": {"_fp8": True, "WGMMA": True, "BLOCK_N": 64, "MIN_BLOCKS_PER_PART": 4, "RAW_STAGES": 2},
+    # <= 16 rows over the FP8 cache with keys on the MMA's M side (decode_sm90_fp8)
+    "fp8_t": {"_fp8": True, "WGMMA": True, "KEYS_ON_M": True, "RAW_STAGES": 2, "PARTS_PER_SM": 2,
+              "MIN_BLOCKS_PER_PART": 4},
+    "fp8_t3": {"_fp8": True, "WGMMA": True, "KEYS_ON_M": True, "RAW_STAGES": 3, "PARTS_PER_SM": 1,
+               "MIN_BLOCKS_PER_PART": 4},
+    "fp8_t2p1": {"_fp8": True, "WGMMA": True, "KEYS_ON_M": True, "RAW_STAGES": 2, "PARTS_PER_SM": 1,
+                 "MIN_BLOCKS_PER_PART": 4},
+    # register operands in more pieces (PV_PARTS, QK_WAVES) for 16 or 8 rows a program
+    "fp8_t16q": {"_fp8": True, "WGMMA": True, "KEYS_ON_M": True, "RAW_STAGES": 2, "PARTS_PER_SM": 2,
+                 "MIN_BLOCKS_PER_PART": 4, "PV_PARTS_16": 4, "QK_WAVES_16": 2},
+    "fp8_t16w": {"_fp8": True, "WGMMA": True, "KEYS_ON_M": True, "RAW_STAGES": 2, "PARTS_PER_SM": 2,
+                 "MIN_BLOCKS_PER_PART": 4, "PV_PARTS_16": 2, "QK_WAVES_16": 2},
+    "fp8_t8h": {"_fp8": True, "WGMMA": True, "KEYS_ON_M": True, "RAW_STAGES": 2, "PARTS_PER_SM": 2,
+                "MIN_BLOCKS_PER_PART": 4, "PV_PARTS_8": 2, "QK_WAVES_8": 1},
 }
 
 # (b, h_q, s_q, page_size, lengths)
@@ -43,12 +58,25 @@ CASES = [
     (6, 64, 1, 128, [130, 0, 0, 4000, 64, 65]),
     (2, 8, 1, 64, [500, 3]),
 ]
+# <= 16 rows (the FP8 keys-on-M kernel's range)
+CASES_FEW_ROWS = [
+    (3, 16, 1, 64, [8192, 1, 0]),
+    (4, 8, 2, 16, [300, 17, 2, 1025]),
+    (2, 1, 1, 1, [129, 40]),
+    (3, 4, 4, 32, [2048, 3, 999]),
+    (5, 2, 3, 128, [130, 0, 4000, 64, 65]),
+    (2, 16, 1, 1, [77, 1]),
+    (3, 12, 1, 64, [5000, 63, 64]),
+]
 
 # (b, s_k, h_q, s_q)
 SHAPES = [(128, 8192, 64, 1), (128, 8192, 128, 1), (128, 8192, 128, 2), (128, 8192, 32, 2), (128, 4096, 128, 1),
           (1, 8192, 128, 1), (8, 8192, 128, 1)]
 # memory-bound shapes (16-32 rows), where the 64-row Gluon tile leaves MMA rows empty
 SHAPES_FEW_ROWS = [(128, 4096, 32, 1), (128, 8192, 32, 1), (128, 8192, 16, 2), (128, 8192, 16, 1), (32, 4096, 16, 1)]
+# <= 16 rows: the FP8 keys-on-M kernel's shapes
+SHAPES_FP8_ROWS = [(128, 8192, 16, 1), (128, 4096, 16, 1), (128, 8192, 8, 1), (128, 8192, 8, 2), (32, 4096, 16, 1),
+                   (64, 32768, 16, 1), (8, 8192, 16, 1)]
 
 
 def make_case(b, h_q, s_q, page, lens, dtype, seed, non_contiguous):
@@ -67,9 +95,11 @@ def make_case(b, h_q, s_q, page, lens, dtype, seed, non_contiguous):
 
 
 def check_fp8(variant):
-    """Largest relative error of FP8-cache decode against the reference on the dequantized cache."""
+    """Largest relative error of FP8-cache decode against the reference on the dequantized cache (KEYS_ON_M
+    variants: on the <= 16-row cases only, as their other fields may not fit the 64-row kernel)."""
     worst = 0.0
-    for i, (b, h_q, s_q, page, lens) in enumerate(CASES):
+    cases = CASES_FEW_ROWS if variant.get("KEYS_ON_M") else CASES + CASES_FEW_ROWS
+    for i, (b, h_q, s_q, page, lens) in enumerate(cases):
         q, kv, bt, lens_t = make_case(b, h_q, s_q, page, lens, torch.bfloat16, i, i % 2 == 1)
         kv8 = fp8_cache_of(kv)
         with configs.overridden(**variant):
@@ -140,7 +170,8 @@ def main(names, shapes=SHAPES):
 if __name__ == "__main__":
     names = sys.argv[1].split(",") if len(sys.argv) > 1 else list(VARIANTS)
     if len(sys.argv) > 2:
-        shapes = SHAPES_FEW_ROWS if sys.argv[2] == "few-rows" else SHAPES[: int(sys.argv[2])]
+        named = {"few-rows": SHAPES_FEW_ROWS, "fp8-rows": SHAPES_FP8_ROWS}
+        shapes = named[sys.argv[2]] if sys.argv[2] in named else SHAPES[: int(sys.argv[2])]
     else:
         shapes = SHAPES
     main(names, shapes)

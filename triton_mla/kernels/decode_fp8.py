@@ -322,7 +322,12 @@ def compile_specs(section, entry):
     consts = dict(DV=FP8_DV.value, BLOCK_DV=FP8_DV.value, BLOCK_H=min(block_h, 16), BLOCK_N=block_n,
                   MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
     yield "combine", _combine_kernel, types, consts, 4, 1
-    if entry.get("WGMMA", False):
+    if entry.get("WGMMA", False) and entry.get("KEYS_ON_M", False):
+        # the Gluon kernel that serves this entry's bfloat16 calls on sm90 (<= 16 rows: kernels/decode_sm90_fp8.py)
+        from . import decode_sm90_fp8
+
+        yield from decode_sm90_fp8.compile_specs(entry)
+    elif entry.get("WGMMA", False):
         # the Gluon kernel that serves this entry's bfloat16 calls on sm90 (kernels/decode_sm90.py)
         from . import decode_sm90
 

@@ -124,8 +124,9 @@ def _issue_tile(kn_buf, kpe_buf, k_ptr, table_row, start, hi, stride_kb, stride_
 
 
 @gluon.jit
-def _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, layout: gl.constexpr):
-    rows = row_block * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, layout))
+def _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, layout: gl.constexpr,
+               ROWS: gl.constexpr = BLOCK_H):
+    rows = row_block * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
     q_off = (seq.to(gl.int64) * stride_qb + (rows // h_q).to(gl.int64) * stride_qs
              + (rows % h_q).to(gl.int64) * stride_qh)
     return q_off, rows < s_q * h_q
@@ -147,21 +148,23 @@ def _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, strid
 
 @gluon.jit
 def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table,
-                    limit, page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr):
+                    limit, page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS,
+                    LANE_ROWS: gl.constexpr = 1):
     """cp.async of a tile's raw e4m3 bytes and scales into the staging buffers and its rope values straight
-    into ``kpe_buf``; invalid keys read as 0 (and scale 0)."""
-    raw_l: gl.constexpr = gl.BlockedLayout([1, 16], [1, 32], [NUM_WARPS, 1], [1, 0])
+    into ``kpe_buf``; invalid keys read as 0 (and scale 0). LANE_ROWS: a warp's lanes spread over that many keys
+    of the value bytes (fewer keys a thread: fewer page look-ups, each an integer division)."""
+    raw_l: gl.constexpr = gl.BlockedLayout([1, 16], [LANE_ROWS, 32 // LANE_ROWS], [WARPS, 1], [1, 0])
     tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                                    INDEXED, BLOCK_N, gl.SliceLayout(1, raw_l))
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, raw_l))
     _async_load(stage, k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None])
-    sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [NUM_WARPS, 1], [1, 0])
+    sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [WARPS, 1], [1, 0])
     tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                                    INDEXED, BLOCK_N, gl.SliceLayout(1, sc_l))
     groups = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
     sc_ptrs = (k_ptr + tok_off[:, None] + DV).to(gl.pointer_type(gl.float32)) + groups[None, :]
     _async_load(stage_scale, sc_ptrs, mask=tok_ok[:, None])
-    pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
+    pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [max(4, LANE_ROWS), 32 // max(4, LANE_ROWS)], [WARPS, 1], [1, 0])
     tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                                    INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l))
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
@@ -508,6 +511,10 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     """Launch the Gluon decode, then ``decode._combine``. Arguments validated by ``triton_mla.api``; with
     ``fp8`` the cache is the FP8 layout viewed as uint8 (strides in bytes)."""
     b, s_q, h_q, _ = q.shape
+    if fp8 and config.get("KEYS_ON_M", False) and s_q * h_q <= 16:
+        # few rows over the FP8 cache: keys on the MMA's M side (decode_sm90_fp8)
+        return _decode_fp8_keys_on_m(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config,
+                                     out, lse)
     num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
     rows = s_q * h_q
     row_blocks = cdiv(rows, BLOCK_H.value)
@@ -548,5 +555,6 @@ def compile_specs(entry, fp8=False):
                NUM_WARPS.value // 2 if ws else NUM_WARPS.value, 1)
 
 
-# at the end: decode_sm90_ws builds on this module's helpers
+# at the end: decode_sm90_ws and decode_sm90_fp8 build on this module's helpers
+from .decode_sm90_fp8 import decode_sm90_fp8 as _decode_fp8_keys_on_m  # noqa: E402
 from .decode_sm90_ws import _decode_ws_kernel  # noqa: E402

@@ -1,0 +1,455 @@
+"""FP8-cache decode for few query rows (h_q * s_q <= 16) on Hopper, keys on the MMA's M side (Gluon).
+
+Why: at 16 rows decode is memory-bound, and the FP8 cache (656 bytes a token against 1152) could be read in
+0.57x the bf16 time. ``decode_fp8`` (tl.dot) and ``decode_sm90`` (64 rows a program) both made it slower than
+bf16: each tile is dequantized into a 16-bit copy before the MMAs, and a 64-row MMA tile is 3/4 empty
+(``benchmarks/NOTES.md``).
+
+Here one warpgroup computes S^T = K Q^T and O^T = V^T P^T: the 64 keys of a tile, then the 512 value dims, on
+the MMA's M side, the <= 16 query rows on N. K and V^T are the MMAs' register operands, taken from the raw e4m3
+tile straight into registers and converted there (one instruction a pair; e4m3 is exact in float16), so no
+dequantized copy exists, and a program needs ~100 KB of shared memory: two share an SM, each with its own
+tiles in flight.
+
+The register operands are read with 8- and 16-byte loads because the dims are permuted. A sum over dims (QK^T)
+does not care in which order its terms come, so within each group of 128 dims the k index of the MMA is mapped
+to dims such that each thread's registers hold 32 consecutive bytes of a key (``_QK_VIEW``); Q is stored with the
+same permutation. For O^T the value dims are the MMA's rows: row r of O^T is dim ``phys_dim(r)``, chosen so
+each thread's 16 rows are 16 consecutive dims of one group (``_PV_VIEW``), and the output is written back
+through that map. Both are views (``SharedLinearLayout``) of the one raw tile, whose 16-byte chunks are XOR-
+swizzled by key so the loads are free of bank conflicts.
+
+Scales: the QK^T of each 128-dim group has its own accumulator, multiplied by the keys' scales in fp32. For
+P V the scales multiply the register operand, V^T * scale, in float16, exact for every dequantized value within
+float16's range (|value| < 65504; the cache's values come from bf16 latents, which a model keeps far smaller).
+
+Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
+"""
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+from ._common import LOG2E, cdiv
+from .decode import _combine, launch_tensors
+from .decode_sm90 import (
+    DR,
+    DV,
+    _async_load,
+    _cta_barrier,
+    _issue_fp8_tile,
+    _part_range,
+    _q_offsets,
+    _store_segment,
+)
+
+WARPS = gl.constexpr(4)
+# renamed between Triton 3.6 (_reinterpret) and 3.9 (reinterpret)
+_PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
+BLOCK_N = gl.constexpr(64)  # keys a tile: the MMA's M for one warpgroup
+GROUP = gl.constexpr(128)  # dims a scale covers
+
+# wgmma's register-operand layout for one warpgroup (``gl.to_linear_layout`` of DotOperandLayout(0, ..., 2)):
+# lanes: k pair (2 bits), row (3 bits); warps: row + 16, + 32
+_LANES = [[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]]
+_WARPS = [[16, 0], [32, 0]]
+
+# The raw tile: [64 keys, 512 bytes], 16-byte chunks XOR-swizzled by key % 8 (cp.async writes whole chunks).
+# _QK_VIEW: [64 keys, 512 k]; in each group of 128, k bit 0 -> byte bit 0, k bits 3..6 -> bytes bits 1..4,
+# k bits 1..2 -> byte bits 5..6: a thread's k registers (bits 0, 3..6) are 32 consecutive bytes.
+# (Offset bit i of the tile -> the logical (key, k) it holds; bits 9..11 carry the swizzle.)
+_QK_VIEW = [[0, 1], [0, 8], [0, 16], [0, 32], [0, 64], [0, 2], [0, 4], [0, 128], [0, 256],
+            [1, 64], [2, 2], [4, 4], [8, 0], [16, 0], [32, 0]]
+# _PV_VIEW: [512 rows of V^T, 64 keys]; row bits 3, 6, 7, 8 (a thread's registers) -> byte bits 0..3, row bits
+# 0..2 (lanes) -> byte bits 4..6, row bits 4..5 (warps) -> byte bits 7..8 (so warp w reads dim group w).
+_PV_VIEW = [[8, 0], [64, 0], [128, 0], [256, 0], [1, 0], [2, 0], [4, 0], [16, 0], [32, 0],
+            [1, 1], [2, 2], [4, 4], [0, 8], [0, 16], [0, 32]]
+
+
+@gluon.constexpr_function
+def _qk_view():
+    return gl.SharedLinearLayout(offset_bases=_QK_VIEW)
+
+
+@gluon.constexpr_function
+def _mma_layout(ROWS):
+    """S^T [64, ROWS] and O^T [512, ROWS]: one warpgroup, M in 16-row slices a warp."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, ROWS, 16])
+
+
+@gluon.constexpr_function
+def _qk_load_layout():
+    """K of one group [64, 128] as wgmma's register operand wants it, the 5 k registers first (contiguous)."""
+    return gl.DistributedLinearLayout(reg_bases=[[0, 1], [0, 8], [0, 16], [0, 32], [0, 64], [8, 0]],
+                                      lane_bases=_LANES, warp_bases=_WARPS, block_bases=[], shape=[64, 128])
+
+
+@gluon.constexpr_function
+def _pv_load_layout(PARTS):
+    """One of PARTS row ranges of V^T, [512 / PARTS, 64], as wgmma's register operand wants it, its row registers
+    (the contiguous bytes) first, split as [8 / PARTS, 4, 16, 64] (row = 64 * hi + 16 * group + lo) so the scales
+    broadcast over a group's rows."""
+    hi = 8 // PARTS
+    return gl.DistributedLinearLayout(
+        reg_bases=[[0, 0, 8, 0]] + [[1 << i, 0, 0, 0] for i in range(hi.bit_length() - 1)]
+        + [[0, 0, 0, 1], [0, 0, 0, 8], [0, 0, 0, 16], [0, 0, 0, 32]],
+        lane_bases=[[0, 0, 0, 2], [0, 0, 0, 4], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
+        warp_bases=[[0, 1, 0, 0], [0, 2, 0, 0]], block_bases=[], shape=[hi, 4, 16, 64])
+
+
+@gluon.constexpr_function
+def _pv_view_4d():
+    """_PV_VIEW with its rows split as [8, 4, 16] (``_pv_load_layout``'s parts are ranges of the first dim)."""
+    def split(b):
+        r, key = b
+        return [r >> 6, (r >> 4) & 3, r & 15, key]
+    return gl.SharedLinearLayout(offset_bases=[split(b) for b in _PV_VIEW])
+
+
+@gluon.constexpr_function
+def _scale_qk_layout():
+    """Scales [64 keys, 4 groups]: the keys placed as S^T's rows, the groups in registers."""
+    return gl.DistributedLinearLayout(reg_bases=[[8, 0], [0, 1], [0, 2]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0],
+                                                                                    [4, 0]],
+                                      warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, 4])
+
+
+@gluon.jit
+def _view(buf, dtype: gl.constexpr, shape: gl.constexpr, layout: gl.constexpr):
+    """``buf``'s bytes seen as another dtype, shape and layout."""
+    if _PUBLIC_REINTERPRET:
+        return buf.reinterpret(dtype, shape, layout)
+    else:
+        return buf._reinterpret(dtype, shape, layout)
+
+
+@gluon.jit
+def _e4m3_to_f16(raw):
+    """e4m3 bytes -> float16 (exact), 4 a 32-bit word: sm89+'s conversion, with no repacking around it."""
+    return gl.inline_asm_elementwise(
+        asm="""{
+        .reg .b16 lo, hi;
+        mov.b32 {lo, hi}, $2;
+        cvt.rn.f16x2.e4m3x2 $0, lo;
+        cvt.rn.f16x2.e4m3x2 $1, hi;
+        }""",
+        constraints="=r,=r,r", args=[raw], dtype=gl.float16, is_pure=True, pack=4)
+
+
+@gluon.jit
+def _e4m3_to_f16_scaled(raw, scale):
+    """e4m3 bytes times float16 ``scale`` (broadcast like ``raw``) -> float16, 4 a 32-bit word."""
+    return gl.inline_asm_elementwise(
+        asm="""{
+        .reg .b16 lo, hi;
+        mov.b32 {lo, hi}, $2;
+        cvt.rn.f16x2.e4m3x2 $0, lo;
+        cvt.rn.f16x2.e4m3x2 $1, hi;
+        mul.rn.f16x2 $0, $0, $3;
+        mul.rn.f16x2 $1, $1, $4;
+        }""",
+        constraints="=r,=r,r,r,r", args=[raw, scale], dtype=gl.float16, is_pure=True, pack=4)
+
+
+@gluon.jit
+def phys_dim(r):
+    """The value dim that row r of O^T (and of ``_PV_VIEW``) holds."""
+    return (((r >> 3) & 1) | (((r >> 6) & 7) << 1) | ((r & 7) << 4) | (((r >> 4) & 3) << 7))
+
+
+@gluon.jit
+def _qk_dim(k):
+    """The dim (within its group of 128) that k index k of ``_QK_VIEW`` holds."""
+    return (k & 1) | (((k >> 3) & 15) << 1) | (((k >> 1) & 3) << 5)
+
+
+@gluon.jit
+def _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, ROWS: gl.constexpr,
+            s_l: gl.constexpr):
+    """Q's value dims into ``q_smem`` [4, ROWS, 128] as float16, permuted as ``_QK_VIEW``, each row scaled by a power
+    of two that brings its largest |value| into [2**14, 2**15) (float16 holds every bfloat16 value of the row
+    exactly then, down to 2**-10 of its max); the rope dims into ``qpe_smem`` (by cp.async). Returns each row's
+    inverse factor, in S^T's column layout."""
+    q_l: gl.constexpr = gl.BlockedLayout([1, 8], [ROWS // 4, 128 // ROWS], [WARPS, 1], [1, 0])
+    q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, q_l, ROWS)
+    dims = _qk_dim(gl.arange(0, GROUP, layout=gl.SliceLayout(0, q_l)))
+    ptrs = q_ptr + q_off[:, None] + dims[None, :]
+    q0 = gl.load(ptrs, mask=row_ok[:, None], other=0.0).to(gl.float32)
+    q1 = gl.load(ptrs + GROUP, mask=row_ok[:, None], other=0.0).to(gl.float32)
+    q2 = gl.load(ptrs + 2 * GROUP, mask=row_ok[:, None], other=0.0).to(gl.float32)
+    q3 = gl.load(ptrs + 3 * GROUP, mask=row_ok[:, None], other=0.0).to(gl.float32)
+    a = gl.maximum(gl.maximum(gl.max(gl.abs(q0), axis=1), gl.max(gl.abs(q1), axis=1)),
+                   gl.maximum(gl.max(gl.abs(q2), axis=1), gl.max(gl.abs(q3), axis=1)))
+    # biased exponent e of the row max: scale by 2**(141 - e), clamped so both factors stay normal
+    e = gl.maximum((a.to(gl.int32, bitcast=True) >> 23) & 0xFF, 15)
+    up = ((268 - e) << 23).to(gl.float32, bitcast=True)[:, None]
+    down = ((e - 14) << 23).to(gl.float32, bitcast=True)
+    q_smem.index(0).store((q0 * up).to(gl.float16))
+    q_smem.index(1).store((q1 * up).to(gl.float16))
+    q_smem.index(2).store((q2 * up).to(gl.float16))
+    q_smem.index(3).store((q3 * up).to(gl.float16))
+    pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
+    q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, pe_l, ROWS)
+    offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
+    _async_load(qpe_smem, q_ptr + q_off[:, None] + DV + offs_pe[None, :], mask=row_ok[:, None])
+    return gl.convert_layout(down, gl.SliceLayout(0, s_l))
+
+
+@gluon.jit
+def _group_keys(view, G: gl.constexpr, a_l: gl.constexpr):
+    return gl.convert_layout(_e4m3_to_f16(view.slice(G * GROUP, GROUP, dim=1).load(_qk_load_layout())), a_l)
+
+
+@gluon.jit
+def _scores(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, ROWS: gl.constexpr, s_l: gl.constexpr,
+            QK_WAVES: gl.constexpr):
+    """S^T [64 keys, ROWS] of one tile in log2 units: four float16 group MMAs on the raw tile's values, each
+    product times its keys' scales (fp32), plus one bfloat16 MMA on the rope dims. QK_WAVES = 2: at most two
+    groups' keys in registers at a time (when registers are short, ptxas serializes the MMAs instead)."""
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_l, k_width=2)
+    view = _view(stg, gl.uint8, [BLOCK_N, DV], _qk_view())
+    zero = gl.zeros([BLOCK_N, ROWS], gl.float32, layout=s_l)
+    k0 = _group_keys(view, 0, a_l)
+    s0 = warpgroup_mma(k0, q_smem.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
+    k1 = _group_keys(view, 1, a_l)
+    s1 = warpgroup_mma(k1, q_smem.index(1).permute((1, 0)), zero, use_acc=False, is_async=True)
+    if QK_WAVES == 2:
+        s0, k0 = warpgroup_mma_wait(1, deps=[s0, k0])
+    k2 = _group_keys(view, 2, a_l)
+    s2 = warpgroup_mma(k2, q_smem.index(2).permute((1, 0)), zero, use_acc=False, is_async=True)
+    if QK_WAVES == 2:
+        s1, k1 = warpgroup_mma_wait(1, deps=[s1, k1])
+    k3 = _group_keys(view, 3, a_l)
+    s3 = warpgroup_mma(k3, q_smem.index(3).permute((1, 0)), zero, use_acc=False, is_async=True)
+    spe = warpgroup_mma(pe_buf, qpe_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
+    sc_l: gl.constexpr = _scale_qk_layout()
+    sc = sc_buf.load(sc_l)
+    g = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
+    key_l: gl.constexpr = gl.SliceLayout(1, s_l)
+    c0 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 0, sc, 0.0), axis=1), key_l)
+    c1 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 1, sc, 0.0), axis=1), key_l)
+    c2 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 2, sc, 0.0), axis=1), key_l)
+    c3 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 3, sc, 0.0), axis=1), key_l)
+    s0, s1, s2, s3, spe, k0, k1, k2, k3 = warpgroup_mma_wait(0, deps=[s0, s1, s2, s3, spe, k0, k1, k2, k3])
+    s = s0 * c0[:, None] + s1 * c1[:, None] + s2 * c2[:, None] + s3 * c3[:, None]
+    return s * row_scale[None, :] + spe * qk_scale
+
+
+@gluon.jit
+def _values(stg, sc_buf, P: gl.constexpr, PARTS: gl.constexpr, o_l: gl.constexpr):
+    """Part P of PARTS row ranges of V^T [512, 64] of one tile, as float16 register operand: raw values times their
+    scales (rows as ``_PV_VIEW``)."""
+    ld_l: gl.constexpr = _pv_load_layout(PARTS)
+    hi: gl.constexpr = 8 // PARTS
+    raw = _view(stg, gl.uint8, [8, 4, 16, BLOCK_N], _pv_view_4d()).slice(P * hi, hi, dim=0).load(ld_l)
+    # [4 groups, 64 keys] -> [1, 4, 1, 64]: warp w's rows are group w's dims
+    sc = sc_buf.permute((1, 0)).load(gl.SliceLayout(0, gl.SliceLayout(2, ld_l)))
+    sc = gl.expand_dims(gl.expand_dims(sc, 0), 2).to(gl.float16)
+    v = _e4m3_to_f16_scaled(raw, gl.broadcast(sc, raw)[0])
+    return gl.convert_layout(gl.reshape(v, [DV // PARTS, BLOCK_N]),
+                             gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2))
+
+
+@gluon.jit
+def _store_part(acc, P: gl.constexpr, PARTS: gl.constexpr, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq,
+                h_q, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                stride_ls, ROWS: gl.constexpr):
+    """``_store_segment`` for part P of PARTS row ranges of O^T: row r is value dim phys_dim(r) of the output."""
+    acc_t = gl.permute(acc, (1, 0))
+    ot_l: gl.constexpr = acc_t.type.layout
+    offs_o = phys_dim(P * (DV // PARTS) + gl.arange(0, DV // PARTS, layout=gl.SliceLayout(0, ot_l)))
+    rows_o = row_block * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, ot_l))
+    _store_segment(acc_t, m_i, l_i, seq, part, first, whole, rows_o, rows_o < rows_per_seq, offs_o, rows_per_seq, h_q,
+                   out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                   stride_ls, P == 0)
+
+
+@gluon.jit
+def _decode_sm90_fp8_kernel(
+    q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt,
+    stride_btb, stride_btp,
+    stride_seqlens,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
+    ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
+    PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
+):
+    """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
+    ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
+    s_l: gl.constexpr = _mma_layout(ROWS)
+    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    q_smem = gl.allocate_shared_memory(gl.float16, [4, ROWS, GROUP], wide_sl)
+    qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
+    p_smem = gl.allocate_shared_memory(gl.float16, [ROWS, BLOCK_N], wide_sl)
+    stage = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, DV],
+                                      gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0]))
+    stage_scale = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_N, 4],
+                                            gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
+    pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_N, DR], wide_sl)
+
+    part = gl.program_id(0)
+    row_block = gl.program_id(1)
+    g_lo, g_hi, seq, seq_g0 = _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part,
+                                          MIN_BLOCKS_PER_PART, BLOCK_N, WARPS)
+    rows_per_seq = s_q * h_q
+    col_l: gl.constexpr = gl.SliceLayout(0, s_l)
+    key_l: gl.constexpr = gl.SliceLayout(1, s_l)
+    rows_s = row_block * ROWS + gl.arange(0, ROWS, layout=col_l)
+
+    g = g_lo
+    while g < g_hi:
+        length = gl.load(seqlens_ptr + seq * stride_seqlens)
+        length = gl.minimum(gl.maximum(length, 0), max_len)
+        n = (length + BLOCK_N - 1) // BLOCK_N
+        seg_hi = gl.minimum(g_hi, seq_g0 + n)
+        if n > 0:
+            lo = (g - seq_g0) * BLOCK_N
+            hi = gl.minimum((seg_hi - seq_g0) * BLOCK_N, length)
+            table_row = block_table_ptr + seq.to(gl.int64) * stride_btb
+            if CAUSAL:
+                row_limit = length - s_q + rows_s // h_q + 1
+            else:
+                row_limit = gl.zeros([ROWS], gl.int32, layout=col_l) + length
+            # every warp is done with the previous segment's buffers before they are refilled
+            _cta_barrier()
+            down = _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, ROWS,
+                           s_l)
+            row_scale = down * qk_scale
+            cp.commit_group()
+            for i in gl.static_range(STAGES - 1):
+                # a tile past hi is all masked: its copy only zero-fills
+                _issue_fp8_tile(stage.index(i), stage_scale.index(i), pe_bufs.index(i), k_ptr, table_row,
+                                lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size, False,
+                                BLOCK_N, WARPS, 8)
+                cp.commit_group()
+            # O^T in PV_PARTS row ranges (acc2, acc3 unused with 2)
+            acc0 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
+            acc1 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
+            acc2 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
+            acc3 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
+            m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=col_l)
+            l_t = gl.zeros([BLOCK_N, ROWS], gl.float32, layout=s_l)  # row sums, reduced over keys at the end
+            for j in range((hi - lo + BLOCK_N - 1) // BLOCK_N):
+                start = lo + j * BLOCK_N
+                cp.wait_group(STAGES - 2)
+                fence_async_shared()
+                # tile j has landed for every thread, and every warp is done with tile j - 1 (its slot, P)
+                _cta_barrier()
+                nxt = start + (STAGES - 1) * BLOCK_N
+                if nxt < hi:
+                    slot = (j + STAGES - 1) % STAGES
+                    _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
+                                    table_row, nxt, hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size,
+                                    False, BLOCK_N, WARPS, 8)
+                cp.commit_group()
+                stg = stage.index(j % STAGES)
+                sc_buf = stage_scale.index(j % STAGES)
+                qk = _scores(stg, sc_buf, pe_bufs.index(j % STAGES), q_smem, qpe_smem, row_scale, qk_scale, ROWS,
+                             s_l, QK_WAVES)
+                key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
+                visible = (key_pos < hi)[:, None] & (key_pos[:, None] < row_limit[None, :])
+                qk = gl.where(visible, qk, float("-inf"))
+                m_new = gl.maximum(m_i, gl.max(qk, axis=0))
+                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+                p = gl.exp2(qk - m_safe[None, :])
+                alpha = gl.exp2(m_i - m_safe)
+                l_t = l_t * alpha[None, :] + p
+                m_i = m_new
+                acc0 = acc0 * alpha[None, :]
+                acc1 = acc1 * alpha[None, :]
+                p_smem.permute((1, 0)).store(p.to(gl.float16))
+                v0 = _values(stg, sc_buf, 0, PV_PARTS, s_l)
+                fence_async_shared()
+                _cta_barrier()
+                acc0 = warpgroup_mma(v0, p_smem.permute((1, 0)), acc0, is_async=True)
+                # part q + 1 converts while part q's MMAs run
+                v1 = _values(stg, sc_buf, 1, PV_PARTS, s_l)
+                acc1 = warpgroup_mma(v1, p_smem.permute((1, 0)), acc1, is_async=True)
+                if PV_PARTS == 4:
+                    # two parts in registers at most
+                    acc2 = acc2 * alpha[None, :]
+                    acc3 = acc3 * alpha[None, :]
+                    acc0, v0 = warpgroup_mma_wait(1, deps=[acc0, v0])
+                    v2 = _values(stg, sc_buf, 2, PV_PARTS, s_l)
+                    acc2 = warpgroup_mma(v2, p_smem.permute((1, 0)), acc2, is_async=True)
+                    acc1, v1 = warpgroup_mma_wait(1, deps=[acc1, v1])
+                    v3 = _values(stg, sc_buf, 3, PV_PARTS, s_l)
+                    acc3 = warpgroup_mma(v3, p_smem.permute((1, 0)), acc3, is_async=True)
+                    acc2, acc3, v2, v3 = warpgroup_mma_wait(0, deps=[acc2, acc3, v2, v3])
+                else:
+                    acc0, acc1, v0, v1 = warpgroup_mma_wait(0, deps=[acc0, acc1, v0, v1])
+            cp.wait_group(0)
+            l_i = gl.sum(l_t, axis=0)
+            first = g == g_lo
+            whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
+            _store_part(acc0, 0, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
+                        out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                        stride_lh, stride_ls, ROWS)
+            _store_part(acc1, 1, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
+                        out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                        stride_lh, stride_ls, ROWS)
+            if PV_PARTS == 4:
+                _store_part(acc2, 2, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
+                            out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                            stride_lh, stride_ls, ROWS)
+                _store_part(acc3, 3, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
+                            out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                            stride_lh, stride_ls, ROWS)
+        g = seg_hi
+        seq_g0 += n
+        seq += 1
+
+
+def _stages(config):
+    """Raw tiles in shared memory (``RAW_STAGES``, at least 2: the next tile is copied while one computes)."""
+    return max(2, config.get("RAW_STAGES", 2))
+
+
+def _parts(config, rows_blk):
+    """PV_PARTS, QK_WAVES for ``rows_blk`` rows a program (config keys ``PV_PARTS_<rows>``, ``QK_WAVES_<rows>``):
+    how many pieces the MMAs' register operands come in, trading registers against waits."""
+    return dict(PV_PARTS=config.get(f"PV_PARTS_{rows_blk}", 4 if rows_blk <= 8 else 2),
+                QK_WAVES=config.get(f"QK_WAVES_{rows_blk}", 2 if rows_blk <= 8 else 1))
+
+
+def block_rows(rows: int) -> int:
+    """Query rows a program: 8 or 16 (the MMA's N)."""
+    return 8 if rows <= 8 else 16
+
+
+def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse):
+    """Launch the kernel, then ``decode._combine``. Arguments validated by ``triton_mla.api``; k_cache is the FP8
+    layout viewed as uint8 (strides in bytes), q bfloat16."""
+    b, s_q, h_q, _ = q.shape
+    num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
+    rows = s_q * h_q
+    max_len = block_table.shape[1] * page_size
+    o_part = torch.empty(2 * num_parts, rows, DV.value, dtype=torch.float32, device=q.device)
+    lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
+    rows_blk = block_rows(rows)
+    _decode_sm90_fp8_kernel[(num_parts, cdiv(rows, rows_blk))](
+        *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
+        b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
+        ROWS=rows_blk, STAGES=_stages(config), MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"],
+        CAUSAL=bool(causal and s_q > 1), **_parts(config, rows_blk), num_warps=WARPS.value,
+    )
+    common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=16, BLOCK_N=BLOCK_N.value,
+                  MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
+    _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
+    return out, lse
+
+
+def compile_specs(entry):
+    """(name, fn, types, constexprs, warps, stages) for check-configs (a ``KEYS_ON_M`` decode_fp8 entry)."""
+    ptrs = dict(q_ptr="*bf16", k_ptr="*u8", out_ptr="*bf16", lse_ptr="*fp32", o_part_ptr="*fp32",
+                lse_part_ptr="*fp32")
+    for rows in (8, 16):
+        for causal in (False, True):
+            yield (f"decode_sm90_fp8_keys_on_m(rows={rows}, causal={causal})", _decode_sm90_fp8_kernel, ptrs,
+                   dict(ROWS=rows, STAGES=_stages(entry), MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"],
+                        CAUSAL=causal, **_parts(entry, rows)), WARPS.value, 1)
