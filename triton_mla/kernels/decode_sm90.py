@@ -380,6 +380,25 @@ def _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part, MI
 
 
 @gluon.jit
+def _segment(seqlens_ptr, stride_seqlens, seq, g, g_hi, seq_g0, max_len, rows, s_q, h_q, BLOCK_N: gl.constexpr,
+             CAUSAL: gl.constexpr):
+    """A part's run in sequence ``seq`` (whose first block is global block ``seq_g0``), from global block ``g`` to at
+    most ``g_hi``: the sequence's block count n, the run's end seg_hi, its keys [lo, hi), and the key limit of each
+    query row in ``rows`` (causal: the last s_q keys arrive one a query token)."""
+    length = gl.load(seqlens_ptr + seq * stride_seqlens)
+    length = gl.minimum(gl.maximum(length, 0), max_len)
+    n = (length + BLOCK_N - 1) // BLOCK_N
+    seg_hi = gl.minimum(g_hi, seq_g0 + n)
+    lo = (g - seq_g0) * BLOCK_N
+    hi = gl.minimum((seg_hi - seq_g0) * BLOCK_N, length)
+    if CAUSAL:
+        row_limit = length - s_q + rows // h_q + 1
+    else:
+        row_limit = gl.zeros_like(rows) + length
+    return n, seg_hi, lo, hi, row_limit
+
+
+@gluon.jit
 def _store_segment(acc, m_i, l_i, seq, part, first, whole, rows_o, row_ok_o, offs_o, rows_per_seq, h_q, out_ptr,
                    lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
                    WRITE_LSE: gl.constexpr):
@@ -447,18 +466,10 @@ def _decode_sm90_kernel(
 
     g = g_lo
     while g < g_hi:
-        length = gl.load(seqlens_ptr + seq * stride_seqlens)
-        length = gl.minimum(gl.maximum(length, 0), max_len)
-        n = (length + BLOCK_N - 1) // BLOCK_N
-        seg_hi = gl.minimum(g_hi, seq_g0 + n)
+        n, seg_hi, tok_lo, tok_hi, row_limit = _segment(seqlens_ptr, stride_seqlens, seq, g, g_hi, seq_g0, max_len,
+                                                        rows_s, s_q, h_q, BLOCK_N, CAUSAL)
         if n > 0:
-            tok_lo = (g - seq_g0) * BLOCK_N
-            tok_hi = gl.minimum((seg_hi - seq_g0) * BLOCK_N, length)
             bt_row = block_table_ptr + seq.to(gl.int64) * stride_btb
-            if CAUSAL:
-                row_limit = length - s_q + rows_s // h_q + 1
-            else:
-                row_limit = gl.zeros([BLOCK_H], gl.int32, layout=gl.SliceLayout(1, s_l)) + length
             # every warp is done with the buffers of the previous segment before they are refilled
             _cta_barrier()
             _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh)

@@ -42,6 +42,7 @@ from .decode_sm90 import (
     _issue_fp8_tile,
     _part_range,
     _q_offsets,
+    _segment,
     _store_segment,
 )
 
@@ -303,18 +304,10 @@ def _decode_sm90_fp8_kernel(
 
     g = g_lo
     while g < g_hi:
-        length = gl.load(seqlens_ptr + seq * stride_seqlens)
-        length = gl.minimum(gl.maximum(length, 0), max_len)
-        n = (length + BLOCK_N - 1) // BLOCK_N
-        seg_hi = gl.minimum(g_hi, seq_g0 + n)
+        n, seg_hi, lo, hi, row_limit = _segment(seqlens_ptr, stride_seqlens, seq, g, g_hi, seq_g0, max_len, rows_s, s_q,
+                                                h_q, BLOCK_N, CAUSAL)
         if n > 0:
-            lo = (g - seq_g0) * BLOCK_N
-            hi = gl.minimum((seg_hi - seq_g0) * BLOCK_N, length)
             table_row = block_table_ptr + seq.to(gl.int64) * stride_btb
-            if CAUSAL:
-                row_limit = length - s_q + rows_s // h_q + 1
-            else:
-                row_limit = gl.zeros([ROWS], gl.int32, layout=col_l) + length
             # every warp is done with the previous segment's buffers before they are refilled
             _cta_barrier()
             down = _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, ROWS,

@@ -43,6 +43,7 @@ from .decode_sm90 import (
     _key_offsets,
     _part_range,
     _q_offsets,
+    _segment,
     _store_segment,
 )
 
@@ -316,18 +317,10 @@ def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_
     segs = 0
     g = g_lo
     while g < g_hi:
-        length = gl.load(seqlens_ptr + seq * stride_seqlens)
-        length = gl.minimum(gl.maximum(length, 0), max_len)
-        n = (length + BN - 1) // BN
-        seg_hi = gl.minimum(g_hi, seq_g0 + n)
+        n, seg_hi, tok_lo, tok_hi, row_limit = _segment(seqlens_ptr, stride_seqlens, seq, g, g_hi, seq_g0, max_len,
+                                                        rows_s, s_q, h_q, BN, CAUSAL)
         if n > 0:
-            tok_lo = (g - seq_g0) * BN
-            tok_hi = gl.minimum((seg_hi - seq_g0) * BN, length)
             bt_row = block_table_ptr + seq.to(gl.int64) * stride_btb
-            if CAUSAL:
-                row_limit = length - s_q + rows_s // h_q + 1
-            else:
-                row_limit = gl.zeros([BLOCK_H], gl.int32, layout=gl.SliceLayout(1, s_l)) + length
             # the previous segment ended with SEG_DONE: both warpgroups are done with every buffer
             _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh,
                          bars.index(QREADY + W), W)
