@@ -495,6 +495,51 @@ def test_gpu_sm90_sparse_decode(h_q, s_q, split_heavy, cache, sm90_calls):
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("pieces", [dict(FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1, FP8_PV_PARTS_8=4, FP8_QK_WAVES_8=2,
+                                         FP8_IDS_AHEAD=False),
+                                    dict(FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2, FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1,
+                                         FP8_IDS_AHEAD=True)], ids=["a", "b"])
+@pytest.mark.parametrize("split_heavy", [False, True])
+@pytest.mark.parametrize("h_q,s_q", [(1, 1), (5, 2), (8, 1), (9, 4), (12, 1), (16, 2)])
+def test_gpu_sm90_sparse_fp8_keys_on_m(h_q, s_q, split_heavy, pieces, monkeypatch):
+    """The FP8 keys-on-M kernel (<= 16 heads, 8 or 16 rows a program) against the reference: odd topk,
+    topk_length (0 included), sinks, invalid and duplicate ids, pages of 64 and of 1, one split or many, the
+    register operands whole or in pieces, top-k entries read in the iteration or one ahead."""
+    calls = []
+    kernel = sparse_kernels._sm90._sparse_sm90_fp8_t_kernel
+
+    class Counted:
+        def __getitem__(self, grid):
+            return lambda *a, **k: calls.append(1) or kernel[grid](*a, **k)
+
+    monkeypatch.setattr(sparse_kernels._sm90, "_sparse_sm90_fp8_t_kernel", Counted())
+    b = 3
+    sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
+    with configs.overridden(WGMMA=True, FP8_KEYS_ON_M=True, **pieces, **(SPLIT_HEAVY if split_heavy else {})):
+        for i, (topk, page_size) in enumerate([(577, 64), (2048, 1), (64, 64), (130, 16)]):
+            lengths = _gpu_lengths(b, topk, h_q + i)
+            lengths[-1] = 0 if i == 3 else lengths[-1]
+            check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
+                         num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16, fp8=True, seed=h_q + s_q + i,
+                         invalid_frac=0.1, topk_length=lengths, sink=sink if i != 2 else None)
+    assert len(calls) == 4
+
+
+def test_sparse_keys_on_m_dispatch():
+    """Which Gluon kernel plans a sparse call: keys on M for the FP8 cache at <= 16 heads when the entry asks."""
+    sm90 = sparse_kernels._sm90
+    if sm90 is None:
+        pytest.skip("no triton.experimental.gluon")
+    entry = dict(KEYS_ON_M=True, MIN_CHUNKS_PER_SPLIT=2)
+    assert sm90.plan_config(entry, 16, fp8=True)["BLOCK_H"] == 16
+    assert sm90.plan_config(entry, 5, fp8=True)["BLOCK_H"] == 8
+    assert sm90.plan_config(entry, 5, fp8=True)["PROGRAMS_PER_SM"] == 2
+    assert sm90.plan_config(entry, 17, fp8=True)["BLOCK_H"] == 64
+    assert sm90.plan_config(entry, 8, fp8=False)["BLOCK_H"] == 64
+    assert sm90.plan_config(dict(entry, KEYS_ON_M=False), 8, fp8=True)["BLOCK_H"] == 64
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("h_q", [1, 16, 64, 128])
 @pytest.mark.parametrize("split_heavy", [False, True])
 def test_gpu_sm90_sparse_prefill(h_q, split_heavy, sm90_calls):

@@ -1,7 +1,7 @@
 """Sparse decode / prefill on sm90: the tl.dot kernels (shipped entries) against the Gluon kernel
 (``kernels/sparse_sm90.py``, config ``WGMMA``) on every anchor shape of ``bench_sparse``.
 
-    PYTHONPATH=. python benchmarks/explore/sparse_sm90_variants.py [decode|prefill ...]   # H100, ~3 min
+    PYTHONPATH=. python benchmarks/explore/sparse_sm90_variants.py [decode|prefill ...] [variant ...] [few-heads]
 
 For each shape: a small random case with the same b, s_q, h_q, topk (same split plan, same compiled kernel,
 4096 cache tokens) is checked against the float32 oracle, then the anchor shape is timed (do_bench median).
@@ -24,6 +24,16 @@ VARIANTS = {
     "tl.dot": dict(WGMMA=False, FP8_WGMMA=False),
     "gluon": dict(WGMMA=True, FP8_WGMMA=True),
     "gluon_raw2": dict(WGMMA=True, FP8_WGMMA=True, FP8_RAW_STAGES=2),  # FP8: two raw tiles in flight
+    # FP8 at <= 16 heads: keys on the MMA's M side (kernels/decode_sm90_fp8.py's program), seventh session
+    "t": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True),
+    "t_p16": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2),
+    "t_w8": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1),
+    "t3": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_RAW_STAGES=3),
+    "t_pw": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
+                 FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1),
+    # the top-k entries of each tile loaded an iteration before its copy is issued
+    "t_pw_ids": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
+                     FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True),
 }
 
 
@@ -33,10 +43,6 @@ def _err(check, case, *extra_and_result):
     return check(result[0], *case, *extra)
 
 
-def timed(fn):
-    return triton.testing.do_bench(fn, warmup=20, rep=100, return_mode="median")
-
-
 def run_variants(tag, run_small, err_of, run_big, flops, nbytes):
     for name, var in VARIANTS.items():
         try:
@@ -44,9 +50,10 @@ def run_variants(tag, run_small, err_of, run_big, flops, nbytes):
                 err = err_of(run_small())
                 run_big()
                 torch.cuda.synchronize()
-                ms = timed(run_big)
-            print(f"{tag} {name:<12} err {err:.1e} {ms * 1e3:8.1f} us {nbytes / ms / 1e6:6.0f} GB/s "
-                  f"{flops / ms / 1e9:6.1f} TFLOPS", flush=True)
+                # eager (host cost included: ~130 us a call, which hides small kernels) and CUDA-graph replay
+                ms, graph_ms = bs._time(run_big)
+            print(f"{tag} {name:<12} err {err:.1e} {ms * 1e3:8.1f} us graph {graph_ms * 1e3:8.1f} us "
+                  f"{nbytes / graph_ms / 1e6:6.0f} GB/s {flops / graph_ms / 1e9:6.1f} TFLOPS", flush=True)
         except Exception as e:  # noqa: BLE001 - a variant that fails is reported, not fatal
             print(f"{tag} {name:<12} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
             if "-v" in sys.argv:
@@ -56,6 +63,7 @@ def run_variants(tag, run_small, err_of, run_big, flops, nbytes):
 def main():
     print(torch.cuda.get_device_name(0), "triton", triton.__version__, flush=True)
     which = [a for a in sys.argv[1:] if a in ("decode", "prefill")] or ["decode", "prefill"]
+    few_heads = "few-heads" in sys.argv  # FP8 decode at <= 16 heads only
     names = [a for a in sys.argv[1:] if a in VARIANTS]
     if names:
         for name in [n for n in VARIANTS if n not in names]:
@@ -64,6 +72,8 @@ def main():
     if "decode" in which:
         for fp8 in (False, True):
             for b, s_q, h_q, topk, s_kv in bs.DECODE_SHAPES:
+                if few_heads and not (fp8 and h_q <= 16):
+                    continue
                 small = bs.make_decode_case(b, s_q, h_q, topk, 4096, fp8, seed=1)
                 big = bs.make_decode_case(b, s_q, h_q, topk, s_kv, fp8, seed=0)
                 run_variants(f"{'fp8 ' if fp8 else 'bf16'} b{b:<3} s_q{s_q} h{h_q:<3} topk{topk}",

@@ -82,6 +82,15 @@ def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.c
 # -- loads --------------------------------------------------------------------------------------------
 
 @gluon.jit
+def _id_offsets(ids, stride_kb, stride_kt, limit, page_size):
+    """``_key_offsets`` of loaded top-k entries ``ids`` (-1 past the list's end)."""
+    ok = (ids >= 0) & (ids < limit)
+    ids = gl.where(ok, ids, 0)
+    page = ids // page_size
+    return page.to(gl.int64) * stride_kb + (ids - page * page_size).to(gl.int64) * stride_kt, ok
+
+
+@gluon.jit
 def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED: gl.constexpr,
                  BLOCK_N: gl.constexpr, layout: gl.constexpr):
     """Element offsets in the cache of keys [start, start + BLOCK_N) and which of them are valid, in the 1-D
@@ -97,10 +106,7 @@ def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit
     in_range = pos < hi
     if INDEXED:
         ids = gl.load(table_row + pos.to(gl.int64) * stride_table, mask=in_range, other=-1)
-        ok = (ids >= 0) & (ids < limit)
-        ids = gl.where(ok, ids, 0)
-        page = ids // page_size
-        return page.to(gl.int64) * stride_kb + (ids - page * page_size).to(gl.int64) * stride_kt, ok
+        return _id_offsets(ids, stride_kb, stride_kt, limit, page_size)
     page = gl.load(table_row + (pos // page_size) * stride_table, mask=in_range, other=0)
     page = gl.minimum(gl.maximum(page, 0), limit - 1).to(gl.int64)
     return page * stride_kb + (pos % page_size).to(gl.int64) * stride_kt, in_range
@@ -146,27 +152,46 @@ def _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, strid
 
 # -- FP8 cache (triton_mla.fp8: 512 e4m3 bytes, 4 fp32 scales, 64 bf16 rope values = 656 bytes a token) --
 
+@gluon.constexpr_function
+def fp8_copy_keys(WARPS, LANE_ROWS):
+    """The layout of a tile's keys in ``_issue_fp8_tile``'s copy of the value bytes."""
+    return gl.SliceLayout(1, gl.BlockedLayout([1, 16], [LANE_ROWS, 32 // LANE_ROWS], [WARPS, 1], [1, 0]))
+
+
 @gluon.jit
 def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table,
                     limit, page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS,
-                    LANE_ROWS: gl.constexpr = 1):
+                    LANE_ROWS: gl.constexpr = 1, ids=None):
     """cp.async of a tile's raw e4m3 bytes and scales into the staging buffers and its rope values straight
     into ``kpe_buf``; invalid keys read as 0 (and scale 0). LANE_ROWS: a warp's lanes spread over that many keys
-    of the value bytes (fewer keys a thread: fewer page look-ups, each an integer division)."""
+    of the value bytes (fewer keys a thread: fewer page look-ups, each an integer division). ``ids``: the tile's
+    top-k entries, loaded ahead in ``fp8_copy_keys(WARPS, LANE_ROWS)`` (else read here)."""
     raw_l: gl.constexpr = gl.BlockedLayout([1, 16], [LANE_ROWS, 32 // LANE_ROWS], [WARPS, 1], [1, 0])
-    tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                   INDEXED, BLOCK_N, gl.SliceLayout(1, raw_l))
+    if ids is None:
+        raw_off, raw_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                       INDEXED, BLOCK_N, gl.SliceLayout(1, raw_l))
+    else:
+        raw_off, raw_ok = _id_offsets(ids, stride_kb, stride_kt, limit, page_size)
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, raw_l))
-    _async_load(stage, k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None])
+    _async_load(stage, k_ptr + raw_off[:, None] + offs[None, :], mask=raw_ok[:, None])
     sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [WARPS, 1], [1, 0])
-    tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                   INDEXED, BLOCK_N, gl.SliceLayout(1, sc_l))
+    pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [max(4, LANE_ROWS), 32 // max(4, LANE_ROWS)], [WARPS, 1], [1, 0])
+    if LANE_ROWS == 8:
+        # the three copies then place keys alike: one look-up, and the layout conversions move no data
+        tok_off = gl.convert_layout(raw_off, gl.SliceLayout(1, sc_l))
+        tok_ok = gl.convert_layout(raw_ok, gl.SliceLayout(1, sc_l))
+    else:
+        tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                       INDEXED, BLOCK_N, gl.SliceLayout(1, sc_l))
     groups = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
     sc_ptrs = (k_ptr + tok_off[:, None] + DV).to(gl.pointer_type(gl.float32)) + groups[None, :]
     _async_load(stage_scale, sc_ptrs, mask=tok_ok[:, None])
-    pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [max(4, LANE_ROWS), 32 // max(4, LANE_ROWS)], [WARPS, 1], [1, 0])
-    tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                   INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l))
+    if LANE_ROWS == 8:
+        tok_off = gl.convert_layout(raw_off, gl.SliceLayout(1, pe_l))
+        tok_ok = gl.convert_layout(raw_ok, gl.SliceLayout(1, pe_l))
+    else:
+        tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                       INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l))
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
     pe_ptrs = (k_ptr + tok_off[:, None] + DV + 16).to(gl.pointer_type(gl.bfloat16)) + offs_pe[None, :]
     _async_load(kpe_buf, pe_ptrs, mask=tok_ok[:, None])

@@ -39,11 +39,14 @@ from .decode_sm90 import (
     DV,
     _async_load,
     _cta_barrier,
+    _id_offsets,
     _issue_fp8_tile,
+    _key_offsets,
     _part_range,
     _q_offsets,
     _segment,
     _store_segment,
+    fp8_copy_keys,
 )
 
 WARPS = gl.constexpr(4)
@@ -268,6 +271,129 @@ def _store_part(acc, P: gl.constexpr, PARTS: gl.constexpr, m_i, l_i, seq, part, 
 
 
 @gluon.jit
+def _tile_ids(idx_row, start, hi, stride_ik, layout: gl.constexpr):
+    """Top-k entries [start, start + BLOCK_N) of a row, -1 from ``hi`` on, in ``layout``."""
+    pos = start + gl.arange(0, BLOCK_N, layout=layout)
+    return gl.load(idx_row + pos.to(gl.int64) * stride_ik, mask=pos < hi, other=-1)
+
+
+@gluon.jit
+def _buffers_t(ROWS: gl.constexpr, STAGES: gl.constexpr):
+    """Shared memory of one program: Q (float16, permuted, and its bfloat16 rope dims), P^T, and STAGES raw tiles
+    (e4m3 bytes with their 16-byte chunks XOR-swizzled by key, scales, rope values)."""
+    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    q_smem = gl.allocate_shared_memory(gl.float16, [4, ROWS, GROUP], wide_sl)
+    qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
+    p_smem = gl.allocate_shared_memory(gl.float16, [ROWS, BLOCK_N], wide_sl)
+    stage = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, DV],
+                                      gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0]))
+    stage_scale = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_N, 4],
+                                            gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
+    pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_N, DR], wide_sl)
+    return q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs
+
+
+@gluon.jit
+def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit, row_scale,
+              stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, INDEXED: gl.constexpr,
+              ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
+              s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False):
+    """Keys [lo, hi) against the ROWS query rows in ``q_smem`` / ``qpe_smem`` (``_load_q``, its copies committed):
+    raw tiles copied STAGES - 1 ahead, online softmax in log2 units. Keys are ``decode_sm90._key_offsets``'s
+    (paged positions, or top-k entries with ``INDEXED``); key c counts for row r below ``row_limit[r]``.
+    IDS_AHEAD (with INDEXED): each tile's entries are loaded an iteration before its copy is issued.
+    Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
+    col_l: gl.constexpr = gl.SliceLayout(0, s_l)
+    key_l: gl.constexpr = gl.SliceLayout(1, s_l)
+    cp.commit_group()
+    for i in gl.static_range(STAGES - 1):
+        # a tile past hi is all masked: its copy only zero-fills
+        _issue_fp8_tile(stage.index(i), stage_scale.index(i), pe_bufs.index(i), k_ptr, table_row,
+                        lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
+                        BLOCK_N, WARPS, 8)
+        cp.commit_group()
+    if IDS_AHEAD:
+        # top-k entries read an iteration before their use, so no copy waits on an index load: those of the next
+        # tile to copy, and those of tile 0 for its key mask
+        cp_keys: gl.constexpr = fp8_copy_keys(WARPS, 8)
+        ids_cp = _tile_ids(table_row, lo + (STAGES - 1) * BLOCK_N, hi, stride_table, cp_keys)
+        ids_key = _tile_ids(table_row, lo, hi, stride_table, key_l)
+    # O^T in PV_PARTS row ranges (acc2, acc3 unused with 2)
+    acc0 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
+    acc1 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
+    acc2 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
+    acc3 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
+    m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=col_l)
+    l_t = gl.zeros([BLOCK_N, ROWS], gl.float32, layout=s_l)  # row sums, reduced over keys at the end
+    for j in range((hi - lo + BLOCK_N - 1) // BLOCK_N):
+        start = lo + j * BLOCK_N
+        cp.wait_group(STAGES - 2)
+        fence_async_shared()
+        # tile j has landed for every thread, and every warp is done with tile j - 1 (its slot, P)
+        _cta_barrier()
+        nxt = start + (STAGES - 1) * BLOCK_N
+        if IDS_AHEAD:
+            if nxt < hi:
+                slot = (j + STAGES - 1) % STAGES
+                _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
+                                table_row, nxt, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                INDEXED, BLOCK_N, WARPS, 8, ids_cp)
+            ids_cp = _tile_ids(table_row, nxt + BLOCK_N, hi, stride_table, cp_keys)
+            _, key_ok = _id_offsets(ids_key, stride_kb, stride_kt, limit, page_size)
+            ids_key = _tile_ids(table_row, start + BLOCK_N, hi, stride_table, key_l)
+        elif nxt < hi:
+            slot = (j + STAGES - 1) % STAGES
+            _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
+                            table_row, nxt, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                            INDEXED, BLOCK_N, WARPS, 8)
+        cp.commit_group()
+        stg = stage.index(j % STAGES)
+        sc_buf = stage_scale.index(j % STAGES)
+        qk = _scores(stg, sc_buf, pe_bufs.index(j % STAGES), q_smem, qpe_smem, row_scale, qk_scale, ROWS,
+                     s_l, QK_WAVES)
+        key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
+        if not IDS_AHEAD:  # (else key_ok came with the entries loaded ahead)
+            if INDEXED:
+                _, key_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
+                                         page_size, INDEXED, BLOCK_N, key_l)
+            else:
+                key_ok = key_pos < hi  # no page look-up needed
+        visible = key_ok[:, None] & (key_pos[:, None] < row_limit[None, :])
+        qk = gl.where(visible, qk, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(qk, axis=0))
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        p = gl.exp2(qk - m_safe[None, :])
+        alpha = gl.exp2(m_i - m_safe)
+        l_t = l_t * alpha[None, :] + p
+        m_i = m_new
+        acc0 = acc0 * alpha[None, :]
+        acc1 = acc1 * alpha[None, :]
+        p_smem.permute((1, 0)).store(p.to(gl.float16))
+        v0 = _values(stg, sc_buf, 0, PV_PARTS, s_l)
+        fence_async_shared()
+        _cta_barrier()
+        acc0 = warpgroup_mma(v0, p_smem.permute((1, 0)), acc0, is_async=True)
+        # part q + 1 converts while part q's MMAs run
+        v1 = _values(stg, sc_buf, 1, PV_PARTS, s_l)
+        acc1 = warpgroup_mma(v1, p_smem.permute((1, 0)), acc1, is_async=True)
+        if PV_PARTS == 4:
+            # two parts in registers at most
+            acc2 = acc2 * alpha[None, :]
+            acc3 = acc3 * alpha[None, :]
+            acc0, v0 = warpgroup_mma_wait(1, deps=[acc0, v0])
+            v2 = _values(stg, sc_buf, 2, PV_PARTS, s_l)
+            acc2 = warpgroup_mma(v2, p_smem.permute((1, 0)), acc2, is_async=True)
+            acc1, v1 = warpgroup_mma_wait(1, deps=[acc1, v1])
+            v3 = _values(stg, sc_buf, 3, PV_PARTS, s_l)
+            acc3 = warpgroup_mma(v3, p_smem.permute((1, 0)), acc3, is_async=True)
+            acc2, acc3, v2, v3 = warpgroup_mma_wait(0, deps=[acc2, acc3, v2, v3])
+        else:
+            acc0, acc1, v0, v1 = warpgroup_mma_wait(0, deps=[acc0, acc1, v0, v1])
+    cp.wait_group(0)
+    return acc0, acc1, acc2, acc3, m_i, gl.sum(l_t, axis=0)
+
+
+@gluon.jit
 def _decode_sm90_fp8_kernel(
     q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
     stride_qb, stride_qs, stride_qh,
@@ -283,15 +409,7 @@ def _decode_sm90_fp8_kernel(
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
     ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
     s_l: gl.constexpr = _mma_layout(ROWS)
-    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    q_smem = gl.allocate_shared_memory(gl.float16, [4, ROWS, GROUP], wide_sl)
-    qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
-    p_smem = gl.allocate_shared_memory(gl.float16, [ROWS, BLOCK_N], wide_sl)
-    stage = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, DV],
-                                      gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0]))
-    stage_scale = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_N, 4],
-                                            gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
-    pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_N, DR], wide_sl)
+    q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES)
 
     part = gl.program_id(0)
     row_block = gl.program_id(1)
@@ -299,7 +417,6 @@ def _decode_sm90_fp8_kernel(
                                           MIN_BLOCKS_PER_PART, BLOCK_N, WARPS)
     rows_per_seq = s_q * h_q
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
-    key_l: gl.constexpr = gl.SliceLayout(1, s_l)
     rows_s = row_block * ROWS + gl.arange(0, ROWS, layout=col_l)
 
     g = g_lo
@@ -313,71 +430,10 @@ def _decode_sm90_fp8_kernel(
             down = _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, ROWS,
                            s_l)
             row_scale = down * qk_scale
-            cp.commit_group()
-            for i in gl.static_range(STAGES - 1):
-                # a tile past hi is all masked: its copy only zero-fills
-                _issue_fp8_tile(stage.index(i), stage_scale.index(i), pe_bufs.index(i), k_ptr, table_row,
-                                lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size, False,
-                                BLOCK_N, WARPS, 8)
-                cp.commit_group()
-            # O^T in PV_PARTS row ranges (acc2, acc3 unused with 2)
-            acc0 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
-            acc1 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
-            acc2 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
-            acc3 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
-            m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=col_l)
-            l_t = gl.zeros([BLOCK_N, ROWS], gl.float32, layout=s_l)  # row sums, reduced over keys at the end
-            for j in range((hi - lo + BLOCK_N - 1) // BLOCK_N):
-                start = lo + j * BLOCK_N
-                cp.wait_group(STAGES - 2)
-                fence_async_shared()
-                # tile j has landed for every thread, and every warp is done with tile j - 1 (its slot, P)
-                _cta_barrier()
-                nxt = start + (STAGES - 1) * BLOCK_N
-                if nxt < hi:
-                    slot = (j + STAGES - 1) % STAGES
-                    _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
-                                    table_row, nxt, hi, stride_kb, stride_kt, stride_btp, num_blocks, page_size,
-                                    False, BLOCK_N, WARPS, 8)
-                cp.commit_group()
-                stg = stage.index(j % STAGES)
-                sc_buf = stage_scale.index(j % STAGES)
-                qk = _scores(stg, sc_buf, pe_bufs.index(j % STAGES), q_smem, qpe_smem, row_scale, qk_scale, ROWS,
-                             s_l, QK_WAVES)
-                key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
-                visible = (key_pos < hi)[:, None] & (key_pos[:, None] < row_limit[None, :])
-                qk = gl.where(visible, qk, float("-inf"))
-                m_new = gl.maximum(m_i, gl.max(qk, axis=0))
-                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-                p = gl.exp2(qk - m_safe[None, :])
-                alpha = gl.exp2(m_i - m_safe)
-                l_t = l_t * alpha[None, :] + p
-                m_i = m_new
-                acc0 = acc0 * alpha[None, :]
-                acc1 = acc1 * alpha[None, :]
-                p_smem.permute((1, 0)).store(p.to(gl.float16))
-                v0 = _values(stg, sc_buf, 0, PV_PARTS, s_l)
-                fence_async_shared()
-                _cta_barrier()
-                acc0 = warpgroup_mma(v0, p_smem.permute((1, 0)), acc0, is_async=True)
-                # part q + 1 converts while part q's MMAs run
-                v1 = _values(stg, sc_buf, 1, PV_PARTS, s_l)
-                acc1 = warpgroup_mma(v1, p_smem.permute((1, 0)), acc1, is_async=True)
-                if PV_PARTS == 4:
-                    # two parts in registers at most
-                    acc2 = acc2 * alpha[None, :]
-                    acc3 = acc3 * alpha[None, :]
-                    acc0, v0 = warpgroup_mma_wait(1, deps=[acc0, v0])
-                    v2 = _values(stg, sc_buf, 2, PV_PARTS, s_l)
-                    acc2 = warpgroup_mma(v2, p_smem.permute((1, 0)), acc2, is_async=True)
-                    acc1, v1 = warpgroup_mma_wait(1, deps=[acc1, v1])
-                    v3 = _values(stg, sc_buf, 3, PV_PARTS, s_l)
-                    acc3 = warpgroup_mma(v3, p_smem.permute((1, 0)), acc3, is_async=True)
-                    acc2, acc3, v2, v3 = warpgroup_mma_wait(0, deps=[acc2, acc3, v2, v3])
-                else:
-                    acc0, acc1, v0, v1 = warpgroup_mma_wait(0, deps=[acc0, acc1, v0, v1])
-            cp.wait_group(0)
-            l_i = gl.sum(l_t, axis=0)
+            acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
+                q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit,
+                row_scale, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, False, ROWS, STAGES,
+                PV_PARTS, QK_WAVES, s_l)
             first = g == g_lo
             whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
             _store_part(acc0, 0, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,

@@ -473,7 +473,7 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
         config = fp8_config(config)
     use_sm90 = _sm90 is not None and _gluon.supports(q, k_cache, dv, config, fp8)
     if use_sm90:
-        config = _sm90.plan_config(config)
+        config = _sm90.plan_config(config, h_q, fp8)
     block_h, block_n = config["BLOCK_H"], config["BLOCK_N"]
     splits = num_splits(tokens, h_q, topk, config, num_sms)
     block_dv = FP8_DV if fp8 else max(16, next_pow2(dv))
@@ -483,6 +483,11 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     else:
         o_part = stat_part = lse  # never touched
     num_tokens = min(k_cache.shape[0] * k_cache.shape[1], _INT32_MAX)
+    page_size, stride_kb = k_cache.shape[1], k_cache.stride(0)
+    if stride_kb == page_size * k_cache.stride(1):
+        # pages laid end to end: a token id is an offset in tokens, and pages of one token spare the kernels an
+        # integer division per key (Triton compiles an argument equal to 1 as a constant)
+        page_size, stride_kb = 1, k_cache.stride(1)
     flags = dict(HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
                  MAX_LOGITS=max_logits is not None)
     topk_length = indices if topk_length is None else topk_length  # placeholders, never read
@@ -492,17 +497,17 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     args = (
         q, k_cache, indices, topk_length, attn_sink, out, lse, max_logits, o_part, stat_part,
         q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1),
+        stride_kb, k_cache.stride(1),
         indices.stride(0), indices.stride(1), indices.stride(2),
         topk_length.stride(0),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
-        s_q, h_q, topk, num_tokens, k_cache.shape[1], splits, softmax_scale * LOG2E.value,
+        s_q, h_q, topk, num_tokens, page_size, splits, softmax_scale * LOG2E.value,
     )
     launch = dict(BLOCK_H=block_h, BLOCK_N=block_n, SPLIT=splits > 1, num_warps=config["num_warps"],
                   num_stages=config["num_stages"], **flags)
     if use_sm90:
-        _sm90.launch(args, splits, grid, flags, fp8, config.get("RAW_STAGES", 1))
+        _sm90.launch(args, splits, grid, flags, fp8, config, h_q)
     elif fp8:
         _sparse_fp8_kernel[grid](*args, NATIVE_FP8=native_fp8(q.device), **fp8_variant(config), **launch)
     else:
@@ -548,7 +553,7 @@ def compile_specs(section, entry, cap=None):
     if section == "sparse_decode" and not fp32:
         e8 = fp8_config(entry)
         if e8.get("WGMMA", False):
-            yield from _sm90.compile_specs(fp8=True, raw_stages=e8.get("RAW_STAGES", 1))
+            yield from _sm90.compile_specs(fp8=True, config=e8)
         for split in (False, True):
             yield (f"sparse_fp8(split={int(split)})", _sparse_fp8_kernel, dict(types, k_ptr="*u8"),
                    dict(BLOCK_H=e8["BLOCK_H"], BLOCK_N=e8["BLOCK_N"], SPLIT=split,

@@ -15,8 +15,72 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
 from ._common import LN2, LOG2E
 from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, s_layout
+from .decode_sm90_fp8 import BLOCK_N as T_BLOCK_N
+from .decode_sm90_fp8 import WARPS as T_WARPS
+from .decode_sm90_fp8 import _attend_t, _buffers_t, _load_q, _mma_layout, _parts, _stages, block_rows, phys_dim
 
 INT32_MAX = gl.constexpr((1 << 31) - 1)
+
+
+@gluon.jit
+def _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+             HAS_TOPK_LEN: gl.constexpr):
+    """This program's head block ``rb``, query token ``tok`` = (seq, s), split ``split`` of its top-k list, and
+    the entries [lo, hi) of that list it reads: whole chunks of BLOCK_N, cut at topk_length (the same program
+    order and chunk ranges as ``sparse._sparse_kernel``)."""
+    pid = gl.program_id(0)
+    row_blocks = (h_q + BLOCK_H - 1) // BLOCK_H
+    rb = pid % row_blocks
+    rest = pid // row_blocks
+    tok = rest // splits
+    split = rest % splits
+    seq = tok // s_q
+    s = tok - seq * s_q
+    n = topk
+    if HAS_TOPK_LEN:
+        n = gl.minimum(gl.maximum(gl.load(topk_len_ptr + seq.to(gl.int64) * stride_tl), 0), topk)
+    chunks = (topk + BLOCK_N - 1) // BLOCK_N
+    lo = ((split * chunks) // splits) * BLOCK_N
+    hi = gl.minimum(((split + 1) * chunks) // splits * BLOCK_N, n)
+    return rb, tok, split, seq, s, lo, hi
+
+
+@gluon.jit
+def _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr, max_ptr,
+              o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
+              HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr, STATS: gl.constexpr):
+    """``sparse.py``'s epilogue for output columns ``offs_o`` of heads ``heads`` (acc [heads, columns], the two
+    index vectors its slices): the normalized partial row and its (lse, max) with SPLIT, else the output with the
+    attention sink applied, lse and max_logits. m_i, l_i: row max and sum in log2 units; STATS: this call also
+    writes the per-row statistics (one call of several that cover a row's columns does)."""
+    o_l: gl.constexpr = acc.type.layout
+    head_ok = heads < h_q
+    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_l))
+    m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_l))
+    empty = l_o == 0.0
+    lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
+    inv = 1.0 / gl.where(empty, 1.0, l_o)
+    if SPLIT:
+        rows = (tok.to(gl.int64) * splits + split) * h_q + heads
+        gl.store(o_part_ptr + rows[:, None] * DV + offs_o[None, :], acc * gl.where(empty, 0.0, inv)[:, None],
+                 mask=head_ok[:, None])
+        if STATS:
+            gl.store(stat_part_ptr + rows * 2, lse2, mask=head_ok)
+            gl.store(stat_part_ptr + rows * 2 + 1, m_o, mask=head_ok)
+    else:
+        if HAS_SINK:
+            # out * exp(lse) / (exp(lse) + exp(sink)): an infinite sink gives 0, a -inf one changes nothing
+            sink2 = gl.load(sink_ptr + heads, mask=head_ok, other=0.0) * LOG2E
+            inv = inv / (1.0 + gl.exp2(sink2 - gl.where(empty, 0.0, lse2)))
+        inv = gl.where(empty, 0.0, inv)
+        o_rows = out_ptr + seq.to(gl.int64) * stride_ob + s.to(gl.int64) * stride_os + heads.to(gl.int64) * stride_oh
+        gl.store(o_rows[:, None] + offs_o[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty),
+                 mask=head_ok[:, None])
+        if STATS:
+            stat = seq.to(gl.int64) * stride_lb + heads.to(gl.int64) * stride_lh + s.to(gl.int64) * stride_ls
+            gl.store(lse_ptr + stat, gl.where(empty, float("inf"), lse2 * LN2), mask=head_ok)
+            if MAX_LOGITS:
+                gl.store(max_ptr + stat, m_o * LN2, mask=head_ok)  # -inf for a row with no valid key
 
 
 @gluon.jit
@@ -40,22 +104,8 @@ def _sparse_sm90_kernel(
     q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale = _buffers(dtype, BLOCK_N, NUM_BUF, FP8,
                                                                                RAW_STAGES)
 
-    pid = gl.program_id(0)
-    row_blocks = (h_q + BLOCK_H - 1) // BLOCK_H
-    rb = pid % row_blocks
-    rest = pid // row_blocks
-    tok = rest // splits
-    split = rest % splits
-    seq = tok // s_q
-    s = tok - seq * s_q
-
-    # this split's entries of the top-k list: [lo, hi), whole chunks of BLOCK_N, cut at topk_length
-    n = topk
-    if HAS_TOPK_LEN:
-        n = gl.minimum(gl.maximum(gl.load(topk_len_ptr + seq.to(gl.int64) * stride_tl), 0), topk)
-    chunks = (topk + BLOCK_N - 1) // BLOCK_N
-    lo = ((split * chunks) // splits) * BLOCK_N
-    hi = gl.minimum(((split + 1) * chunks) // splits * BLOCK_N, n)
+    rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, BLOCK_H, BLOCK_N,
+                                              HAS_TOPK_LEN)
 
     _issue_q(q_smem, qpe_smem, q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0, stride_qh)
     cp.commit_group()
@@ -65,33 +115,70 @@ def _sparse_sm90_kernel(
                             hi, no_limit, stride_kb, stride_kt, stride_ik, num_tokens, page_size, qk_scale, True, FP8,
                             NUM_BUF, BLOCK_N, s_l, o_l, RAW_STAGES)
 
-    # -- epilogue (sparse.py's) -----------------------------------------------------------------------------
     heads = rb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, o_l))
-    head_ok = heads < h_q
     offs_o = gl.arange(0, DV, layout=gl.SliceLayout(0, o_l))
-    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_l))
-    m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_l))
-    empty = l_o == 0.0
-    lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
-    inv = 1.0 / gl.where(empty, 1.0, l_o)
-    if SPLIT:
-        rows = (tok.to(gl.int64) * splits + split) * h_q + heads
-        gl.store(o_part_ptr + rows[:, None] * DV + offs_o[None, :], acc * gl.where(empty, 0.0, inv)[:, None],
-                 mask=head_ok[:, None])
-        gl.store(stat_part_ptr + rows * 2, lse2, mask=head_ok)
-        gl.store(stat_part_ptr + rows * 2 + 1, m_o, mask=head_ok)
-    else:
-        if HAS_SINK:
-            # out * exp(lse) / (exp(lse) + exp(sink)): an infinite sink gives 0, a -inf one changes nothing
-            sink2 = gl.load(sink_ptr + heads, mask=head_ok, other=0.0) * LOG2E
-            inv = inv / (1.0 + gl.exp2(sink2 - gl.where(empty, 0.0, lse2)))
-        inv = gl.where(empty, 0.0, inv)
-        o_rows = out_ptr + seq.to(gl.int64) * stride_ob + s.to(gl.int64) * stride_os + heads.to(gl.int64) * stride_oh
-        gl.store(o_rows[:, None] + offs_o[None, :], (acc * inv[:, None]).to(dtype), mask=head_ok[:, None])
-        stat = seq.to(gl.int64) * stride_lb + heads.to(gl.int64) * stride_lh + s.to(gl.int64) * stride_ls
-        gl.store(lse_ptr + stat, gl.where(empty, float("inf"), lse2 * LN2), mask=head_ok)
-        if MAX_LOGITS:
-            gl.store(max_ptr + stat, m_o * LN2, mask=head_ok)  # -inf for a row with no valid key
+    _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr, max_ptr,
+              o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, HAS_SINK,
+              MAX_LOGITS, SPLIT, True)
+
+
+@gluon.jit
+def _sparse_sm90_fp8_t_kernel(
+    q_ptr, k_ptr, idx_ptr, topk_len_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt,
+    stride_ib, stride_is, stride_ik,
+    stride_tl,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    s_q, h_q, topk, num_tokens, page_size, splits, qk_scale,
+    ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
+    HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr,
+    IDS_AHEAD: gl.constexpr,
+):
+    """The FP8 cache at <= 16 heads: ``decode_sm90_fp8``'s program (keys on the MMA's M side, one warpgroup,
+    ROWS = 8 or 16 heads, two programs an SM) over one query token's top-k entries, with this file's epilogue.
+    Same arguments and program order as ``_sparse_sm90_kernel``."""
+    s_l: gl.constexpr = _mma_layout(ROWS)
+    q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES)
+    rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, ROWS, T_BLOCK_N,
+                                              HAS_TOPK_LEN)
+    down = _load_q(q_smem, qpe_smem, q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0,
+                     stride_qh, ROWS, s_l)
+    idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
+    no_limit = gl.full([ROWS], INT32_MAX, gl.int32, layout=gl.SliceLayout(0, s_l))
+    acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
+        q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, idx_row, lo, hi, no_limit, down * qk_scale,
+        stride_kb, stride_kt, stride_ik, num_tokens, page_size, qk_scale, True, ROWS, STAGES, PV_PARTS, QK_WAVES,
+        s_l, IDS_AHEAD)
+    _epilogue_t(acc0, 0, PV_PARTS, m_i, l_i, rb, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
+                max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
+                ROWS, HAS_SINK, MAX_LOGITS, SPLIT)
+    _epilogue_t(acc1, 1, PV_PARTS, m_i, l_i, rb, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
+                max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
+                ROWS, HAS_SINK, MAX_LOGITS, SPLIT)
+    if PV_PARTS == 4:
+        _epilogue_t(acc2, 2, PV_PARTS, m_i, l_i, rb, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
+                    max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                    stride_ls, ROWS, HAS_SINK, MAX_LOGITS, SPLIT)
+        _epilogue_t(acc3, 3, PV_PARTS, m_i, l_i, rb, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
+                    max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                    stride_ls, ROWS, HAS_SINK, MAX_LOGITS, SPLIT)
+
+
+@gluon.jit
+def _epilogue_t(acc, P: gl.constexpr, PARTS: gl.constexpr, m_i, l_i, rb, tok, seq, s, split, splits, h_q, sink_ptr,
+                out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                stride_lh, stride_ls, ROWS: gl.constexpr, HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr,
+                SPLIT: gl.constexpr):
+    """``_epilogue`` for part P of PARTS row ranges of O^T (row r is value dim ``phys_dim(r)``)."""
+    acc_t = gl.permute(acc, (1, 0))
+    ot_l: gl.constexpr = acc_t.type.layout
+    offs_o = phys_dim(P * (DV // PARTS) + gl.arange(0, DV // PARTS, layout=gl.SliceLayout(0, ot_l)))
+    heads = rb * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, ot_l))
+    _epilogue(acc_t, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr, max_ptr,
+              o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, HAS_SINK,
+              MAX_LOGITS, SPLIT, P == 0)
 
 
 # Fixed, not config fields: 64-key tiles in 2 buffers (32-key tiles in 3 were slower on 11 of 12 anchor shapes,
@@ -100,26 +187,51 @@ BLOCK_N = 64
 NUM_BUF = 2
 
 
-def plan_config(config):
-    """The fields ``sparse.num_splits`` plans with when this kernel runs: 64 heads and 64 keys a program, one
-    program an SM."""
+def keys_on_m(config, h_q, fp8) -> bool:
+    """Whether ``_sparse_sm90_fp8_t_kernel`` serves the call: the FP8 cache, at most 16 heads, and an entry with
+    ``FP8_KEYS_ON_M``."""
+    return bool(fp8) and bool(config.get("KEYS_ON_M", False)) and h_q <= 16
+
+
+def plan_config(config, h_q, fp8=False):
+    """The fields ``sparse.num_splits`` plans with when a kernel of this file runs: 64 heads and 64 keys a program,
+    one program an SM; with ``keys_on_m``, 8 or 16 heads a program and two programs an SM."""
+    if keys_on_m(config, h_q, fp8):
+        return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value, PROGRAMS_PER_SM=2)
     return dict(config, BLOCK_H=BLOCK_H.value, BLOCK_N=BLOCK_N, PROGRAMS_PER_SM=1)
 
 
-def launch(args, splits, grid, flags, fp8, raw_stages=1):
-    """Launch over ``sparse.sparse_attention``'s argument tuple (same kernel signature as ``_sparse_kernel``);
-    ``raw_stages``: FP8 raw tiles in flight (an entry's ``FP8_RAW_STAGES``)."""
+def launch(args, splits, grid, flags, fp8, config, h_q):
+    """Launch over ``sparse.sparse_attention``'s argument tuple (same kernel signature as ``_sparse_kernel``) for an
+    entry ``config`` (its ``FP8_*`` fields applied with ``fp8``); FP8 raw tiles in flight: ``RAW_STAGES``."""
+    if keys_on_m(config, h_q, fp8):
+        rows = block_rows(h_q)
+        _sparse_sm90_fp8_t_kernel[grid](*args, ROWS=rows, STAGES=_stages(config), SPLIT=splits > 1,
+                                        IDS_AHEAD=bool(config.get("IDS_AHEAD", False)), num_warps=T_WARPS.value,
+                                        **_parts(config, rows), **flags)
+        return
     _sparse_sm90_kernel[grid](*args, BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, SPLIT=splits > 1, FP8=bool(fp8),
-                              RAW_STAGES=raw_stages if fp8 else 1, num_warps=NUM_WARPS.value, **flags)
+                              RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, num_warps=NUM_WARPS.value,
+                              **flags)
 
 
-def compile_specs(prefill=False, fp8=False, raw_stages=1):
-    """(name, fn, types, constexprs, warps, stages) for check-configs (a ``WGMMA`` sparse entry, sm90 only)."""
+def compile_specs(prefill=False, fp8=False, config=None):
+    """(name, fn, types, constexprs, warps, stages) for check-configs (a ``WGMMA`` sparse entry, sm90 only; with
+    ``fp8``, ``config`` is the entry with its ``FP8_*`` fields applied)."""
+    config = config or {}
     types = dict(q_ptr="*bf16", k_ptr="*u8" if fp8 else "*bf16", idx_ptr="*i32", topk_len_ptr="*i32",
                  sink_ptr="*fp32", out_ptr="*bf16", lse_ptr="*fp32", max_ptr="*fp32", o_part_ptr="*fp32",
                  stat_part_ptr="*fp32", qk_scale="fp32")
+    flags = dict(HAS_TOPK_LEN=True, HAS_SINK=True, MAX_LOGITS=prefill)
     for split in (False, True):
-        yield (f"sparse_sm90{'_fp8' if fp8 else ''}(split={int(split)})", _sparse_sm90_kernel, types,
-               dict(BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, HAS_TOPK_LEN=True, HAS_SINK=True, MAX_LOGITS=prefill,
-                    SPLIT=split, FP8=fp8, RAW_STAGES=raw_stages if fp8 else 1),
-               NUM_WARPS.value, 1)
+        if keys_on_m(config, 16, fp8):
+            for rows in (8, 16):
+                yield (f"sparse_sm90_fp8_keys_on_m(rows={rows}, split={int(split)})", _sparse_sm90_fp8_t_kernel,
+                       types, dict(ROWS=rows, STAGES=_stages(config), SPLIT=split,
+                                   IDS_AHEAD=bool(config.get("IDS_AHEAD", False)), **_parts(config, rows), **flags),
+                       T_WARPS.value, 1)
+        else:
+            yield (f"sparse_sm90{'_fp8' if fp8 else ''}(split={int(split)})", _sparse_sm90_kernel, types,
+                   dict(BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, SPLIT=split, FP8=fp8,
+                        RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, **flags),
+                   NUM_WARPS.value, 1)
