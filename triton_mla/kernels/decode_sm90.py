@@ -152,6 +152,21 @@ def _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, strid
 
 # -- FP8 cache (triton_mla.fp8: 512 e4m3 bytes, 4 fp32 scales, 64 bf16 rope values = 656 bytes a token) --
 
+@gluon.jit
+def _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, LANE_ROWS: gl.constexpr, layout: gl.constexpr):
+    """The value-byte copy's key offsets and validity (``raw_off``, ``raw_ok``) in another copy's key ``layout``.
+    With a warp over 8 keys (LANE_ROWS = 8) the copies place keys alike, so the conversion moves no data and the
+    look-up is done once; otherwise the keys are looked up again in ``layout``."""
+    if LANE_ROWS == 8:
+        off = gl.convert_layout(raw_off, layout)
+        ok = gl.convert_layout(raw_ok, layout)
+    else:
+        off, ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
+                               BLOCK_N, layout)
+    return off, ok
+
+
 @gluon.constexpr_function
 def fp8_copy_keys(WARPS, LANE_ROWS):
     """The layout of a tile's keys in ``_issue_fp8_tile``'s copy of the value bytes."""
@@ -176,22 +191,13 @@ def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, table_row, start, hi, st
     _async_load(stage, k_ptr + raw_off[:, None] + offs[None, :], mask=raw_ok[:, None])
     sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [WARPS, 1], [1, 0])
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [max(4, LANE_ROWS), 32 // max(4, LANE_ROWS)], [WARPS, 1], [1, 0])
-    if LANE_ROWS == 8:
-        # the three copies then place keys alike: one look-up, and the layout conversions move no data
-        tok_off = gl.convert_layout(raw_off, gl.SliceLayout(1, sc_l))
-        tok_ok = gl.convert_layout(raw_ok, gl.SliceLayout(1, sc_l))
-    else:
-        tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                       INDEXED, BLOCK_N, gl.SliceLayout(1, sc_l))
+    tok_off, tok_ok = _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
+                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, sc_l))
     groups = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
     sc_ptrs = (k_ptr + tok_off[:, None] + DV).to(gl.pointer_type(gl.float32)) + groups[None, :]
     _async_load(stage_scale, sc_ptrs, mask=tok_ok[:, None])
-    if LANE_ROWS == 8:
-        tok_off = gl.convert_layout(raw_off, gl.SliceLayout(1, pe_l))
-        tok_ok = gl.convert_layout(raw_ok, gl.SliceLayout(1, pe_l))
-    else:
-        tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                       INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l))
+    tok_off, tok_ok = _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
+                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, pe_l))
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
     pe_ptrs = (k_ptr + tok_off[:, None] + DV + 16).to(gl.pointer_type(gl.bfloat16)) + offs_pe[None, :]
     _async_load(kpe_buf, pe_ptrs, mask=tok_ok[:, None])
