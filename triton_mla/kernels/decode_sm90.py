@@ -91,6 +91,13 @@ def _id_offsets(ids, stride_kb, stride_kt, limit, page_size):
 
 
 @gluon.jit
+def _entries(idx_row, start, hi, stride_ik, BLOCK_N: gl.constexpr, layout: gl.constexpr):
+    """Top-k entries [start, start + BLOCK_N) of a row, -1 from ``hi`` on, in ``layout``."""
+    pos = start + gl.arange(0, BLOCK_N, layout=layout)
+    return gl.load(idx_row + pos.to(gl.int64) * stride_ik, mask=pos < hi, other=-1)
+
+
+@gluon.jit
 def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED: gl.constexpr,
                  BLOCK_N: gl.constexpr, layout: gl.constexpr):
     """Element offsets in the cache of keys [start, start + BLOCK_N) and which of them are valid, in the 1-D
@@ -105,8 +112,8 @@ def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit
     pos = start + gl.arange(0, BLOCK_N, layout=layout)
     in_range = pos < hi
     if INDEXED:
-        ids = gl.load(table_row + pos.to(gl.int64) * stride_table, mask=in_range, other=-1)
-        return _id_offsets(ids, stride_kb, stride_kt, limit, page_size)
+        return _id_offsets(_entries(table_row, start, hi, stride_table, BLOCK_N, layout), stride_kb, stride_kt,
+                           limit, page_size)
     page = gl.load(table_row + (pos // page_size) * stride_table, mask=in_range, other=0)
     page = gl.minimum(gl.maximum(page, 0), limit - 1).to(gl.int64)
     return page * stride_kb + (pos % page_size).to(gl.int64) * stride_kt, in_range
@@ -168,9 +175,15 @@ def _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, str
 
 
 @gluon.constexpr_function
+def _fp8_raw_layout(WARPS, LANE_ROWS):
+    """``_issue_fp8_tile``'s copy of the value bytes: 16 a thread, a warp's lanes over LANE_ROWS keys."""
+    return gl.BlockedLayout([1, 16], [LANE_ROWS, 32 // LANE_ROWS], [WARPS, 1], [1, 0])
+
+
+@gluon.constexpr_function
 def fp8_copy_keys(WARPS, LANE_ROWS):
     """The layout of a tile's keys in ``_issue_fp8_tile``'s copy of the value bytes."""
-    return gl.SliceLayout(1, gl.BlockedLayout([1, 16], [LANE_ROWS, 32 // LANE_ROWS], [WARPS, 1], [1, 0]))
+    return gl.SliceLayout(1, _fp8_raw_layout(WARPS, LANE_ROWS))
 
 
 @gluon.jit
@@ -181,7 +194,7 @@ def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, table_row, start, hi, st
     into ``kpe_buf``; invalid keys read as 0 (and scale 0). LANE_ROWS: a warp's lanes spread over that many keys
     of the value bytes (fewer keys a thread: fewer page look-ups, each an integer division). ``ids``: the tile's
     top-k entries, loaded ahead in ``fp8_copy_keys(WARPS, LANE_ROWS)`` (else read here)."""
-    raw_l: gl.constexpr = gl.BlockedLayout([1, 16], [LANE_ROWS, 32 // LANE_ROWS], [WARPS, 1], [1, 0])
+    raw_l: gl.constexpr = _fp8_raw_layout(WARPS, LANE_ROWS)
     if ids is None:
         raw_off, raw_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                                        INDEXED, BLOCK_N, gl.SliceLayout(1, raw_l))

@@ -39,6 +39,7 @@ from .decode_sm90 import (
     DV,
     _async_load,
     _cta_barrier,
+    _entries,
     _id_offsets,
     _issue_fp8_tile,
     _key_offsets,
@@ -257,24 +258,25 @@ def _values(stg, sc_buf, P: gl.constexpr, PARTS: gl.constexpr, o_l: gl.constexpr
 
 
 @gluon.jit
-def _store_part(acc, P: gl.constexpr, PARTS: gl.constexpr, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq,
-                h_q, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
-                stride_ls, ROWS: gl.constexpr):
-    """``_store_segment`` for part P of PARTS row ranges of O^T: row r is value dim phys_dim(r) of the output."""
+def part_out(acc, P: gl.constexpr, PARTS: gl.constexpr, row_block, ROWS: gl.constexpr):
+    """Part P of PARTS row ranges of O^T as output rows: (acc [ROWS, 512 / PARTS], its output columns, its query
+    rows); row r of O^T is value dim ``phys_dim(r)``."""
     acc_t = gl.permute(acc, (1, 0))
     ot_l: gl.constexpr = acc_t.type.layout
     offs_o = phys_dim(P * (DV // PARTS) + gl.arange(0, DV // PARTS, layout=gl.SliceLayout(0, ot_l)))
-    rows_o = row_block * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, ot_l))
-    _store_segment(acc_t, m_i, l_i, seq, part, first, whole, rows_o, rows_o < rows_per_seq, offs_o, rows_per_seq, h_q,
-                   out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
-                   stride_ls, P == 0)
+    rows = row_block * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, ot_l))
+    return acc_t, offs_o, rows
 
 
 @gluon.jit
-def _tile_ids(idx_row, start, hi, stride_ik, layout: gl.constexpr):
-    """Top-k entries [start, start + BLOCK_N) of a row, -1 from ``hi`` on, in ``layout``."""
-    pos = start + gl.arange(0, BLOCK_N, layout=layout)
-    return gl.load(idx_row + pos.to(gl.int64) * stride_ik, mask=pos < hi, other=-1)
+def _store_part(acc, P: gl.constexpr, PARTS: gl.constexpr, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq,
+                h_q, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                stride_ls, ROWS: gl.constexpr):
+    """``_store_segment`` for part P of PARTS row ranges of O^T."""
+    acc_t, offs_o, rows_o = part_out(acc, P, PARTS, row_block, ROWS)
+    _store_segment(acc_t, m_i, l_i, seq, part, first, whole, rows_o, rows_o < rows_per_seq, offs_o, rows_per_seq, h_q,
+                   out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                   stride_ls, P == 0)
 
 
 @gluon.jit
@@ -312,12 +314,13 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
                         lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
                         BLOCK_N, WARPS, 8)
         cp.commit_group()
+    ids_cp = None  # (with IDS_AHEAD: the entries of the next tile to copy, else looked up at the copy)
     if IDS_AHEAD:
         # top-k entries read an iteration before their use, so no copy waits on an index load: those of the next
         # tile to copy, and those of tile 0 for its key mask
         cp_keys: gl.constexpr = fp8_copy_keys(WARPS, 8)
-        ids_cp = _tile_ids(table_row, lo + (STAGES - 1) * BLOCK_N, hi, stride_table, cp_keys)
-        ids_key = _tile_ids(table_row, lo, hi, stride_table, key_l)
+        ids_cp = _entries(table_row, lo + (STAGES - 1) * BLOCK_N, hi, stride_table, BLOCK_N, cp_keys)
+        ids_key = _entries(table_row, lo, hi, stride_table, BLOCK_N, key_l)
     # O^T in PV_PARTS row ranges (acc2, acc3 unused with 2)
     acc0 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
     acc1 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
@@ -332,20 +335,15 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         # tile j has landed for every thread, and every warp is done with tile j - 1 (its slot, P)
         _cta_barrier()
         nxt = start + (STAGES - 1) * BLOCK_N
-        if IDS_AHEAD:
-            if nxt < hi:
-                slot = (j + STAGES - 1) % STAGES
-                _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
-                                table_row, nxt, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                INDEXED, BLOCK_N, WARPS, 8, ids_cp)
-            ids_cp = _tile_ids(table_row, nxt + BLOCK_N, hi, stride_table, cp_keys)
-            _, key_ok = _id_offsets(ids_key, stride_kb, stride_kt, limit, page_size)
-            ids_key = _tile_ids(table_row, start + BLOCK_N, hi, stride_table, key_l)
-        elif nxt < hi:
+        if nxt < hi:
             slot = (j + STAGES - 1) % STAGES
             _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
                             table_row, nxt, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                            INDEXED, BLOCK_N, WARPS, 8)
+                            INDEXED, BLOCK_N, WARPS, 8, ids_cp)
+        if IDS_AHEAD:
+            ids_cp = _entries(table_row, nxt + BLOCK_N, hi, stride_table, BLOCK_N, cp_keys)
+            _, key_ok = _id_offsets(ids_key, stride_kb, stride_kt, limit, page_size)
+            ids_key = _entries(table_row, start + BLOCK_N, hi, stride_table, BLOCK_N, key_l)
         cp.commit_group()
         stg = stage.index(j % STAGES)
         sc_buf = stage_scale.index(j % STAGES)
@@ -466,6 +464,11 @@ def _parts(config, rows_blk):
                 QK_WAVES=config.get(f"QK_WAVES_{rows_blk}", 2 if rows_blk <= 8 else 1))
 
 
+def tile_constexprs(config, rows_blk):
+    """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike)."""
+    return dict(ROWS=rows_blk, STAGES=_stages(config), **_parts(config, rows_blk))
+
+
 def block_rows(rows: int) -> int:
     """Query rows a program: 8 or 16 (the MMA's N)."""
     return 8 if rows <= 8 else 16
@@ -484,8 +487,8 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
     _decode_sm90_fp8_kernel[(num_parts, cdiv(rows, rows_blk))](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
-        ROWS=rows_blk, STAGES=_stages(config), MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"],
-        CAUSAL=bool(causal and s_q > 1), **_parts(config, rows_blk), num_warps=WARPS.value,
+        MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
+        **tile_constexprs(config, rows_blk), num_warps=WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=16, BLOCK_N=BLOCK_N.value,
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
@@ -500,5 +503,5 @@ def compile_specs(entry):
     for rows in (8, 16):
         for causal in (False, True):
             yield (f"decode_sm90_fp8_keys_on_m(rows={rows}, causal={causal})", _decode_sm90_fp8_kernel, ptrs,
-                   dict(ROWS=rows, STAGES=_stages(entry), MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"],
-                        CAUSAL=causal, **_parts(entry, rows)), WARPS.value, 1)
+                   dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
+                        **tile_constexprs(entry, rows)), WARPS.value, 1)

@@ -7,6 +7,10 @@ shared-memory buffers and the FP8 staging are ``decode_sm90``'s (``_attend`` wit
 differs is the epilogue, which is ``sparse.py``'s: attention sink, max_logits, and the partial rows
 ``[token, split, head]`` that ``sparse._combine_kernel`` merges when a top-k list is cut into splits.
 Shapes: d = 576, dv = 512 (DeepSeek), bf16/fp16 (bf16 with the FP8 cache), any h_q (blocks of 64).
+
+Over the FP8 cache at <= 16 heads (entry field ``FP8_KEYS_ON_M``) a second kernel runs ``decode_sm90_fp8``'s
+program instead (keys on the MMA's M side, 8 or 16 heads a program, ``_attend_t`` with ``INDEXED``), with the
+same epilogue, called per row range of O^T.
 """
 
 from triton.experimental import gluon
@@ -17,7 +21,7 @@ from ._common import LN2, LOG2E
 from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, s_layout
 from .decode_sm90_fp8 import BLOCK_N as T_BLOCK_N
 from .decode_sm90_fp8 import WARPS as T_WARPS
-from .decode_sm90_fp8 import _attend_t, _buffers_t, _load_q, _mma_layout, _parts, _stages, block_rows, phys_dim
+from .decode_sm90_fp8 import _attend_t, _buffers_t, _load_q, _mma_layout, block_rows, part_out, tile_constexprs
 
 INT32_MAX = gl.constexpr((1 << 31) - 1)
 
@@ -171,11 +175,8 @@ def _epilogue_t(acc, P: gl.constexpr, PARTS: gl.constexpr, m_i, l_i, rb, tok, se
                 out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb,
                 stride_lh, stride_ls, ROWS: gl.constexpr, HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr,
                 SPLIT: gl.constexpr):
-    """``_epilogue`` for part P of PARTS row ranges of O^T (row r is value dim ``phys_dim(r)``)."""
-    acc_t = gl.permute(acc, (1, 0))
-    ot_l: gl.constexpr = acc_t.type.layout
-    offs_o = phys_dim(P * (DV // PARTS) + gl.arange(0, DV // PARTS, layout=gl.SliceLayout(0, ot_l)))
-    heads = rb * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, ot_l))
+    """``_epilogue`` for part P of PARTS row ranges of O^T."""
+    acc_t, offs_o, heads = part_out(acc, P, PARTS, rb, ROWS)
     _epilogue(acc_t, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr, max_ptr,
               o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, HAS_SINK,
               MAX_LOGITS, SPLIT, P == 0)
@@ -201,14 +202,18 @@ def plan_config(config, h_q, fp8=False):
     return dict(config, BLOCK_H=BLOCK_H.value, BLOCK_N=BLOCK_N, PROGRAMS_PER_SM=1)
 
 
+def _t_constexprs(config, rows):
+    """``_sparse_sm90_fp8_t_kernel``'s constexprs from an entry (``FP8_*`` applied) for ``rows`` heads a program."""
+    return dict(tile_constexprs(config, rows), IDS_AHEAD=bool(config.get("IDS_AHEAD", False)))
+
+
 def launch(args, splits, grid, flags, fp8, config, h_q):
     """Launch over ``sparse.sparse_attention``'s argument tuple (same kernel signature as ``_sparse_kernel``) for an
     entry ``config`` (its ``FP8_*`` fields applied with ``fp8``); FP8 raw tiles in flight: ``RAW_STAGES``."""
     if keys_on_m(config, h_q, fp8):
         rows = block_rows(h_q)
-        _sparse_sm90_fp8_t_kernel[grid](*args, ROWS=rows, STAGES=_stages(config), SPLIT=splits > 1,
-                                        IDS_AHEAD=bool(config.get("IDS_AHEAD", False)), num_warps=T_WARPS.value,
-                                        **_parts(config, rows), **flags)
+        _sparse_sm90_fp8_t_kernel[grid](*args, SPLIT=splits > 1, num_warps=T_WARPS.value, **_t_constexprs(config, rows),
+                                        **flags)
         return
     _sparse_sm90_kernel[grid](*args, BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, SPLIT=splits > 1, FP8=bool(fp8),
                               RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, num_warps=NUM_WARPS.value,
@@ -227,8 +232,7 @@ def compile_specs(prefill=False, fp8=False, config=None):
         if keys_on_m(config, 16, fp8):
             for rows in (8, 16):
                 yield (f"sparse_sm90_fp8_keys_on_m(rows={rows}, split={int(split)})", _sparse_sm90_fp8_t_kernel,
-                       types, dict(ROWS=rows, STAGES=_stages(config), SPLIT=split,
-                                   IDS_AHEAD=bool(config.get("IDS_AHEAD", False)), **_parts(config, rows), **flags),
+                       types, dict(SPLIT=split, **_t_constexprs(config, rows), **flags),
                        T_WARPS.value, 1)
         else:
             yield (f"sparse_sm90{'_fp8' if fp8 else ''}(split={int(split)})", _sparse_sm90_kernel, types,
