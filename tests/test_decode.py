@@ -301,6 +301,37 @@ def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("page_size", [16, 64, 128])
+@pytest.mark.parametrize("h_q", [128, 16])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_gpu_sm90_bad_page_ids_clamped(page_size, h_q, fp8, monkeypatch):
+    """Without TRITON_MLA_CHECK, page ids outside the cache in one sequence's block-table row are clamped by the
+    Gluon kernels (pages of 64 and 128: one look-up a tile): that sequence's output is finite, and the others are
+    those of the reference (64-row kernel at 128 heads; FP8 keys-on-M kernel at 16)."""
+    from triton_mla.bench import fp8_cache_of, fp8_rel_err
+
+    monkeypatch.setenv("TRITON_MLA_CHECK", "0")
+    q, k_cache, block_table, lens = make_case([700, 300, 1000], 1, h_q, dv=512, dr=64, page_size=page_size,
+                                              dtype=torch.bfloat16, spare_pages=0)
+    k_cache = torch.nan_to_num(k_cache, nan=0.0)  # (the page a bad id is clamped to is read whole)
+    bad = block_table.clone()
+    bad[0, ::2] = 1 << 30
+    bad[0, 1::2] = -7
+    if fp8:
+        k_cache = fp8_cache_of(k_cache)
+    with configs.overridden(WGMMA=True):
+        out, _ = tm.flash_mla_with_kvcache(q, k_cache, bad, lens, 512, is_fp8_kvcache=fp8)
+    assert torch.isfinite(out.float()).all()
+    if fp8:
+        table = torch.where(block_table[1:] < k_cache.shape[0], block_table[1:], 0)  # unused entries: any page
+        assert fp8_rel_err(out[1:], q[1:], k_cache, table, lens[1:], False, 576 ** -0.5, 2) < 1e-2
+    else:
+        ref, _ = decode_ref(q[1:].cpu(), k_cache.cpu(), block_table[1:].cpu(), lens[1:].cpu(), 512,
+                            dtype=torch.float64)
+        assert_close(out[1:], ref, torch.bfloat16)
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 def test_gpu_sm90_unaligned_cache_falls_back():
     """A cache whose token rows are not 16-byte aligned (sliced from 577-wide rows) decodes through tl.dot."""
     q, k_cache, block_table, lens = make_case([300, 1, 70], 1, 64, dv=512, dr=64, page_size=16,

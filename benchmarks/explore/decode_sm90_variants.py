@@ -23,6 +23,12 @@ VARIANTS = {
     "g64x2": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
     "g32x3": {"WGMMA": True, "BLOCK_N": 32, "NUM_BUF": 3, "MIN_BLOCKS_PER_PART": 8},
     "g32x4": {"WGMMA": True, "BLOCK_N": 32, "NUM_BUF": 4, "MIN_BLOCKS_PER_PART": 8},
+    # one page look-up a tile turned off (pages of 64: PAGE_TILE, on by default; benchmarks/NOTES.md, eighth session)
+    "g64x2_pk": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PAGE_TILE": False},
+    "fp8_g64r2_pk": {"_fp8": True, "WGMMA": True, "BLOCK_N": 64, "MIN_BLOCKS_PER_PART": 4, "RAW_STAGES": 2,
+                     "PAGE_TILE": False},
+    "fp8_t_pk": {"_fp8": True, "WGMMA": True, "KEYS_ON_M": True, "RAW_STAGES": 2, "PARTS_PER_SM": 2,
+                 "MIN_BLOCKS_PER_PART": 4, "PAGE_TILE": False},
     "g64x2p1": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
     "ws": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
     "ws_p1": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},

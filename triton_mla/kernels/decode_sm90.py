@@ -98,8 +98,18 @@ def _entries(idx_row, start, hi, stride_ik, BLOCK_N: gl.constexpr, layout: gl.co
 
 
 @gluon.jit
+def _tile_base(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size):
+    """Paged keys, pages a whole number of tiles (``PAGE_TILE``): the tile at ``start`` lies in one page, so one
+    look-up serves its keys: that page's id (clamped into [0, ``limit``); 0 for a tile from ``hi`` on, whose keys
+    are all masked). An int32 page, not the tile's int64 offset, rides the tile loop: one register fewer made
+    Triton 3.6's build of the 64-row kernel spill as little as before."""
+    page = gl.load(table_row + (start // page_size) * stride_table, mask=start < hi, other=0)
+    return gl.minimum(gl.maximum(page, 0), limit - 1)
+
+
+@gluon.jit
 def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED: gl.constexpr,
-                 BLOCK_N: gl.constexpr, layout: gl.constexpr):
+                 BLOCK_N: gl.constexpr, layout: gl.constexpr, base=None):
     """Element offsets in the cache of keys [start, start + BLOCK_N) and which of them are valid, in the 1-D
     ``layout`` of whatever uses them (a convert_layout would cost shared-memory round trips and barriers on
     every tile).
@@ -108,9 +118,15 @@ def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit
     ``table_row``; keys below ``hi`` (the segment's end) are valid; a bad page id is clamped into
     [0, ``limit`` = num_blocks). Indexed (sparse): key t is entry t of a top-k row ``table_row``, a flat token
     id page * page_size + offset; it is valid below ``hi`` (the top-k length) if the id lies in
-    [0, ``limit`` = number of tokens), and an invalid key reads token 0 under a mask."""
+    [0, ``limit`` = number of tokens), and an invalid key reads token 0 under a mask. ``base``: paged keys whose
+    tile lies in one page, that page from ``_tile_base`` (no look-up here; BLOCK_N divides ``start``)."""
     pos = start + gl.arange(0, BLOCK_N, layout=layout)
     in_range = pos < hi
+    if base is not None:
+        # pos & (BLOCK_N - 1), not pos - start: an offset that varies with the tile is not hoisted out of the tile
+        # loop (held there, the per-key offsets made ptxas spill); int32 within a page (``page_tile``)
+        return (base.to(gl.int64) * stride_kb
+                + ((start % page_size + (pos & (BLOCK_N - 1))) * stride_kt).to(gl.int64)), in_range
     if INDEXED:
         return _id_offsets(_entries(table_row, start, hi, stride_table, BLOCK_N, layout), stride_kb, stride_kt,
                            limit, page_size)
@@ -121,17 +137,17 @@ def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit
 
 @gluon.jit
 def _issue_tile(kn_buf, kpe_buf, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
-                page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr):
-    """cp.async of key tile [start, start + BLOCK_N) (``_key_offsets``): 512 + 64 dims a token. Invalid keys
-    are zero-filled (P is 0 there, and 0 * garbage could be NaN)."""
+                page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, base=None):
+    """cp.async of key tile [start, start + BLOCK_N) (``_key_offsets``, ``base`` as there): 512 + 64 dims a token.
+    Invalid keys are zero-filled (P is 0 there, and 0 * garbage could be NaN)."""
     nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NUM_WARPS, 1], [1, 0])
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
     tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                   INDEXED, BLOCK_N, gl.SliceLayout(1, nope_l))
+                                   INDEXED, BLOCK_N, gl.SliceLayout(1, nope_l), base)
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, nope_l))
     _async_load(kn_buf, k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None])
     tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                   INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l))
+                                   INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l), base)
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
     _async_load(kpe_buf, k_ptr + tok_off[:, None] + DV + offs_pe[None, :], mask=tok_ok[:, None])
 
@@ -161,11 +177,15 @@ def _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, strid
 
 @gluon.jit
 def _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, LANE_ROWS: gl.constexpr, layout: gl.constexpr):
+                INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, LANE_ROWS: gl.constexpr, layout: gl.constexpr,
+                base=None):
     """The value-byte copy's key offsets and validity (``raw_off``, ``raw_ok``) in another copy's key ``layout``.
     With a warp over 8 keys (LANE_ROWS = 8) the copies place keys alike, so the conversion moves no data and the
-    look-up is done once; otherwise the keys are looked up again in ``layout``."""
-    if LANE_ROWS == 8:
+    look-up is done once; otherwise the keys are looked up again in ``layout`` (none with a tile's ``base``)."""
+    if base is not None:
+        off, ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
+                               BLOCK_N, layout, base)
+    elif LANE_ROWS == 8:
         off = gl.convert_layout(raw_off, layout)
         ok = gl.convert_layout(raw_ok, layout)
     else:
@@ -189,15 +209,16 @@ def fp8_copy_keys(WARPS, LANE_ROWS):
 @gluon.jit
 def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table,
                     limit, page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS,
-                    LANE_ROWS: gl.constexpr = 1, ids=None):
+                    LANE_ROWS: gl.constexpr = 1, ids=None, base=None):
     """cp.async of a tile's raw e4m3 bytes and scales into the staging buffers and its rope values straight
     into ``kpe_buf``; invalid keys read as 0 (and scale 0). LANE_ROWS: a warp's lanes spread over that many keys
     of the value bytes (fewer keys a thread: fewer page look-ups, each an integer division). ``ids``: the tile's
-    top-k entries, loaded ahead in ``fp8_copy_keys(WARPS, LANE_ROWS)`` (else read here)."""
+    top-k entries, loaded ahead in ``fp8_copy_keys(WARPS, LANE_ROWS)`` (else read here); ``base``: paged keys
+    whose tile lies in one page, as ``_key_offsets``."""
     raw_l: gl.constexpr = _fp8_raw_layout(WARPS, LANE_ROWS)
     if ids is None:
         raw_off, raw_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                       INDEXED, BLOCK_N, gl.SliceLayout(1, raw_l))
+                                       INDEXED, BLOCK_N, gl.SliceLayout(1, raw_l), base)
     else:
         raw_off, raw_ok = _id_offsets(ids, stride_kb, stride_kt, limit, page_size)
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, raw_l))
@@ -205,12 +226,12 @@ def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, table_row, start, hi, st
     sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [WARPS, 1], [1, 0])
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [max(4, LANE_ROWS), 32 // max(4, LANE_ROWS)], [WARPS, 1], [1, 0])
     tok_off, tok_ok = _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
-                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, sc_l))
+                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, sc_l), base)
     groups = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
     sc_ptrs = (k_ptr + tok_off[:, None] + DV).to(gl.pointer_type(gl.float32)) + groups[None, :]
     _async_load(stage_scale, sc_ptrs, mask=tok_ok[:, None])
     tok_off, tok_ok = _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
-                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, pe_l))
+                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, pe_l), base)
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
     pe_ptrs = (k_ptr + tok_off[:, None] + DV + 16).to(gl.pointer_type(gl.bfloat16)) + offs_pe[None, :]
     _async_load(kpe_buf, pe_ptrs, mask=tok_ok[:, None])
@@ -280,24 +301,33 @@ def _softmax_pv(s, kn, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_sca
 def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_ptr, table_row, lo, hi, row_limit,
             stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, INDEXED: gl.constexpr,
             FP8: gl.constexpr, NUM_BUF: gl.constexpr, BLOCK_N: gl.constexpr, s_l: gl.constexpr,
-            o_l: gl.constexpr, RAW_STAGES: gl.constexpr = 1):
+            o_l: gl.constexpr, RAW_STAGES: gl.constexpr = 1, PAGE_TILE: gl.constexpr = False):
     """(acc, m, l) of the 64 query rows in ``q_smem`` over keys [lo, hi) (``_key_offsets``): Q's copy must have
     been issued and committed. Key tiles are copied ``NUM_BUF - 1`` ahead. FP8: raw tiles are copied
-    ``RAW_STAGES`` ahead into staging buffers; tile j is dequantized into the one 16-bit buffer, then computes."""
+    ``RAW_STAGES`` ahead into staging buffers; tile j is dequantized into the one 16-bit buffer, then computes.
+    PAGE_TILE (paged keys, pages a whole number of tiles, lo a multiple of BLOCK_N): one page look-up a tile, made
+    an iteration before its copy (``_tile_base``), so no copy waits on a load."""
     acc = gl.zeros([BLOCK_H, DV], gl.float32, layout=o_l)
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_l))
     l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, s_l))
     n_tiles = (hi - lo + BLOCK_N - 1) // BLOCK_N
     key_l: gl.constexpr = gl.SliceLayout(0, s_l)
+    base = None  # PAGE_TILE: the offset of the next tile to copy (else each copy looks its keys up)
     if FP8:
         P_IN_ROPE: gl.constexpr = _p_in_rope(BLOCK_N, RAW_STAGES)
         kn = kn_bufs.index(0)
         for i in gl.static_range(RAW_STAGES):
+            if PAGE_TILE:
+                base = _tile_base(table_row, lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
+                                  page_size)
             # a tile past hi is all masked: its copy only zero-fills
             _issue_fp8_tile(stage.index(i), stage_scale.index(i), kpe_bufs.index(i), k_ptr, table_row,
                             lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
-                            BLOCK_N)
+                            BLOCK_N, NUM_WARPS, 1, None, base)
             cp.commit_group()
+        if PAGE_TILE:
+            base = _tile_base(table_row, lo + RAW_STAGES * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
+                              page_size)
         for j in range(n_tiles):
             start = lo + j * BLOCK_N
             # the raw tile j has landed for every thread, and tile j - 1 is done with (kn, P are free)
@@ -313,7 +343,10 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
             if nxt < hi:
                 _issue_fp8_tile(stage.index(j % RAW_STAGES), stage_scale.index(j % RAW_STAGES),
                                 kpe_bufs.index((j + RAW_STAGES) % (RAW_STAGES + 1)), k_ptr, table_row, nxt, hi,
-                                stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
+                                stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, NUM_WARPS, 1,
+                                None, base)
+            if PAGE_TILE:
+                base = _tile_base(table_row, nxt + BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size)
             cp.commit_group()
             s = _qk_issue(q_smem, qpe_smem, kn, kpe, BLOCK_N, s_l)
             _, key_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
@@ -327,10 +360,16 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
                                         P_IN_ROPE)
     else:
         for i in gl.static_range(NUM_BUF - 1):
+            if PAGE_TILE:
+                base = _tile_base(table_row, lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
+                                  page_size)
             if lo + i * BLOCK_N < hi:
                 _issue_tile(kn_bufs.index(i), kpe_bufs.index(i), k_ptr, table_row, lo + i * BLOCK_N, hi, stride_kb,
-                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
+                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, base)
             cp.commit_group()
+        if PAGE_TILE:
+            base = _tile_base(table_row, lo + (NUM_BUF - 1) * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
+                              page_size)
         for j in range(n_tiles):
             start = lo + j * BLOCK_N
             cp.wait_group(NUM_BUF - 2)
@@ -347,7 +386,9 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
             if nxt < hi:
                 slot = (j + NUM_BUF - 1) % NUM_BUF
                 _issue_tile(kn_bufs.index(slot), kpe_bufs.index(slot), k_ptr, table_row, nxt, hi, stride_kb,
-                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N)
+                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, base)
+            if PAGE_TILE:
+                base = _tile_base(table_row, nxt + BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size)
             cp.commit_group()
             if not INDEXED:
                 s = _qk_issue(q_smem, qpe_smem, kn, kpe_bufs.index(j % NUM_BUF), BLOCK_N, s_l)
@@ -442,32 +483,50 @@ def _segment(seqlens_ptr, stride_seqlens, seq, g, g_hi, seq_g0, max_len, rows, s
     return n, seg_hi, lo, hi, row_limit
 
 
+@gluon.constexpr_function
+def row_layout(layout, rank):
+    """The layout of a row vector of a [rows, ...] tensor of ``rank`` 2 or 3 in ``layout``."""
+    return gl.SliceLayout(1, layout) if rank == 2 else gl.SliceLayout(1, gl.SliceLayout(2, layout))
+
+
+@gluon.jit
+def per_row(v, RANK: gl.constexpr):
+    """Row vector ``v`` (``row_layout``) expanded to broadcast against a [rows, ...] tensor of RANK 2 or 3."""
+    if RANK == 2:
+        return v[:, None]
+    else:
+        return v[:, None, None]
+
+
 @gluon.jit
 def _store_segment(acc, m_i, l_i, seq, part, first, whole, rows_o, row_ok_o, offs_o, rows_per_seq, h_q, out_ptr,
                    lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
                    WRITE_LSE: gl.constexpr):
     """A segment's result, columns ``offs_o`` of rows ``rows_o`` (log2-unit max ``m_i`` and sum ``l_i``): the final
     output and lse if the segment is the ``whole`` sequence, else a partial slot for ``decode._combine`` (slot 0:
-    the sequence this part starts in (``first``); slot 1: the one it ends in, decode.py's layout)."""
+    the sequence this part starts in (``first``); slot 1: the one it ends in, decode.py's layout). acc is
+    [rows, columns] or [rows, column groups, columns] (``decode_sm90_fp8.part_out``), offs_o its trailing dims."""
     o_l: gl.constexpr = acc.type.layout
-    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_l))
-    m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_l))
+    RANK: gl.constexpr = len(acc.shape)
+    l_o = gl.convert_layout(l_i, row_layout(o_l, RANK))
+    m_o = gl.convert_layout(m_i, row_layout(o_l, RANK))
     empty = l_o == 0.0
-    o = acc / gl.where(empty, 1.0, l_o)[:, None]
+    o = acc / per_row(gl.where(empty, 1.0, l_o), RANK)
     lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
+    cols = gl.expand_dims(offs_o, 0)
     if whole:
         row_s = rows_o // h_q
         row_h = rows_o % h_q
         o_rows = (out_ptr + seq.to(gl.int64) * stride_ob + row_s.to(gl.int64) * stride_os
                   + row_h.to(gl.int64) * stride_oh)
-        gl.store(o_rows[:, None] + offs_o[None, :], o.to(out_ptr.dtype.element_ty), mask=row_ok_o[:, None])
+        gl.store(per_row(o_rows, RANK) + cols, o.to(out_ptr.dtype.element_ty), mask=per_row(row_ok_o, RANK))
         if WRITE_LSE:
             lse_rows = lse_ptr + seq.to(gl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
             gl.store(lse_rows, gl.where(empty, float("inf"), lse2 * LN2), mask=row_ok_o)
     else:
         slot = part * 2 + gl.where(first, 0, 1)
         part_rows = slot.to(gl.int64) * rows_per_seq + rows_o
-        gl.store(o_part_ptr + part_rows[:, None] * DV + offs_o[None, :], o, mask=row_ok_o[:, None])
+        gl.store(o_part_ptr + per_row(part_rows * DV, RANK) + cols, o, mask=per_row(row_ok_o, RANK))
         if WRITE_LSE:
             gl.store(lse_part_ptr + part_rows, lse2, mask=row_ok_o)
 
@@ -485,7 +544,7 @@ def _decode_sm90_kernel(
     stride_lb, stride_lh, stride_ls,
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
-    ROWS_FIRST: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr,
+    ROWS_FIRST: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr, PAGE_TILE: gl.constexpr = False,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     s_l: gl.constexpr = s_layout(BLOCK_N)
@@ -520,7 +579,8 @@ def _decode_sm90_kernel(
             cp.commit_group()
             acc, m_i, l_i = _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_ptr, bt_row,
                                     tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp, num_blocks,
-                                    page_size, qk_scale, False, FP8, NUM_BUF, BLOCK_N, s_l, o_l, RAW_STAGES)
+                                    page_size, qk_scale, False, FP8, NUM_BUF, BLOCK_N, s_l, o_l, RAW_STAGES,
+                                    PAGE_TILE)
 
             _store_segment(acc, m_i, l_i, seq, part, g == g_lo, (g == seq_g0) & (seg_hi == seq_g0 + n), rows_o,
                            row_ok_o, offs_o, rows_per_seq, h_q, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob,
@@ -587,6 +647,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
         BLOCK_N=config["BLOCK_N"], NUM_BUF=config.get("NUM_BUF", 2),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
         FP8=bool(fp8), RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1,
+        **({} if ws else dict(PAGE_TILE=page_tile(page_size, config["BLOCK_N"], k_cache.stride(1), config))),
         num_warps=NUM_WARPS.value // 2 if ws else NUM_WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=BLOCK_H.value, BLOCK_N=config["BLOCK_N"],
@@ -595,18 +656,25 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     return out, lse
 
 
+def page_tile(page_size: int, block_n: int, stride_kt: int, config=None) -> bool:
+    """Whether every key tile of a sequence lies in one page (``PAGE_TILE``): pages a whole number of tiles, and
+    offsets within a page (``stride_kt`` apart) that fit in int32. A config may turn it off (``PAGE_TILE``:
+    false), to measure what it gives."""
+    return page_size % block_n == 0 and page_size * stride_kt < 2**31 and bool((config or {}).get("PAGE_TILE", True))
+
+
 def compile_specs(entry, fp8=False):
     """(name, fn, types, constexprs, warps, stages) for check-configs (a ``WGMMA`` decode entry)."""
     ptrs = dict(q_ptr="*bf16", k_ptr="*u8" if fp8 else "*bf16", out_ptr="*bf16", lse_ptr="*fp32",
                 o_part_ptr="*fp32", lse_part_ptr="*fp32")
     ws = bool(entry.get("WS", False)) and not fp8
-    for causal in (False, True):
-        yield (f"decode_sm90{'_ws' if ws else ''}{'_fp8' if fp8 else ''}(causal={causal})",
+    for causal, page in ((False, False), (True, False), (False, True)):
+        yield (f"decode_sm90{'_ws' if ws else ''}{'_fp8' if fp8 else ''}(causal={causal}, page_tile={page})",
                _decode_ws_kernel if ws else _decode_sm90_kernel, ptrs,
                dict(BLOCK_N=entry["BLOCK_N"], NUM_BUF=entry.get("NUM_BUF", 2),
                     MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
                     ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)), FP8=fp8,
-                    RAW_STAGES=entry.get("RAW_STAGES", 1) if fp8 else 1),
+                    RAW_STAGES=entry.get("RAW_STAGES", 1) if fp8 else 1, **({} if ws else dict(PAGE_TILE=page))),
                NUM_WARPS.value // 2 if ws else NUM_WARPS.value, 1)
 
 

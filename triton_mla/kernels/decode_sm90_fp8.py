@@ -47,7 +47,9 @@ from .decode_sm90 import (
     _q_offsets,
     _segment,
     _store_segment,
+    _tile_base,
     fp8_copy_keys,
+    page_tile,
 )
 
 WARPS = gl.constexpr(4)
@@ -257,15 +259,36 @@ def _values(stg, sc_buf, P: gl.constexpr, PARTS: gl.constexpr, o_l: gl.constexpr
                              gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2))
 
 
+@gluon.constexpr_function
+def _last_dim_first(layout):
+    """A linear ``layout`` with the register bases that step along the last dim first (in its order): a thread's
+    values along that dim are then consecutive registers, which a store writes with one wide instruction."""
+    regs = [list(b) for b in layout.reg_bases]
+    last = sorted((b for b in regs if b[-1]), key=lambda b: b[-1])
+    return gl.DistributedLinearLayout(reg_bases=last + [b for b in regs if not b[-1]], lane_bases=layout.lane_bases,
+                                      warp_bases=layout.warp_bases, block_bases=layout.block_bases,
+                                      shape=layout.shape)
+
+
 @gluon.jit
 def part_out(acc, P: gl.constexpr, PARTS: gl.constexpr, row_block, ROWS: gl.constexpr):
-    """Part P of PARTS row ranges of O^T as output rows: (acc [ROWS, 512 / PARTS], its output columns, its query
-    rows); row r of O^T is value dim ``phys_dim(r)``."""
+    """Part P of PARTS (2 or 4) row ranges of O^T as output rows: (acc [ROWS, 32, W], its output columns [32, W],
+    its query rows), W = 16 / PARTS. Row r of O^T is value dim ``phys_dim(r)``, and a thread's rows in a part are W
+    consecutive dims: the last axis holds them (reshaped and permuted, no data moved), so the stores are W wide."""
+    W: gl.constexpr = 16 // PARTS
     acc_t = gl.permute(acc, (1, 0))
-    ot_l: gl.constexpr = acc_t.type.layout
-    offs_o = phys_dim(P * (DV // PARTS) + gl.arange(0, DV // PARTS, layout=gl.SliceLayout(0, ot_l)))
-    rows = row_block * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, ot_l))
-    return acc_t, offs_o, rows
+    # a part's row r: bits 0..2 -> dim bits 4..6, 3 -> 0, 4..5 -> 7..8, 6 (and 7 with 2 parts) -> 1 (and 2)
+    if PARTS == 4:
+        acc3 = gl.reshape(gl.permute(gl.reshape(acc_t, [ROWS, 2, 4, 2, 8]), (0, 2, 4, 1, 3)), [ROWS, 32, W])
+    else:
+        acc3 = gl.reshape(gl.permute(gl.reshape(acc_t, [ROWS, 2, 2, 4, 2, 8]), (0, 3, 5, 1, 2, 4)), [ROWS, 32, W])
+    o_l: gl.constexpr = _last_dim_first(acc3.type.layout)
+    acc3 = gl.convert_layout(acc3, o_l)  # (a register renaming: no data moves)
+    c = gl.arange(0, 32, layout=gl.SliceLayout(1, gl.SliceLayout(0, o_l)))
+    v = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(0, o_l)))
+    offs_o = ((c >> 3) * 128 + (c & 7) * 16 + P * W)[:, None] + v[None, :]
+    rows = row_block * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, gl.SliceLayout(2, o_l)))
+    return acc3, offs_o, rows
 
 
 @gluon.jit
@@ -299,21 +322,28 @@ def _buffers_t(ROWS: gl.constexpr, STAGES: gl.constexpr):
 def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit, row_scale,
               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, INDEXED: gl.constexpr,
               ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
-              s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False):
+              s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False, PAGE_TILE: gl.constexpr = False):
     """Keys [lo, hi) against the ROWS query rows in ``q_smem`` / ``qpe_smem`` (``_load_q``, its copies committed):
     raw tiles copied STAGES - 1 ahead, online softmax in log2 units. Keys are ``decode_sm90._key_offsets``'s
     (paged positions, or top-k entries with ``INDEXED``); key c counts for row r below ``row_limit[r]``.
-    IDS_AHEAD (with INDEXED): each tile's entries are loaded an iteration before its copy is issued.
+    IDS_AHEAD (with INDEXED): each tile's entries are loaded an iteration before its copy is issued; PAGE_TILE
+    (paged, pages a whole number of tiles): the tile's one page look-up is (``decode_sm90._tile_base``).
     Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
     cp.commit_group()
+    base = None  # (with PAGE_TILE: the offset of the next tile to copy)
     for i in gl.static_range(STAGES - 1):
+        if PAGE_TILE:
+            base = _tile_base(table_row, lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size)
         # a tile past hi is all masked: its copy only zero-fills
         _issue_fp8_tile(stage.index(i), stage_scale.index(i), pe_bufs.index(i), k_ptr, table_row,
                         lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
-                        BLOCK_N, WARPS, 8)
+                        BLOCK_N, WARPS, 8, None, base)
         cp.commit_group()
+    if PAGE_TILE:
+        base = _tile_base(table_row, lo + (STAGES - 1) * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
+                          page_size)
     ids_cp = None  # (with IDS_AHEAD: the entries of the next tile to copy, else looked up at the copy)
     if IDS_AHEAD:
         # top-k entries read an iteration before their use, so no copy waits on an index load: those of the next
@@ -339,7 +369,9 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
             slot = (j + STAGES - 1) % STAGES
             _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
                             table_row, nxt, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                            INDEXED, BLOCK_N, WARPS, 8, ids_cp)
+                            INDEXED, BLOCK_N, WARPS, 8, ids_cp, base)
+        if PAGE_TILE:
+            base = _tile_base(table_row, nxt + BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size)
         if IDS_AHEAD:
             ids_cp = _entries(table_row, nxt + BLOCK_N, hi, stride_table, BLOCK_N, cp_keys)
             _, key_ok = _id_offsets(ids_key, stride_kb, stride_kt, limit, page_size)
@@ -402,7 +434,7 @@ def _decode_sm90_fp8_kernel(
     stride_lb, stride_lh, stride_ls,
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
-    PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
+    PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False,
 ):
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
     ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
@@ -431,7 +463,7 @@ def _decode_sm90_fp8_kernel(
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
                 q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit,
                 row_scale, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, False, ROWS, STAGES,
-                PV_PARTS, QK_WAVES, s_l)
+                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE)
             first = g == g_lo
             whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
             _store_part(acc0, 0, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
@@ -488,7 +520,8 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
-        **tile_constexprs(config, rows_blk), num_warps=WARPS.value,
+        PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config), **tile_constexprs(config, rows_blk),
+        num_warps=WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=16, BLOCK_N=BLOCK_N.value,
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
@@ -501,7 +534,8 @@ def compile_specs(entry):
     ptrs = dict(q_ptr="*bf16", k_ptr="*u8", out_ptr="*bf16", lse_ptr="*fp32", o_part_ptr="*fp32",
                 lse_part_ptr="*fp32")
     for rows in (8, 16):
-        for causal in (False, True):
-            yield (f"decode_sm90_fp8_keys_on_m(rows={rows}, causal={causal})", _decode_sm90_fp8_kernel, ptrs,
-                   dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
+        for causal, page in ((False, False), (True, False), (False, True), (True, True)):
+            yield (f"decode_sm90_fp8_keys_on_m(rows={rows}, causal={causal}, page_tile={page})",
+                   _decode_sm90_fp8_kernel, ptrs,
+                   dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
                         **tile_constexprs(entry, rows)), WARPS.value, 1)

@@ -13,7 +13,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
 from ._common import LN2, cdiv
-from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, s_layout
+from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, page_tile, s_layout
 
 
 @gluon.jit
@@ -27,6 +27,7 @@ def _extend_sm90_kernel(
     stride_lh, stride_lt,
     total_q, h_q, num_blocks, page_size, max_len, qk_scale,  # total_q unused: the tl.dot kernel's parameters
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr,
+    PAGE_TILE: gl.constexpr = False,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     s_l: gl.constexpr = s_layout(BLOCK_N)
@@ -51,7 +52,7 @@ def _extend_sm90_kernel(
         bt_row = block_table_ptr + seq.to(gl.int64) * stride_btb
         acc, m_i, l_i = _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_ptr, bt_row, 0,
                                 hi, row_limit, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale,
-                                False, FP8, NUM_BUF, BLOCK_N, s_l, o_l, RAW_STAGES)
+                                False, FP8, NUM_BUF, BLOCK_N, s_l, o_l, RAW_STAGES, PAGE_TILE)
 
         # -- epilogue: a row that saw nothing gets out = 0 (its acc is 0) and lse = +inf ------------------------
         rows = rb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, o_l))
@@ -81,11 +82,15 @@ def _tiles(fp8):
 def launch(args, max_seqlen_q, fp8=False):
     """Launch over ``extend.extend``'s argument tuple (the same parameters as ``_extend_kernel``'s, already
     validated); grid (row blocks of the longest chunk, b)."""
-    h_q, b = args[0].shape[1], args[3].shape[0]
-    _extend_sm90_kernel[(cdiv(max_seqlen_q * h_q, BLOCK_H.value), b)](*args, **_tiles(fp8), num_warps=NUM_WARPS.value)
+    h_q, b, k_cache = args[0].shape[1], args[3].shape[0], args[1]
+    _extend_sm90_kernel[(cdiv(max_seqlen_q * h_q, BLOCK_H.value), b)](
+        *args, **_tiles(fp8), PAGE_TILE=page_tile(k_cache.shape[1], BLOCK_N, k_cache.stride(1)),
+        num_warps=NUM_WARPS.value)
 
 
 def compile_specs(fp8=False):
     """(name, fn, types, constexprs, warps, stages) for check-configs (a ``WGMMA`` extend entry, sm90 only)."""
     types = dict(q_ptr="*bf16", k_ptr="*u8" if fp8 else "*bf16", out_ptr="*bf16", lse_ptr="*fp32", qk_scale="fp32")
-    yield (f"extend_sm90{'_fp8' if fp8 else ''}", _extend_sm90_kernel, types, _tiles(fp8), NUM_WARPS.value, 1)
+    for page in (False, True):
+        yield (f"extend_sm90{'_fp8' if fp8 else ''}(page_tile={page})", _extend_sm90_kernel, types,
+               dict(_tiles(fp8), PAGE_TILE=page), NUM_WARPS.value, 1)

@@ -18,7 +18,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
 from ._common import LN2, LOG2E
-from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, s_layout
+from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, per_row, row_layout, s_layout
 from .decode_sm90_fp8 import BLOCK_N as T_BLOCK_N
 from .decode_sm90_fp8 import WARPS as T_WARPS
 from .decode_sm90_fp8 import _attend_t, _buffers_t, _load_q, _mma_layout, block_rows, part_out, tile_constexprs
@@ -56,18 +56,21 @@ def _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sin
     """``sparse.py``'s epilogue for output columns ``offs_o`` of heads ``heads`` (acc [heads, columns], the two
     index vectors its slices): the normalized partial row and its (lse, max) with SPLIT, else the output with the
     attention sink applied, lse and max_logits. m_i, l_i: row max and sum in log2 units; STATS: this call also
-    writes the per-row statistics (one call of several that cover a row's columns does)."""
+    writes the per-row statistics (one call of several that cover a row's columns does). acc may also be
+    [heads, column groups, columns] (``decode_sm90_fp8.part_out``), offs_o then its trailing two dims."""
     o_l: gl.constexpr = acc.type.layout
+    RANK: gl.constexpr = len(acc.shape)
     head_ok = heads < h_q
-    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_l))
-    m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_l))
+    l_o = gl.convert_layout(l_i, row_layout(o_l, RANK))
+    m_o = gl.convert_layout(m_i, row_layout(o_l, RANK))
     empty = l_o == 0.0
     lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(gl.where(empty, 1.0, l_o)))
     inv = 1.0 / gl.where(empty, 1.0, l_o)
+    cols = gl.expand_dims(offs_o, 0)
     if SPLIT:
         rows = (tok.to(gl.int64) * splits + split) * h_q + heads
-        gl.store(o_part_ptr + rows[:, None] * DV + offs_o[None, :], acc * gl.where(empty, 0.0, inv)[:, None],
-                 mask=head_ok[:, None])
+        gl.store(o_part_ptr + per_row(rows * DV, RANK) + cols, acc * per_row(gl.where(empty, 0.0, inv), RANK),
+                 mask=per_row(head_ok, RANK))
         if STATS:
             gl.store(stat_part_ptr + rows * 2, lse2, mask=head_ok)
             gl.store(stat_part_ptr + rows * 2 + 1, m_o, mask=head_ok)
@@ -78,8 +81,8 @@ def _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sin
             inv = inv / (1.0 + gl.exp2(sink2 - gl.where(empty, 0.0, lse2)))
         inv = gl.where(empty, 0.0, inv)
         o_rows = out_ptr + seq.to(gl.int64) * stride_ob + s.to(gl.int64) * stride_os + heads.to(gl.int64) * stride_oh
-        gl.store(o_rows[:, None] + offs_o[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty),
-                 mask=head_ok[:, None])
+        gl.store(per_row(o_rows, RANK) + cols, (acc * per_row(inv, RANK)).to(out_ptr.dtype.element_ty),
+                 mask=per_row(head_ok, RANK))
         if STATS:
             stat = seq.to(gl.int64) * stride_lb + heads.to(gl.int64) * stride_lh + s.to(gl.int64) * stride_ls
             gl.store(lse_ptr + stat, gl.where(empty, float("inf"), lse2 * LN2), mask=head_ok)
