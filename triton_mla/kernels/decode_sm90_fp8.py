@@ -14,10 +14,11 @@ tiles in flight.
 The register operands are read with 8- and 16-byte loads because the dims are permuted. A sum over dims (QK^T)
 does not care in which order its terms come, so within each group of 128 dims the k index of the MMA is mapped
 to dims such that each thread's registers hold 32 consecutive bytes of a key (``_QK_VIEW``); Q is stored with the
-same permutation. For O^T the value dims are the MMA's rows: row r of O^T is dim ``phys_dim(r)``, chosen so
-each thread's 16 rows are 16 consecutive dims of one group (``_PV_VIEW``), and the output is written back
-through that map. Both are views (``SharedLinearLayout``) of the one raw tile, whose 16-byte chunks are XOR-
-swizzled by key so the loads are free of bank conflicts.
+same permutation. For O^T the value dims are the MMA's rows: row r of O^T is the dim whose bits 0, 1..3, 4..6,
+7..8 are r's bits 3, 6..8, 0..2, 4..5, chosen so each thread's 16 rows are 16 consecutive dims of one group
+(``_PV_VIEW``); the output is written back through that map (``part_out``). Both are views
+(``SharedLinearLayout``) of the one raw tile, whose 16-byte chunks are XOR-swizzled by key so the loads are free
+of bank conflicts.
 
 Scales: the QK^T of each 128-dim group has its own accumulator, multiplied by the keys' scales in fp32. For
 P V the scales multiply the register operand, V^T * scale, in float16, exact for every dequantized value within
@@ -161,12 +162,6 @@ def _e4m3_to_f16_scaled(raw, scale):
 
 
 @gluon.jit
-def phys_dim(r):
-    """The value dim that row r of O^T (and of ``_PV_VIEW``) holds."""
-    return (((r >> 3) & 1) | (((r >> 6) & 7) << 1) | ((r & 7) << 4) | (((r >> 4) & 3) << 7))
-
-
-@gluon.jit
 def _qk_dim(k):
     """The dim (within its group of 128) that k index k of ``_QK_VIEW`` holds."""
     return (k & 1) | (((k >> 3) & 15) << 1) | (((k >> 1) & 3) << 5)
@@ -273,8 +268,9 @@ def _last_dim_first(layout):
 @gluon.jit
 def part_out(acc, P: gl.constexpr, PARTS: gl.constexpr, row_block, ROWS: gl.constexpr):
     """Part P of PARTS (2 or 4) row ranges of O^T as output rows: (acc [ROWS, 32, W], its output columns [32, W],
-    its query rows), W = 16 / PARTS. Row r of O^T is value dim ``phys_dim(r)``, and a thread's rows in a part are W
-    consecutive dims: the last axis holds them (reshaped and permuted, no data moved), so the stores are W wide."""
+    its query rows), W = 16 / PARTS. O^T's rows are permuted value dims (module docstring), and a thread's rows in a
+    part are W consecutive dims: the last axis holds them (reshaped and permuted, no data moved), so the stores are
+    W wide."""
     W: gl.constexpr = 16 // PARTS
     acc_t = gl.permute(acc, (1, 0))
     # a part's row r: bits 0..2 -> dim bits 4..6, 3 -> 0, 4..5 -> 7..8, 6 (and 7 with 2 parts) -> 1 (and 2)
