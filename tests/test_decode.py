@@ -281,7 +281,7 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
                                    dict(BLOCK_N=64, MIN_BLOCKS_PER_PART=4, WS=True),
                                    dict(BLOCK_N=32, MIN_BLOCKS_PER_PART=8, WS=True, ROWS_FIRST=True)],
                          ids=["n64x2", "n32x3", "ws64", "ws32"])
-@pytest.mark.parametrize("page_size", [1, 16, 64, 128])
+@pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
 def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
     """kernels/decode_sm90.py (and the warp-specialized decode_sm90_ws.py: ``WS``) against the reference: row

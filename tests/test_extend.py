@@ -465,10 +465,11 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("fp8", [False, True])
-@pytest.mark.parametrize("page_size", [1, 16, 64])
+@pytest.mark.parametrize("page_size", [1, 16, 64, 192])
 def test_gpu_sm90_extend_kernel(page_size, fp8, monkeypatch):
     """kernels/extend_sm90.py against the reference: mixed batches (decode tokens, long chunks, empty chunks and
-    sequences), chunks with no prefix, head counts that cut tokens across 64-row blocks, pages of 1-64."""
+    sequences), chunks with no prefix, head counts that cut tokens across 64-row blocks, pages of 1-192 (pages of
+    64 and 192: one page look-up a tile)."""
     from triton_mla.kernels import extend as extend_kernels
 
     calls = []

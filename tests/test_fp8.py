@@ -304,7 +304,7 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
-@pytest.mark.parametrize("page_size", [1, 16, 64, 128])
+@pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
 @pytest.mark.parametrize("raw_stages", [1, 2])
 def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
@@ -326,7 +326,7 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
-@pytest.mark.parametrize("page_size", [1, 16, 64, 128])
+@pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
 def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, monkeypatch):
     """kernels/decode_sm90_fp8.py (<= 16 rows, keys on the MMA's M side, dims permuted in the register operands):
