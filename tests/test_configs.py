@@ -28,7 +28,7 @@ def test_every_shipped_config_fits(family):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "all configs fit" in res.stdout and f"{family:>6}" in res.stdout
     if family == "sm90":  # the Gluon warpgroup-MMA decode of the 64+ row entries is compiled too
-        assert "decode_sm90(causal=True)" in res.stdout
+        assert "decode_sm90(causal=True, page_tile=False)" in res.stdout
 
 
 def test_oversized_config_is_caught():
@@ -80,7 +80,7 @@ def test_wgmma_kernel_checked_on_sm90_only():
     entry = dict(max_rows=None, dtype="16bit", BLOCK_H=64, BLOCK_N=64, num_warps=8, num_stages=2, PARTS_PER_SM=1,
                  MIN_BLOCKS_PER_PART=4, WGMMA=True, NUM_BUF=2)
     specs = [spec for spec in check.decode_kernels(entry) if spec[0].startswith("decode_sm90")]
-    assert len(specs) == 2
+    assert len(specs) == 3  # causal or not with per-key page look-ups, and one page look-up a tile
     shared, verdict = check._run_job(("sm89", "label", specs[0]))
     assert verdict.startswith("FAILED") and "sm90" in verdict
 
@@ -123,7 +123,7 @@ def test_tune_candidates():
     from triton_mla.configs import check
 
     specs = [s[0] for s in check.decode_kernels(gluon[0])]
-    assert "decode_sm90(causal=True)" in specs
+    assert "decode_sm90(causal=True, page_tile=False)" in specs
 
 
 def test_host_launch_arithmetic_matches_triton():
