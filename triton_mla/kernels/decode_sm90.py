@@ -98,7 +98,7 @@ def _entries(idx_row, start, hi, stride_ik, BLOCK_N: gl.constexpr, layout: gl.co
 
 
 @gluon.jit
-def _tile_base(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size):
+def _tile_page(table_row, start, hi, stride_table, limit, page_size):
     """Paged keys, pages a whole number of tiles (``PAGE_TILE``): the tile at ``start`` lies in one page, so one
     look-up serves its keys: that page's id (clamped into [0, ``limit``); 0 for a tile from ``hi`` on, whose keys
     are all masked). An int32 page, not the tile's int64 offset, rides the tile loop: one register fewer made
@@ -109,7 +109,7 @@ def _tile_base(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, 
 
 @gluon.jit
 def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED: gl.constexpr,
-                 BLOCK_N: gl.constexpr, layout: gl.constexpr, base=None):
+                 BLOCK_N: gl.constexpr, layout: gl.constexpr, tile_page=None):
     """Element offsets in the cache of keys [start, start + BLOCK_N) and which of them are valid, in the 1-D
     ``layout`` of whatever uses them (a convert_layout would cost shared-memory round trips and barriers on
     every tile).
@@ -118,14 +118,14 @@ def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit
     ``table_row``; keys below ``hi`` (the segment's end) are valid; a bad page id is clamped into
     [0, ``limit`` = num_blocks). Indexed (sparse): key t is entry t of a top-k row ``table_row``, a flat token
     id page * page_size + offset; it is valid below ``hi`` (the top-k length) if the id lies in
-    [0, ``limit`` = number of tokens), and an invalid key reads token 0 under a mask. ``base``: paged keys whose
-    tile lies in one page, that page from ``_tile_base`` (no look-up here; BLOCK_N divides ``start``)."""
+    [0, ``limit`` = number of tokens), and an invalid key reads token 0 under a mask. ``tile_page``: paged keys whose
+    tile lies in one page, that page, from ``_tile_page`` (no look-up here; BLOCK_N divides ``start``)."""
     pos = start + gl.arange(0, BLOCK_N, layout=layout)
     in_range = pos < hi
-    if base is not None:
+    if tile_page is not None:
         # pos & (BLOCK_N - 1), not pos - start: an offset that varies with the tile is not hoisted out of the tile
         # loop (held there, the per-key offsets made ptxas spill); int32 within a page (``page_tile``)
-        return (base.to(gl.int64) * stride_kb
+        return (tile_page.to(gl.int64) * stride_kb
                 + ((start % page_size + (pos & (BLOCK_N - 1))) * stride_kt).to(gl.int64)), in_range
     if INDEXED:
         return _id_offsets(_entries(table_row, start, hi, stride_table, BLOCK_N, layout), stride_kb, stride_kt,
@@ -137,17 +137,17 @@ def _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit
 
 @gluon.jit
 def _issue_tile(kn_buf, kpe_buf, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
-                page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, base=None):
-    """cp.async of key tile [start, start + BLOCK_N) (``_key_offsets``, ``base`` as there): 512 + 64 dims a token.
+                page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, tile_page=None):
+    """cp.async of key tile [start, start + BLOCK_N) (``_key_offsets``, ``tile_page`` as there): 512 + 64 dims a token.
     Invalid keys are zero-filled (P is 0 there, and 0 * garbage could be NaN)."""
     nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [NUM_WARPS, 1], [1, 0])
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
     tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                   INDEXED, BLOCK_N, gl.SliceLayout(1, nope_l), base)
+                                   INDEXED, BLOCK_N, gl.SliceLayout(1, nope_l), tile_page)
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, nope_l))
     _async_load(kn_buf, k_ptr + tok_off[:, None] + offs[None, :], mask=tok_ok[:, None])
     tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                   INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l), base)
+                                   INDEXED, BLOCK_N, gl.SliceLayout(1, pe_l), tile_page)
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
     _async_load(kpe_buf, k_ptr + tok_off[:, None] + DV + offs_pe[None, :], mask=tok_ok[:, None])
 
@@ -178,13 +178,13 @@ def _issue_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, strid
 @gluon.jit
 def _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                 INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, LANE_ROWS: gl.constexpr, layout: gl.constexpr,
-                base=None):
+                tile_page=None):
     """The value-byte copy's key offsets and validity (``raw_off``, ``raw_ok``) in another copy's key ``layout``.
     With a warp over 8 keys (LANE_ROWS = 8) the copies place keys alike, so the conversion moves no data and the
-    look-up is done once; otherwise the keys are looked up again in ``layout`` (none with a tile's ``base``)."""
-    if base is not None:
+    look-up is done once; otherwise the keys are looked up again in ``layout`` (none given ``tile_page``)."""
+    if tile_page is not None:
         off, ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
-                               BLOCK_N, layout, base)
+                               BLOCK_N, layout, tile_page)
     elif LANE_ROWS == 8:
         off = gl.convert_layout(raw_off, layout)
         ok = gl.convert_layout(raw_ok, layout)
@@ -209,16 +209,16 @@ def fp8_copy_keys(WARPS, LANE_ROWS):
 @gluon.jit
 def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table,
                     limit, page_size, INDEXED: gl.constexpr, BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS,
-                    LANE_ROWS: gl.constexpr = 1, ids=None, base=None):
+                    LANE_ROWS: gl.constexpr = 1, ids=None, tile_page=None):
     """cp.async of a tile's raw e4m3 bytes and scales into the staging buffers and its rope values straight
     into ``kpe_buf``; invalid keys read as 0 (and scale 0). LANE_ROWS: a warp's lanes spread over that many keys
     of the value bytes (fewer keys a thread: fewer page look-ups, each an integer division). ``ids``: the tile's
-    top-k entries, loaded ahead in ``fp8_copy_keys(WARPS, LANE_ROWS)`` (else read here); ``base``: paged keys
+    top-k entries, loaded ahead in ``fp8_copy_keys(WARPS, LANE_ROWS)`` (else read here); ``tile_page``: paged keys
     whose tile lies in one page, as ``_key_offsets``."""
     raw_l: gl.constexpr = _fp8_raw_layout(WARPS, LANE_ROWS)
     if ids is None:
         raw_off, raw_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                       INDEXED, BLOCK_N, gl.SliceLayout(1, raw_l), base)
+                                       INDEXED, BLOCK_N, gl.SliceLayout(1, raw_l), tile_page)
     else:
         raw_off, raw_ok = _id_offsets(ids, stride_kb, stride_kt, limit, page_size)
     offs = gl.arange(0, DV, layout=gl.SliceLayout(0, raw_l))
@@ -226,12 +226,12 @@ def _issue_fp8_tile(stage, stage_scale, kpe_buf, k_ptr, table_row, start, hi, st
     sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [WARPS, 1], [1, 0])
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [max(4, LANE_ROWS), 32 // max(4, LANE_ROWS)], [WARPS, 1], [1, 0])
     tok_off, tok_ok = _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
-                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, sc_l), base)
+                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, sc_l), tile_page)
     groups = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
     sc_ptrs = (k_ptr + tok_off[:, None] + DV).to(gl.pointer_type(gl.float32)) + groups[None, :]
     _async_load(stage_scale, sc_ptrs, mask=tok_ok[:, None])
     tok_off, tok_ok = _offsets_as(raw_off, raw_ok, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
-                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, pe_l), base)
+                                  page_size, INDEXED, BLOCK_N, LANE_ROWS, gl.SliceLayout(1, pe_l), tile_page)
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
     pe_ptrs = (k_ptr + tok_off[:, None] + DV + 16).to(gl.pointer_type(gl.bfloat16)) + offs_pe[None, :]
     _async_load(kpe_buf, pe_ptrs, mask=tok_ok[:, None])
@@ -307,28 +307,26 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
     been issued and committed. Key tiles are copied ``NUM_BUF - 1`` ahead. FP8: raw tiles are copied
     ``RAW_STAGES`` ahead into staging buffers; tile j is dequantized into the one 16-bit buffer, then computes.
     PAGE_TILE (paged keys, pages a whole number of tiles, lo a multiple of BLOCK_N): one page look-up a tile, made
-    an iteration before its copy (``_tile_base``), so no copy waits on a load."""
+    an iteration before its copy (``_tile_page``), so no copy waits on a load."""
     acc = gl.zeros([BLOCK_H, DV], gl.float32, layout=o_l)
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_l))
     l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, s_l))
     n_tiles = (hi - lo + BLOCK_N - 1) // BLOCK_N
     key_l: gl.constexpr = gl.SliceLayout(0, s_l)
-    base = None  # PAGE_TILE: the offset of the next tile to copy (else each copy looks its keys up)
+    tile_page = None  # PAGE_TILE: the page of the next tile to copy (else each copy looks its keys up)
     if FP8:
         P_IN_ROPE: gl.constexpr = _p_in_rope(BLOCK_N, RAW_STAGES)
         kn = kn_bufs.index(0)
         for i in gl.static_range(RAW_STAGES):
             if PAGE_TILE:
-                base = _tile_base(table_row, lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
-                                  page_size)
+                tile_page = _tile_page(table_row, lo + i * BLOCK_N, hi, stride_table, limit, page_size)
             # a tile past hi is all masked: its copy only zero-fills
             _issue_fp8_tile(stage.index(i), stage_scale.index(i), kpe_bufs.index(i), k_ptr, table_row,
                             lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
-                            BLOCK_N, NUM_WARPS, 1, None, base)
+                            BLOCK_N, NUM_WARPS, 1, None, tile_page)
             cp.commit_group()
         if PAGE_TILE:
-            base = _tile_base(table_row, lo + RAW_STAGES * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
-                              page_size)
+            tile_page = _tile_page(table_row, lo + RAW_STAGES * BLOCK_N, hi, stride_table, limit, page_size)
         for j in range(n_tiles):
             start = lo + j * BLOCK_N
             # the raw tile j has landed for every thread, and tile j - 1 is done with (kn, P are free)
@@ -345,9 +343,9 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
                 _issue_fp8_tile(stage.index(j % RAW_STAGES), stage_scale.index(j % RAW_STAGES),
                                 kpe_bufs.index((j + RAW_STAGES) % (RAW_STAGES + 1)), k_ptr, table_row, nxt, hi,
                                 stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, NUM_WARPS, 1,
-                                None, base)
+                                None, tile_page)
             if PAGE_TILE:
-                base = _tile_base(table_row, nxt + BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size)
+                tile_page = _tile_page(table_row, nxt + BLOCK_N, hi, stride_table, limit, page_size)
             cp.commit_group()
             s = _qk_issue(q_smem, qpe_smem, kn, kpe, BLOCK_N, s_l)
             _, key_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
@@ -362,15 +360,13 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
     else:
         for i in gl.static_range(NUM_BUF - 1):
             if PAGE_TILE:
-                base = _tile_base(table_row, lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
-                                  page_size)
+                tile_page = _tile_page(table_row, lo + i * BLOCK_N, hi, stride_table, limit, page_size)
             if lo + i * BLOCK_N < hi:
                 _issue_tile(kn_bufs.index(i), kpe_bufs.index(i), k_ptr, table_row, lo + i * BLOCK_N, hi, stride_kb,
-                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, base)
+                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, tile_page)
             cp.commit_group()
         if PAGE_TILE:
-            base = _tile_base(table_row, lo + (NUM_BUF - 1) * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
-                              page_size)
+            tile_page = _tile_page(table_row, lo + (NUM_BUF - 1) * BLOCK_N, hi, stride_table, limit, page_size)
         for j in range(n_tiles):
             start = lo + j * BLOCK_N
             cp.wait_group(NUM_BUF - 2)
@@ -387,9 +383,9 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
             if nxt < hi:
                 slot = (j + NUM_BUF - 1) % NUM_BUF
                 _issue_tile(kn_bufs.index(slot), kpe_bufs.index(slot), k_ptr, table_row, nxt, hi, stride_kb,
-                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, base)
+                            stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, tile_page)
             if PAGE_TILE:
-                base = _tile_base(table_row, nxt + BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size)
+                tile_page = _tile_page(table_row, nxt + BLOCK_N, hi, stride_table, limit, page_size)
             cp.commit_group()
             if not INDEXED:
                 s = _qk_issue(q_smem, qpe_smem, kn, kpe_bufs.index(j % NUM_BUF), BLOCK_N, s_l)

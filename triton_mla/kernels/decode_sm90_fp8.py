@@ -48,7 +48,7 @@ from .decode_sm90 import (
     _q_offsets,
     _segment,
     _store_segment,
-    _tile_base,
+    _tile_page,
     fp8_copy_keys,
     page_tile,
 )
@@ -323,23 +323,22 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     raw tiles copied STAGES - 1 ahead, online softmax in log2 units. Keys are ``decode_sm90._key_offsets``'s
     (paged positions, or top-k entries with ``INDEXED``); key c counts for row r below ``row_limit[r]``.
     IDS_AHEAD (with INDEXED): each tile's entries are loaded an iteration before its copy is issued; PAGE_TILE
-    (paged, pages a whole number of tiles): the tile's one page look-up is (``decode_sm90._tile_base``).
+    (paged, pages a whole number of tiles): the tile's one page look-up is (``decode_sm90._tile_page``).
     Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
     cp.commit_group()
-    base = None  # (with PAGE_TILE: the offset of the next tile to copy)
+    tile_page = None  # (with PAGE_TILE: the page of the next tile to copy)
     for i in gl.static_range(STAGES - 1):
         if PAGE_TILE:
-            base = _tile_base(table_row, lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size)
+            tile_page = _tile_page(table_row, lo + i * BLOCK_N, hi, stride_table, limit, page_size)
         # a tile past hi is all masked: its copy only zero-fills
         _issue_fp8_tile(stage.index(i), stage_scale.index(i), pe_bufs.index(i), k_ptr, table_row,
                         lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
-                        BLOCK_N, WARPS, 8, None, base)
+                        BLOCK_N, WARPS, 8, None, tile_page)
         cp.commit_group()
     if PAGE_TILE:
-        base = _tile_base(table_row, lo + (STAGES - 1) * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit,
-                          page_size)
+        tile_page = _tile_page(table_row, lo + (STAGES - 1) * BLOCK_N, hi, stride_table, limit, page_size)
     ids_cp = None  # (with IDS_AHEAD: the entries of the next tile to copy, else looked up at the copy)
     if IDS_AHEAD:
         # top-k entries read an iteration before their use, so no copy waits on an index load: those of the next
@@ -365,9 +364,9 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
             slot = (j + STAGES - 1) % STAGES
             _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
                             table_row, nxt, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                            INDEXED, BLOCK_N, WARPS, 8, ids_cp, base)
+                            INDEXED, BLOCK_N, WARPS, 8, ids_cp, tile_page)
         if PAGE_TILE:
-            base = _tile_base(table_row, nxt + BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size)
+            tile_page = _tile_page(table_row, nxt + BLOCK_N, hi, stride_table, limit, page_size)
         if IDS_AHEAD:
             ids_cp = _entries(table_row, nxt + BLOCK_N, hi, stride_table, BLOCK_N, cp_keys)
             _, key_ok = _id_offsets(ids_key, stride_kb, stride_kt, limit, page_size)
