@@ -474,7 +474,7 @@ def sm90_calls(monkeypatch):
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
-@pytest.mark.parametrize("cache", ["bf16", "fp8", "fp8-raw2"])
+@pytest.mark.parametrize("cache", ["bf16", "fp8-raw1", "fp8-raw2"])
 @pytest.mark.parametrize("split_heavy", [False, True])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (8, 2), (12, 1), (16, 4), (32, 1), (64, 2), (100, 1), (128, 2)])
 def test_gpu_sm90_sparse_decode(h_q, s_q, split_heavy, cache, sm90_calls):
@@ -484,7 +484,7 @@ def test_gpu_sm90_sparse_decode(h_q, s_q, split_heavy, cache, sm90_calls):
     b = 3
     fp8 = cache != "bf16"
     sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
-    raw = dict(FP8_RAW_STAGES=2) if cache == "fp8-raw2" else {}
+    raw = dict(FP8_RAW_STAGES=int(cache[-1])) if fp8 else {}
     with configs.overridden(WGMMA=True, **raw, **(SPLIT_HEAVY if split_heavy else {})):
         for i, (topk, page_size) in enumerate([(577, 64), (2048, 1), (64, 64)]):
             check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
