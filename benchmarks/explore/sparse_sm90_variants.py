@@ -2,6 +2,7 @@
 (``kernels/sparse_sm90.py``, config ``WGMMA``) on every anchor shape of ``bench_sparse``.
 
     PYTHONPATH=. python benchmarks/explore/sparse_sm90_variants.py [decode|prefill ...] [variant ...] [few-heads]
+        [bf16|fp8]
 
 For each shape: a small random case with the same b, s_q, h_q, topk (same split plan, same compiled kernel,
 4096 cache tokens) is checked against the float32 oracle, then the anchor shape is timed (do_bench median).
@@ -64,13 +65,14 @@ def main():
     print(torch.cuda.get_device_name(0), "triton", triton.__version__, flush=True)
     which = [a for a in sys.argv[1:] if a in ("decode", "prefill")] or ["decode", "prefill"]
     few_heads = "few-heads" in sys.argv  # FP8 decode at <= 16 heads only
+    caches = [False] if "bf16" in sys.argv else [True] if few_heads or "fp8" in sys.argv else [False, True]
     names = [a for a in sys.argv[1:] if a in VARIANTS]
     if names:
         for name in [n for n in VARIANTS if n not in names]:
             del VARIANTS[name]
     t0 = time.time()
     if "decode" in which:
-        for fp8 in (False, True):
+        for fp8 in caches:
             for b, s_q, h_q, topk, s_kv in bs.DECODE_SHAPES:
                 if few_heads and not (fp8 and h_q <= 16):
                     continue
