@@ -134,6 +134,13 @@ def test_softmax_scale_and_larger_max_seqlen():
     check_prefill([10, 31], h=2, softmax_scale=0.3, max_seqlen_q=100, **SMALL_TILES)
 
 
+@pytest.mark.parametrize("scale", [-0.4, 0.0])
+def test_negative_and_zero_softmax_scale(scale):
+    """The row max of unmasked tiles is taken before scaling: a negative scale must flip it to the row min."""
+    check_prefill([40, 33], [40, 50], h=2, softmax_scale=scale, causal=False, **SMALL_TILES)
+    check_prefill([40, 33], [40, 50], h=2, softmax_scale=scale, **SMALL_TILES)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_tensor_descriptors(causal):
     """The TMA path (host tensor descriptors; the interpreter runs them too), masks included."""
@@ -225,14 +232,36 @@ def _gpu_lens(seed, n, hi):
     return torch.randint(1, hi, (n,), generator=g).tolist()
 
 
+# the sm90 Gluon kernel (kernels/prefill_sm90.py) in each of its forms, and the tl.dot kernel; off sm90 every
+# entry runs the tl.dot kernel
+SM90_VARIANTS = {
+    "tl.dot": dict(WGMMA=False),
+    "wgmma-n128": dict(WGMMA=True, WGMMA_BLOCK_N=128, WGMMA_STAGES=2, OVERLAP=False),
+    "wgmma-n128-overlap": dict(WGMMA=True, WGMMA_BLOCK_N=128, WGMMA_STAGES=2, OVERLAP=True),
+    "wgmma-n64-overlap": dict(WGMMA=True, WGMMA_BLOCK_N=64, WGMMA_STAGES=3, OVERLAP=True),
+}
+
+
 @gpu
+@pytest.mark.parametrize("variant", list(SM90_VARIANTS))
 @pytest.mark.parametrize("h", [1, 8, 12, 16, 128])
 @pytest.mark.parametrize("causal", [True, False])
-def test_gpu_bf16_deepseek(h, causal):
+def test_gpu_bf16_deepseek(h, causal, variant):
     lens_q = [0, 1, 63, 64, 65, 127, 128, 129, 1000] + _gpu_lens(h, 5, 3000)
     lens_k = [n + extra for n, extra in zip(lens_q, [5, 0, 0, 1, 64, 300, 0, 2, 24] + [0, 7, 1000, 3, 0],
                                             strict=True)]
-    check_prefill(lens_q, lens_k, h=h, dtype=torch.bfloat16, causal=causal, seed=h)
+    check_prefill(lens_q, lens_k, h=h, dtype=torch.bfloat16, causal=causal, seed=h, **SM90_VARIANTS[variant])
+
+
+@gpu
+@pytest.mark.parametrize("variant", list(SM90_VARIANTS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_grouped_heads_and_short_keys(variant, dtype):
+    """Grouped K/V heads, keys fewer than queries (rows that see nothing), a sequence of no keys."""
+    check_prefill([200, 130, 7, 129], [260, 3, 0, 129], h=8, h_kv=2, dtype=dtype, **SM90_VARIANTS[variant])
+    check_prefill([200, 130, 7, 129], [260, 3, 0, 129], h=8, h_kv=2, dtype=dtype, causal=False,
+                  **SM90_VARIANTS[variant])
+    check_prefill([300, 64], [400, 64], h=4, dtype=dtype, softmax_scale=-0.05, **SM90_VARIANTS[variant])
 
 
 @gpu

@@ -19,6 +19,12 @@ import triton.language as tl
 from .._checks import interpreting
 from ._common import LN2, LOG2E, cdiv, next_pow2
 
+try:  # the Gluon kernel for sm90 (FlashAttention-3's structure); needs triton.experimental.gluon
+    from . import decode_sm90 as _gluon
+    from . import prefill_sm90 as _sm90
+except ImportError:  # pragma: no cover
+    _sm90 = None
+
 # DeepSeek's MHA-mode prefill (128 nope + 64 rope, 128): the head dims the shipped configs are sized for
 D_QK, D_V = 192, 128
 
@@ -89,7 +95,12 @@ def _attend_keys(acc, m_i, l_i, q1, q2, k1_src, k2_src, v_src, k_row0, k_col, k2
             p = tl.math.exp2(qk - m_safe[:, None])
             alpha = tl.math.exp2(m_i - m_safe)
         else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            # the largest scaled score is the scale times the largest score, or the smallest for a negative scale
+            if qk_scale >= 0:
+                top = tl.max(qk, 1)
+            else:
+                top = tl.min(qk, 1)
+            m_new = tl.maximum(m_i, top * qk_scale)
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # one FMA per score
             alpha = tl.math.exp2(m_i - m_new)
         acc = acc * alpha[:, None]
@@ -271,6 +282,18 @@ def _descriptor(t, rows_block, width):
     return TensorDescriptor(t, [max(total, 1), cols], [t.stride(0), 1], [rows_block, width])
 
 
+def sm90_params(entry):
+    """The Gluon kernel's launch parameters in a ``WGMMA`` entry."""
+    return dict(BLOCK_N=entry["WGMMA_BLOCK_N"], STAGES=entry["WGMMA_STAGES"], OVERLAP=bool(entry.get("OVERLAP", False)))
+
+
+def sm90_applies(config, q, k, v):
+    """Whether the Gluon kernel serves a call: the entry asks for it (``WGMMA``), an sm90 GPU, DeepSeek's head dims
+    in 16 bits, and tensors TMA can read (``prefill_sm90.usable``)."""
+    return (_sm90 is not None and config.get("WGMMA", False) and q.is_cuda
+            and _sm90.usable(q, k, v, q.shape[2], v.shape[2]) and _gluon.is_sm90(q.device))
+
+
 def prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, softmax_scale, causal, config, use_tma, out,
                 lse):
     """Launch the prefill kernel. Arguments are validated by ``triton_mla.prefill.mla_prefill_mha``.
@@ -280,6 +303,9 @@ def prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, softmax_scale
     """
     total_q, h, d_qk = q.shape
     total_k, h_kv, d_v = v.shape
+    if sm90_applies(config, q, k, v):
+        return _sm90.prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, softmax_scale, causal,
+                                 sm90_params(config), out, lse)
     b = cu_seqlens_q.shape[0] - 1
     d1, d2, bd2 = split_head_dim(d_qk)
     bdv = block_dv(d_v)
@@ -330,3 +356,5 @@ def compile_specs(section, entry):
     for causal in (False, True):
         yield (f"prefill(causal={causal})", _prefill_mha_kernel, types, dict(consts, CAUSAL=causal),
                entry["num_warps"], entry["num_stages"])
+        if entry.get("WGMMA", False) and elem == "bf16":
+            yield _sm90.compile_spec(sm90_params(entry), causal)
