@@ -11,8 +11,8 @@ softmax_scale = 192 ** -0.5, packed (varlen layout, cu_seqlens = 0, s, 2s, ...) 
 call (p20/p80 in the JSON). rel_err: against a float32 reference on the first two heads of the first
 sequence (s <= 4096).
 
-``--sweep`` times a grid of tile configs (BLOCK_M, BLOCK_N, warps, stages, TMA) on each shape, prints
-the best per shape and the best overall (geometric mean of TFLOPS), and with ``--out`` writes them;
+``--sweep`` times a grid of the tl.dot kernel's tile configs (BLOCK_M, BLOCK_N, warps, stages, TMA) on each shape,
+prints the best per shape and the best overall (geometric mean of TFLOPS), and with ``--out`` writes them;
 ``--apply-sweep`` then writes that winner into the "prefill" section of the device family's config file.
 """
 
