@@ -236,9 +236,8 @@ def _gpu_lens(seed, n, hi):
 # entry runs the tl.dot kernel
 SM90_VARIANTS = {
     "tl.dot": dict(WGMMA=False),
-    "wgmma-n128": dict(WGMMA=True, WGMMA_BLOCK_N=128, WGMMA_STAGES=2, OVERLAP=False),
-    "wgmma-n128-overlap": dict(WGMMA=True, WGMMA_BLOCK_N=128, WGMMA_STAGES=2, OVERLAP=True),
-    "wgmma-n64-overlap": dict(WGMMA=True, WGMMA_BLOCK_N=64, WGMMA_STAGES=3, OVERLAP=True),
+    "wgmma-n128": dict(WGMMA=True, WGMMA_BLOCK_N=128, WGMMA_STAGES=2),
+    "wgmma-n64": dict(WGMMA=True, WGMMA_BLOCK_N=64, WGMMA_STAGES=3),
 }
 
 

@@ -12,8 +12,7 @@ import torch
 from triton_mla import configs
 from triton_mla.prefill import mla_prefill_mha
 
-FORMS = [dict(WGMMA_BLOCK_N=128, WGMMA_STAGES=2, OVERLAP=False), dict(WGMMA_BLOCK_N=128, WGMMA_STAGES=2, OVERLAP=True),
-         dict(WGMMA_BLOCK_N=64, WGMMA_STAGES=3, OVERLAP=True)]
+FORMS = [dict(WGMMA_BLOCK_N=128, WGMMA_STAGES=2), dict(WGMMA_BLOCK_N=64, WGMMA_STAGES=3)]
 
 
 def main():

@@ -284,7 +284,7 @@ def _descriptor(t, rows_block, width):
 
 def sm90_params(entry):
     """The Gluon kernel's launch parameters in a ``WGMMA`` entry."""
-    return dict(BLOCK_N=entry["WGMMA_BLOCK_N"], STAGES=entry["WGMMA_STAGES"], OVERLAP=bool(entry.get("OVERLAP", False)))
+    return dict(BLOCK_N=entry["WGMMA_BLOCK_N"], STAGES=entry["WGMMA_STAGES"])
 
 
 def sm90_applies(config, q, k, v):
