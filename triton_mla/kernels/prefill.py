@@ -291,7 +291,7 @@ def sm90_applies(config, q, k, v):
     """Whether the Gluon kernel serves a call: the entry asks for it (``WGMMA``), an sm90 GPU, DeepSeek's head dims
     in 16 bits, and tensors TMA can read (``prefill_sm90.usable``)."""
     return (_sm90 is not None and config.get("WGMMA", False) and q.is_cuda
-            and _sm90.usable(q, k, v, q.shape[2], v.shape[2]) and _gluon.is_sm90(q.device))
+            and _sm90.usable(q, k, v) and _gluon.is_sm90(q.device))
 
 
 def prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, softmax_scale, causal, config, use_tma, out,

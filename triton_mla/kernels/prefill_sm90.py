@@ -295,9 +295,9 @@ def _prefill_sm90_kernel(
 
 # -- host side -----------------------------------------------------------------------------------------------
 
-def usable(q, k, v, d_qk, d_v):
+def usable(q, k, v):
     """DeepSeek's head dims, 16-bit, and what TMA needs: 16-byte aligned bases and strides, unit last stride."""
-    if (d_qk, d_v) != (192, 128) or q.dtype not in (torch.bfloat16, torch.float16):
+    if (q.shape[2], v.shape[2]) != (D1.value + D2.value, DV.value) or q.dtype not in (torch.bfloat16, torch.float16):
         return False
     for t in (q, k, v):
         if (t.numel() == 0 or t.stride(2) != 1 or t.data_ptr() % 16 or (t.stride(0) * 2) % 16
