@@ -19,6 +19,8 @@ from triton_mla.bench import decode_flops, fp8_cache_of, fp8_rel_err, make_decod
 from triton_mla.reference import decode_ref
 
 VARIANTS = {
+    "shipped": {},  # the config files as they are
+    "shipped_fp8": {"_fp8": True},
     "base": {"WGMMA": False},
     "g64x2": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
     "g32x3": {"WGMMA": True, "BLOCK_N": 32, "NUM_BUF": 3, "MIN_BLOCKS_PER_PART": 8},
@@ -29,6 +31,10 @@ VARIANTS = {
                      "PAGE_TILE": False},
     "fp8_t_pk": {"_fp8": True, "WGMMA": True, "KEYS_ON_M": True, "RAW_STAGES": 2, "PARTS_PER_SM": 2,
                  "MIN_BLOCKS_PER_PART": 4, "PAGE_TILE": False},
+    # the shipped 64+ row entry, and each warpgroup computing the whole of S (decode_sm90_whole_s; eleventh session)
+    "g64x2r": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True},
+    "whole_s": {"WGMMA": True, "WHOLE_S": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4,
+                "ROWS_FIRST": True},
     "g64x2p1": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
     "ws": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
     "ws_p1": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
