@@ -31,10 +31,8 @@ VARIANTS = {
                      "PAGE_TILE": False},
     "fp8_t_pk": {"_fp8": True, "WGMMA": True, "KEYS_ON_M": True, "RAW_STAGES": 2, "PARTS_PER_SM": 2,
                  "MIN_BLOCKS_PER_PART": 4, "PAGE_TILE": False},
-    # the shipped 64+ row entry, and each warpgroup computing the whole of S (decode_sm90_whole_s; eleventh session)
+    # the shipped 64+ row entry
     "g64x2r": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True},
-    "whole_s": {"WGMMA": True, "WHOLE_S": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4,
-                "ROWS_FIRST": True},
     "g64x2p1": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
     "ws": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
     "ws_p1": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},

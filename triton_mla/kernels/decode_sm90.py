@@ -635,25 +635,18 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
     rows_first = bool(config.get("ROWS_FIRST", False))
     grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
-    args = (*launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
-            b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value)
-    tiled_pages = page_tile(page_size, config["BLOCK_N"], k_cache.stride(1), config)
-    if _whole_s.applies(config, fp8, tiled_pages):
-        # each warpgroup computes the whole of S (decode_sm90_whole_s)
-        _whole_s._decode_whole_s_kernel[grid](
-            *args, MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
-            ROWS_FIRST=rows_first, num_warps=_whole_s.WG_WARPS.value)
-    else:
-        # WS: the warp-specialized kernel (two warpgroups on alternate tiles; 16-bit caches, 64-key tiles)
-        ws = bool(config.get("WS", False)) and not fp8 and config["BLOCK_N"] in (32, 64)
-        kernel = _decode_ws_kernel if ws else _decode_sm90_kernel
-        kernel[grid](
-            *args, BLOCK_N=config["BLOCK_N"], NUM_BUF=config.get("NUM_BUF", 2),
-            MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
-            FP8=bool(fp8), RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1,
-            **({} if ws else dict(PAGE_TILE=tiled_pages)),
-            num_warps=NUM_WARPS.value // 2 if ws else NUM_WARPS.value,
-        )
+    # WS: the warp-specialized kernel (two warpgroups on alternate tiles; 16-bit caches, 64-key tiles)
+    ws = bool(config.get("WS", False)) and not fp8 and config["BLOCK_N"] in (32, 64)
+    kernel = _decode_ws_kernel if ws else _decode_sm90_kernel
+    kernel[grid](
+        *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
+        b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
+        BLOCK_N=config["BLOCK_N"], NUM_BUF=config.get("NUM_BUF", 2),
+        MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
+        FP8=bool(fp8), RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1,
+        **({} if ws else dict(PAGE_TILE=page_tile(page_size, config["BLOCK_N"], k_cache.stride(1), config))),
+        num_warps=NUM_WARPS.value // 2 if ws else NUM_WARPS.value,
+    )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=BLOCK_H.value, BLOCK_N=config["BLOCK_N"],
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
     _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
@@ -683,6 +676,5 @@ def compile_specs(entry, fp8=False):
 
 
 # at the end: decode_sm90_ws and decode_sm90_fp8 build on this module's helpers
-from . import decode_sm90_whole_s as _whole_s  # noqa: E402
 from .decode_sm90_fp8 import decode_sm90_fp8 as _decode_fp8_keys_on_m  # noqa: E402
 from .decode_sm90_ws import _decode_ws_kernel  # noqa: E402
