@@ -268,6 +268,22 @@ def _qk_issue(q_smem, qpe_smem, kn, kpe, BLOCK_N: gl.constexpr, s_l: gl.constexp
 
 
 @gluon.jit
+def _row_sum_step(l_part, alpha, p):
+    """l = l * alpha + the row sums of ``p`` [rows, keys], kept as one partial sum a warpgroup ([rows, 2]: column w
+    sums the keys of warpgroup w), so that no tile's sum crosses warpgroups (a shared-memory round trip and two CTA
+    barriers); ``_row_sum`` adds the two at the end."""
+    rows: gl.constexpr = p.shape[0]
+    keys: gl.constexpr = p.shape[1]
+    part = gl.sum(gl.reshape(p, [rows, 2, keys // 2]), axis=2)
+    return l_part * gl.convert_layout(alpha, gl.SliceLayout(1, part.type.layout))[:, None] + part
+
+
+@gluon.jit
+def _row_sum(l_part, layout: gl.constexpr):
+    return gl.convert_layout(gl.sum(l_part, axis=1), layout)
+
+
+@gluon.jit
 def _softmax_pv(s, kn, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, s_l: gl.constexpr,
                 o_l: gl.constexpr, P_T: gl.constexpr):
     """Online softmax of the tile's scores ``s`` (from ``_qk_issue``) and O += PV (log2 units). Key column c
@@ -282,7 +298,7 @@ def _softmax_pv(s, kn, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_sca
     m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
     p = gl.exp2(qk - m_safe[:, None])
     alpha = gl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + gl.sum(p, axis=1)
+    l_i = _row_sum_step(l_i, alpha, p)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_l))[:, None]
 
     # each warpgroup wrote half of P's columns; both read all of it
@@ -310,7 +326,9 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
     an iteration before its copy (``_tile_page``), so no copy waits on a load."""
     acc = gl.zeros([BLOCK_H, DV], gl.float32, layout=o_l)
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_l))
-    l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, s_l))
+    # the row sums, one partial a warpgroup (_row_sum_step), in the layout of S's row sums over two column groups
+    l_i = gl.sum(gl.reshape(gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_l), [BLOCK_H, 2, BLOCK_N // 2]),
+                 axis=2)
     n_tiles = (hi - lo + BLOCK_N - 1) // BLOCK_N
     key_l: gl.constexpr = gl.SliceLayout(0, s_l)
     tile_page = None  # PAGE_TILE: the page of the next tile to copy (else each copy looks its keys up)
@@ -370,9 +388,11 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
         for j in range(n_tiles):
             start = lo + j * BLOCK_N
             cp.wait_group(NUM_BUF - 2)
-            fence_async_shared()
-            # tile j has landed for every thread, and every warpgroup is done with tile j - 1's buffer
+            # tile j has landed for every thread, and every warpgroup is done with tile j - 1's buffer; then the
+            # proxy fence, after the barrier as in Triton's own cp.async pipelines (the fence first made Triton add a
+            # second barrier after the wait)
             _cta_barrier()
+            fence_async_shared()
             kn = kn_bufs.index(j % NUM_BUF)
             # Gathered keys (INDEXED): start S = QK^T before the next tile's copies, whose index loads then
             # overlap the MMA (sparse decode 4-6% faster). Paged keys: copies first (dense decode was 4-5% slower
@@ -395,7 +415,7 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
             acc, m_i, l_i = _softmax_pv(s, kn, p_smem, acc, m_i, l_i, key_ok, key_pos, row_limit, qk_scale, s_l, o_l,
                                         False)
     cp.wait_group(0)
-    return acc, m_i, l_i
+    return acc, m_i, _row_sum(l_i, gl.SliceLayout(1, s_l))
 
 
 @gluon.constexpr_function
