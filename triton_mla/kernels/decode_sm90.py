@@ -272,10 +272,14 @@ def _row_sum_step(l_part, alpha, p):
     """l = l * alpha + the row sums of ``p`` [rows, keys], kept as one partial sum a warpgroup ([rows, 2]: column w
     sums the keys of warpgroup w), so that no tile's sum crosses warpgroups (a shared-memory round trip and two CTA
     barriers); ``_row_sum`` adds the two at the end."""
-    rows: gl.constexpr = p.shape[0]
-    keys: gl.constexpr = p.shape[1]
-    part = gl.sum(gl.reshape(p, [rows, 2, keys // 2]), axis=2)
+    part = _row_parts(p)
     return l_part * gl.convert_layout(alpha, gl.SliceLayout(1, part.type.layout))[:, None] + part
+
+
+@gluon.jit
+def _row_parts(p):
+    """The row sums of ``p`` [rows, keys] over each warpgroup's half of the keys: [rows, 2]."""
+    return gl.sum(gl.reshape(p, [p.shape[0], 2, p.shape[1] // 2]), axis=2)
 
 
 @gluon.jit
@@ -327,8 +331,7 @@ def _attend(q_smem, qpe_smem, p_smem, kn_bufs, kpe_bufs, stage, stage_scale, k_p
     acc = gl.zeros([BLOCK_H, DV], gl.float32, layout=o_l)
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_l))
     # the row sums, one partial a warpgroup (_row_sum_step), in the layout of S's row sums over two column groups
-    l_i = gl.sum(gl.reshape(gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_l), [BLOCK_H, 2, BLOCK_N // 2]),
-                 axis=2)
+    l_i = _row_parts(gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_l))
     n_tiles = (hi - lo + BLOCK_N - 1) // BLOCK_N
     key_l: gl.constexpr = gl.SliceLayout(0, s_l)
     tile_page = None  # PAGE_TILE: the page of the next tile to copy (else each copy looks its keys up)
