@@ -279,8 +279,8 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 @pytest.mark.parametrize("tiles", [dict(BLOCK_N=64, NUM_BUF=2, MIN_BLOCKS_PER_PART=4),
                                    dict(BLOCK_N=32, NUM_BUF=3, MIN_BLOCKS_PER_PART=8, ROWS_FIRST=True),
                                    dict(BLOCK_N=64, MIN_BLOCKS_PER_PART=4, WS=True),
-                                   dict(BLOCK_N=32, MIN_BLOCKS_PER_PART=8, WS=True, ROWS_FIRST=True)],
-                         ids=["n64x2", "n32x3", "ws64", "ws32"])
+                                   dict(BLOCK_N=64, MIN_BLOCKS_PER_PART=8, WS=True, ROWS_FIRST=True)],
+                         ids=["n64x2", "n32x3", "ws64", "ws64r"])
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
 def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):

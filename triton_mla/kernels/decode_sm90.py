@@ -659,7 +659,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     rows_first = bool(config.get("ROWS_FIRST", False))
     grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
     # WS: the warp-specialized kernel (two warpgroups on alternate tiles; 16-bit caches, 64-key tiles)
-    ws = bool(config.get("WS", False)) and not fp8 and config["BLOCK_N"] in (32, 64)
+    ws = bool(config.get("WS", False)) and not fp8 and config["BLOCK_N"] == 64
     kernel = _decode_ws_kernel if ws else _decode_sm90_kernel
     kernel[grid](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),

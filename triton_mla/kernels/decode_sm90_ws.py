@@ -14,14 +14,15 @@ over, and P (16-bit) travels through the tile's rope buffer, which its own S has
 Each half of a key tile is reloaded by its last reader, so no warpgroup waits for the other to free a buffer:
 dims [0, 256) of A by warpgroup 0 (its own S and P V), dims [256, 512) and the rope of A by warpgroup 1 (the rope
 buffer holds P_A, which warpgroup 1 reads last); of B, dims [256, 512) by warpgroup 1, dims [0, 256) and the rope
-(holding P_B) by warpgroup 0. Copies are ``cp.async`` (any page size and stride) arriving on mbarriers.
+(holding P_B) by warpgroup 0. Copies are ``cp.async`` (any page size and stride) arriving on mbarriers. The loop
+is software-pipelined (``_attend_pairs``): S of the next pair is issued while the last P V MMAs drain.
 
 Same split plan, partial slots and combine as ``decode_sm90`` / ``decode.py``. Shapes: d = 576, dv = 512,
-bf16/fp16, any number of rows (blocks of 64); tiles of 64 keys (one buffer pair) or 32 (two pairs, so a pair's
-copies run while the pair before computes).
+bf16/fp16, any number of rows (blocks of 64); tiles of 64 keys, one buffer pair (216 KB with Q).
 
-Status: correct and GPU-tested, but slower than ``decode_sm90`` on the H100 (``benchmarks/NOTES.md``, fifth
-session), so no shipped config selects it (config key ``WS``).
+Status (``benchmarks/NOTES.md``, twelfth session): under Triton 3.9 1.10-1.18x faster than ``decode_sm90`` at 256
+rows and about even at 128; under Triton 3.6 it spills 1.3 KB and runs 1.9x slower. The sm90 config selects it
+(key ``WS``) above 128 rows with ``min_triton`` 3.7.
 """
 
 from triton.experimental import gluon
@@ -57,9 +58,9 @@ SCALE1 = gl.constexpr(1)  # warpgroup 1 wrote B's max and rescale factor (1)
 P0 = gl.constexpr(2)  # P_A (rescaled to B's max) is in buffer 0's rope rows (1)
 P1 = gl.constexpr(3)  # P_B is in buffer 1's rope rows (1)
 KREADY = gl.constexpr(4)  # + 2 * buffer + warpgroup: that warpgroup's half of the tile landed (128 cp.async)
-QREADY = gl.constexpr(12)  # + warpgroup: its half of Q landed (128 cp.async)
-SEG_DONE = gl.constexpr(14)  # both warpgroups finished a segment's MMAs and wrote their row sums (2)
-NUM_BARS = gl.constexpr(15)
+QREADY = gl.constexpr(8)  # + warpgroup: its half of Q landed (128 cp.async)
+SEG_DONE = gl.constexpr(10)  # both warpgroups finished a segment's MMAs and wrote their row sums (2)
+NUM_BARS = gl.constexpr(11)
 
 # rows of the [8, 64] fp32 statistics buffer
 M_A = gl.constexpr(0)
@@ -67,13 +68,6 @@ SCALE_A = gl.constexpr(1)
 SCALE_B = gl.constexpr(2)
 M_B = gl.constexpr(3)
 L_SUM = gl.constexpr(4)  # + warpgroup
-
-
-@gluon.constexpr_function
-def _stages(BN):
-    """Buffer pairs: 64-key tiles fill shared memory with one pair; 32-key tiles take two, so a pair's copies
-    run while the pair before it computes."""
-    return 64 // BN
 
 
 @gluon.constexpr_function
@@ -86,22 +80,27 @@ def _o_layout():
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 256, 16])
 
 
+@gluon.constexpr_function
+def _copy_layout():
+    """A warpgroup's 16-byte copies of a [64, 256] (or [64, 64]) block: a warp over 8 rows of 4 copies, so a
+    thread holds two rows (two row addresses, the columns as constant offsets: few registers; the same rows for
+    either width) and each warp's 512 bytes land in distinct banks of the 128-byte swizzle."""
+    return gl.BlockedLayout([1, 8], [8, 4], [WG_WARPS, 1], [1, 0])
+
+
 @gluon.jit
 def _load_half(kn, kpe, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, bar,
                HALF_IDX: gl.constexpr, WITH_ROPE: gl.constexpr, INDEXED: gl.constexpr, BN: gl.constexpr):
     """cp.async of dims [256 HALF_IDX, +256) (and the rope dims if ``WITH_ROPE``) of keys [start, start + 64)
     (``decode_sm90._key_offsets``; invalid keys zero-filled); ``bar`` completes when the 128 threads' copies land."""
-    nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [WG_WARPS, 1], [1, 0])
+    nope_l: gl.constexpr = _copy_layout()
     tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                                    INDEXED, BN, gl.SliceLayout(1, nope_l))
     offs = HALF_IDX * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, nope_l))
     _async_load(kn.slice(HALF_IDX * HALF, HALF, dim=1), k_ptr + tok_off[:, None] + offs[None, :],
                 mask=tok_ok[:, None])
-    if WITH_ROPE:
-        pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WG_WARPS, 1], [1, 0])
-        tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                       INDEXED, BN, gl.SliceLayout(1, pe_l))
-        offs_pe = DV + gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
+    if WITH_ROPE:  # (the same layout's rows: the keys' offsets serve both)
+        offs_pe = DV + gl.arange(0, DR, layout=gl.SliceLayout(0, nope_l))
         _async_load(kpe, k_ptr + tok_off[:, None] + offs_pe[None, :], mask=tok_ok[:, None])
     cp.mbarrier_arrive(bar, increment_count=False)
 
@@ -110,12 +109,12 @@ def _load_half(kn, kpe, k_ptr, table_row, start, hi, stride_kb, stride_kt, strid
 def _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, bar,
                  W: gl.constexpr):
     """Warpgroup W's half of the 64 query rows' dims: [256 W, +256), and the rope dims for W = 1."""
-    nope_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [WG_WARPS, 1], [1, 0])
+    nope_l: gl.constexpr = _copy_layout()
     q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, nope_l)
     offs = W * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, nope_l))
     _async_load(q_smem.slice(W * HALF, HALF, dim=1), q_ptr + q_off[:, None] + offs[None, :], mask=row_ok[:, None])
     if W == 1:
-        pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WG_WARPS, 1], [1, 0])
+        pe_l: gl.constexpr = _copy_layout()
         q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, pe_l)
         offs_pe = DV + gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
         _async_load(qpe_smem, q_ptr + q_off[:, None] + offs_pe[None, :], mask=row_ok[:, None])
@@ -123,21 +122,17 @@ def _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, s
 
 
 @gluon.jit
-def _scores(q_smem, qpe_smem, kn, kpe, bars, buf, phase, W: gl.constexpr, BN: gl.constexpr):
-    """S = QK^T of warpgroup W's tile: its own half of the dims as soon as it lands, then the other half and the
-    rope."""
-    s_l: gl.constexpr = _s_layout(BN)
-    mbarrier.wait(bars.index(KREADY + 2 * buf + W), phase)
+def _s_part(q_smem, qpe_smem, kn, kpe, bars, bar, phase, s, HALF_IDX: gl.constexpr, FIRST: gl.constexpr,
+            WITH_ROPE: gl.constexpr):
+    """Issue S += Q K^T over dims [256 HALF_IDX, +256) of a tile (and the rope dims) once that part has landed
+    (mbarrier ``bar``); asynchronous, so the caller waits."""
+    mbarrier.wait(bars.index(bar), phase)
     fence_async_shared()
-    s = gl.zeros([BLOCK_H, BN], gl.float32, layout=s_l)
-    s = warpgroup_mma(q_smem.slice(W * HALF, HALF, dim=1), kn.slice(W * HALF, HALF, dim=1).permute((1, 0)), s,
-                      use_acc=False, is_async=True)
-    mbarrier.wait(bars.index(KREADY + 2 * buf + 1 - W), phase)
-    fence_async_shared()
-    s = warpgroup_mma(q_smem.slice((1 - W) * HALF, HALF, dim=1),
-                      kn.slice((1 - W) * HALF, HALF, dim=1).permute((1, 0)), s, is_async=True)
-    s = warpgroup_mma(qpe_smem, kpe.permute((1, 0)), s, is_async=True)
-    return warpgroup_mma_wait(num_outstanding=0, deps=[s])
+    s = warpgroup_mma(q_smem.slice(HALF_IDX * HALF, HALF, dim=1),
+                      kn.slice(HALF_IDX * HALF, HALF, dim=1).permute((1, 0)), s, use_acc=not FIRST, is_async=True)
+    if WITH_ROPE:
+        s = warpgroup_mma(qpe_smem, kpe.permute((1, 0)), s, is_async=True)
+    return s
 
 
 @gluon.jit
@@ -163,127 +158,154 @@ def _rows_o(x):
 
 
 @gluon.jit
+def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, table_row, start, hi, row_limit,
+               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, phase, INDEXED: gl.constexpr):
+    """Warpgroup 0 on the pair whose tile A starts at ``start`` and has scores ``s``: softmax of A, P_A V into its
+    256 columns (P in registers; waited), the next pair's dims [0, 256) of A copied (it read them last), P_A
+    handed to warpgroup 1 rescaled to B's max (in A's rope rows, which S_A has finished reading), and the wait
+    for P_B."""
+    BN: gl.constexpr = kn_bufs.shape[1]
+    o_l: gl.constexpr = _o_layout()
+    row_l: gl.constexpr = gl.SliceLayout(1, _s_layout(BN))
+    p_op_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
+    dtype: gl.constexpr = kn_bufs.dtype
+    kn_a = kn_bufs.index(0)
+    kpe_a = kpe_bufs.index(0)
+    qk = _masked(s, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, row_limit, qk_scale,
+                 INDEXED, BN)
+    m_new = gl.maximum(m_run, gl.max(qk, axis=1))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    p = gl.exp2(qk - m_safe[:, None])
+    scale_a = gl.exp2(m_run - m_safe)
+    _stat(stats, M_A).store(m_new)
+    _stat(stats, SCALE_A).store(scale_a)
+    _cta_barrier()
+    mbarrier.arrive(bars.index(SCALE0))
+    acc = acc * _rows_o(scale_a)[:, None]
+    l_run = l_run * scale_a + gl.sum(p, axis=1)
+    acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op_l), kn_a.slice(0, HALF, dim=1), acc, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+    _load_half(kn_a, kpe_a, k_ptr, table_row, start + 2 * BN, hi, stride_kb, stride_kt, stride_table, limit,
+               page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN)
+    mbarrier.wait(bars.index(SCALE1), phase)
+    scale_b = _stat(stats, SCALE_B).load(row_l)
+    m_run = _stat(stats, M_B).load(row_l)
+    kpe_a.permute((1, 0)).store((p * scale_b[:, None]).to(dtype))
+    fence_async_shared()
+    _cta_barrier()
+    mbarrier.arrive(bars.index(P0))
+    acc = acc * _rows_o(scale_b)[:, None]
+    l_run = l_run * scale_b
+    mbarrier.wait(bars.index(P1), phase)
+    fence_async_shared()
+    return acc, m_run, l_run
+
+
+@gluon.jit
+def _front_wg1(s, acc, l_run, kpe_bufs, stats, bars, table_row, start, hi, row_limit, stride_kb, stride_kt,
+               stride_table, limit, page_size, qk_scale, phase, INDEXED: gl.constexpr):
+    """Warpgroup 1 on the pair whose tile B starts at ``start`` and has scores ``s``: softmax of B from A's max
+    (its state rescaled to it), P_B put in B's rope rows for warpgroup 0 (S_B has finished reading them).
+    Returns P_B as the P V MMA's register operand, and the state."""
+    BN: gl.constexpr = kpe_bufs.shape[1]
+    row_l: gl.constexpr = gl.SliceLayout(1, _s_layout(BN))
+    p_op_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_o_layout(), k_width=2)
+    qk = _masked(s, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, row_limit, qk_scale,
+                 INDEXED, BN)
+    mbarrier.wait(bars.index(SCALE0), phase)
+    m_a = _stat(stats, M_A).load(row_l)
+    scale_a = _stat(stats, SCALE_A).load(row_l)
+    m_new = gl.maximum(m_a, gl.max(qk, axis=1))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    p = gl.exp2(qk - m_safe[:, None])
+    scale_b = gl.exp2(m_a - m_safe)
+    _stat(stats, M_B).store(m_new)
+    _stat(stats, SCALE_B).store(scale_b)
+    _cta_barrier()
+    mbarrier.arrive(bars.index(SCALE1))
+    scale = scale_a * scale_b
+    acc = acc * _rows_o(scale)[:, None]
+    l_run = l_run * scale + gl.sum(p, axis=1)
+    p16 = p.to(kpe_bufs.dtype)
+    kpe_bufs.index(1).permute((1, 0)).store(p16)
+    fence_async_shared()
+    _cta_barrier()
+    mbarrier.arrive(bars.index(P1))
+    return gl.convert_layout(p16, p_op_l), acc, m_new, l_run
+
+
+@gluon.jit
 def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, table_row, lo, hi, row_limit,
-                  stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, pairs, INDEXED: gl.constexpr,
-                  W: gl.constexpr, BN: gl.constexpr):
+                  stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, pairs, k_pairs, INDEXED: gl.constexpr,
+                  W: gl.constexpr):
     """Warpgroup W's share of keys [lo, hi): (its 64 x 256 output block, the row max, its part of the row sum),
-    both warpgroups' state relative to the same max. The first pairs' tiles must have been issued
-    (``_issue_first_pairs``); ``pairs`` counts the pairs this program ran before (buffer stages, mbarrier phases)."""
-    STAGES: gl.constexpr = _stages(BN)
+    both warpgroups' state relative to the same max. ``pairs``: the pairs this program ran before (the phases
+    of the softmax hand-over mbarriers); ``k_pairs``: the pairs of tiles it copied before (the copy mbarriers'
+    phases: one more a segment, below). Warpgroup 0 must have issued dims [0, 256) of the first tile A.
+
+    Software-pipelined, FlashMLA's way: step j finishes pair j - 1 (softmax, P V) and computes S of pair j, whose
+    S MMAs keep the tensor cores busy while the P V MMAs of pair j - 1 drain, and whose parts are copied as soon
+    as their last reader is done. The S instructions appear once (a second copy of them for the first pair
+    makes ptxas spill ~1 KB), so step 0 finishes no pair: its P V MMAs read whatever the buffers hold, and the
+    accumulator is reset after them; and the last step computes S of one pair past the end (its copies are
+    masked: zero-filled, nothing read)."""
+    BN: gl.constexpr = kn_bufs.shape[1]
     s_l: gl.constexpr = _s_layout(BN)
     o_l: gl.constexpr = _o_layout()
     row_l: gl.constexpr = gl.SliceLayout(1, s_l)
     p_op_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
-    dtype: gl.constexpr = q_smem.dtype
+    kn_a = kn_bufs.index(0)
+    kpe_a = kpe_bufs.index(0)
+    kn_b = kn_bufs.index(1)
+    kpe_b = kpe_bufs.index(1)
     acc = gl.zeros([BLOCK_H, HALF], gl.float32, layout=o_l)
     m_run = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=row_l)
     l_run = gl.zeros([BLOCK_H], gl.float32, layout=row_l)
+    s = gl.zeros([BLOCK_H, BN], gl.float32, layout=s_l)
     n_pairs = (hi - lo + 2 * BN - 1) // (2 * BN)
-    for i in range(n_pairs):
-        gi = pairs + i
-        phase = gi & 1
-        stage = gi % STAGES
-        k_phase = (gi // STAGES) & 1
-        buf_a = 2 * stage
-        buf_b = 2 * stage + 1
-        kn = kn_bufs.index(buf_a + W)
-        kpe = kpe_bufs.index(buf_a + W)
-        start = lo + (2 * i + W) * BN  # this warpgroup's tile (B may lie past hi: all masked, zero-filled)
-        refill = i + STAGES < n_pairs  # this stage's buffers then take pair i + STAGES
-        nxt = lo + 2 * (i + STAGES) * BN  # that pair's tile A
-        s = _scores(q_smem, qpe_smem, kn, kpe, bars, buf_a + W, k_phase, W, BN)
-        qk = _masked(s, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, row_limit,
-                     qk_scale, INDEXED, BN)
+    for j in range(n_pairs + 1):
+        start = lo + 2 * j * BN  # pair j's tile A (B: start + BN; either may lie past hi: masked, zero-filled)
+        phase = (pairs + j - 1) & 1  # pair j - 1's hand-over
+        k_phase = (k_pairs + j) & 1  # pair j's copies
         if W == 0:
-            m_new = gl.maximum(m_run, gl.max(qk, axis=1))
-            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-            p = gl.exp2(qk - m_safe[:, None])
-            scale_a = gl.exp2(m_run - m_safe)
-            _stat(stats, M_A).store(m_new)
-            _stat(stats, SCALE_A).store(scale_a)
-            _cta_barrier()
-            mbarrier.arrive(bars.index(SCALE0))
-            acc = acc * _rows_o(scale_a)[:, None]
-            l_run = l_run * scale_a + gl.sum(p, axis=1)
-            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op_l), kn.slice(0, HALF, dim=1), acc,
-                                is_async=True)
-            # B's max: hand P_A over rescaled to it
-            mbarrier.wait(bars.index(SCALE1), phase)
-            scale_b = _stat(stats, SCALE_B).load(row_l)
-            m_run = _stat(stats, M_B).load(row_l)
-            kpe.permute((1, 0)).store((p * scale_b[:, None]).to(dtype))
-            fence_async_shared()
-            _cta_barrier()
-            mbarrier.arrive(bars.index(P0))
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-            if refill:  # dims [0, 256) of A: this warpgroup was their last reader
-                _load_half(kn, kpe, k_ptr, table_row, nxt, hi, stride_kb, stride_kt, stride_table, limit,
-                           page_size, bars.index(KREADY + 2 * buf_a), 0, False, INDEXED, BN)
-            acc = acc * _rows_o(scale_b)[:, None]
-            l_run = l_run * scale_b
-            mbarrier.wait(bars.index(P1), phase)
-            fence_async_shared()
-            acc = warpgroup_mma(kpe_bufs.index(buf_b).permute((1, 0)), kn_bufs.index(buf_b).slice(0, HALF, dim=1),
-                                acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-            if refill:  # dims [0, 256) and the rope (P_B) of B
-                _load_half(kn_bufs.index(buf_b), kpe_bufs.index(buf_b), k_ptr, table_row, nxt + BN, hi, stride_kb,
-                           stride_kt, stride_table, limit, page_size, bars.index(KREADY + 2 * buf_b), 0, True,
-                           INDEXED, BN)
-        else:
-            mbarrier.wait(bars.index(SCALE0), phase)
-            m_a = _stat(stats, M_A).load(row_l)
-            scale_a = _stat(stats, SCALE_A).load(row_l)
-            m_new = gl.maximum(m_a, gl.max(qk, axis=1))
-            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-            p = gl.exp2(qk - m_safe[:, None])
-            scale_b = gl.exp2(m_a - m_safe)
-            _stat(stats, M_B).store(m_new)
-            _stat(stats, SCALE_B).store(scale_b)
-            _cta_barrier()
-            mbarrier.arrive(bars.index(SCALE1))
-            scale = scale_a * scale_b
-            acc = acc * _rows_o(scale)[:, None]
-            l_run = l_run * scale + gl.sum(p, axis=1)
-            m_run = m_new
-            p16 = p.to(dtype)
-            kpe.permute((1, 0)).store(p16)  # S_B is done with the rope rows
-            fence_async_shared()
-            _cta_barrier()
-            mbarrier.arrive(bars.index(P1))
-            acc = warpgroup_mma(gl.convert_layout(p16, p_op_l), kn.slice(HALF, HALF, dim=1), acc, is_async=True)
-            mbarrier.wait(bars.index(P0), phase)
-            fence_async_shared()
-            acc = warpgroup_mma(kpe_bufs.index(buf_a).permute((1, 0)), kn_bufs.index(buf_a).slice(HALF, HALF, dim=1),
-                                acc, is_async=True)
+            if j > 0:
+                acc, m_run, l_run = _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr,
+                                               table_row, start - 2 * BN, hi, row_limit, stride_kb, stride_kt,
+                                               stride_table, limit, page_size, qk_scale, phase, INDEXED)
+            acc = warpgroup_mma(kpe_b.permute((1, 0)), kn_b.slice(0, HALF, dim=1), acc, is_async=True)  # P_B V
+            s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 0, k_phase, s, 0, True, False)
             acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
-            if refill:  # dims [256, 512) of B
-                _load_half(kn, kpe, k_ptr, table_row, nxt + BN, hi, stride_kb, stride_kt, stride_table, limit,
-                           page_size, bars.index(KREADY + 2 * buf_b + 1), 1, False, INDEXED, BN)
+            if j == 0:
+                acc = gl.zeros([BLOCK_H, HALF], gl.float32, layout=o_l)
+            # dims [0, 256) and the rope (P_B) of B: this warpgroup read them last
+            _load_half(kn_b, kpe_b, k_ptr, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
+                       page_size, bars.index(KREADY + 2), 0, True, INDEXED, BN)
+            s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 1, k_phase, s, 1, False, True)
+        else:
+            p_op = gl.zeros([BLOCK_H, BN], kn_bufs.dtype, layout=p_op_l)
+            if j > 0:
+                p_op, acc, m_run, l_run = _front_wg1(s, acc, l_run, kpe_bufs, stats, bars, table_row,
+                                                     start - BN, hi, row_limit, stride_kb, stride_kt, stride_table,
+                                                     limit, page_size, qk_scale, phase, INDEXED)
+            acc = warpgroup_mma(p_op, kn_b.slice(HALF, HALF, dim=1), acc, is_async=True)  # P_B V
+            if j > 0:
+                mbarrier.wait(bars.index(P0), phase)
+                fence_async_shared()
+            acc = warpgroup_mma(kpe_a.permute((1, 0)), kn_a.slice(HALF, HALF, dim=1), acc, is_async=True)  # P_A V
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
+            # dims [256, 512) of B: this warpgroup read them last
+            _load_half(kn_b, kpe_b, k_ptr, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
+                       page_size, bars.index(KREADY + 3), 1, False, INDEXED, BN)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-            if refill:  # dims [256, 512) and the rope (P_A) of A
-                _load_half(kn_bufs.index(buf_a), kpe_bufs.index(buf_a), k_ptr, table_row, nxt, hi, stride_kb,
-                           stride_kt, stride_table, limit, page_size, bars.index(KREADY + 2 * buf_a + 1), 1, True,
-                           INDEXED, BN)
+            if j == 0:
+                acc = gl.zeros([BLOCK_H, HALF], gl.float32, layout=o_l)
+            # dims [256, 512) and the rope (P_A) of A
+            _load_half(kn_a, kpe_a, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
+                       page_size, bars.index(KREADY + 1), 1, True, INDEXED, BN)
+            s = _s_part(q_smem, qpe_smem, kn_b, kpe_b, bars, KREADY + 3, k_phase, s, 1, True, False)
+            s = _s_part(q_smem, qpe_smem, kn_b, kpe_b, bars, KREADY + 2, k_phase, s, 0, False, True)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
     return acc, m_run, l_run, pairs + n_pairs
-
-
-@gluon.jit
-def _issue_first_pairs(kn_bufs, kpe_bufs, bars, k_ptr, table_row, lo, hi, stride_kb, stride_kt, stride_table, limit,
-                       page_size, pairs, INDEXED: gl.constexpr, W: gl.constexpr, BN: gl.constexpr):
-    """Warpgroup W's halves of the segment's first pairs, one a stage (A: dims of half W, + rope for W = 1;
-    B: + rope for W = 0). The buffers are free: the segment before ended with SEG_DONE."""
-    STAGES: gl.constexpr = _stages(BN)
-    n_pairs = (hi - lo + 2 * BN - 1) // (2 * BN)
-    for j in gl.static_range(STAGES):
-        if j < n_pairs:
-            buf_a = 2 * ((pairs + j) % STAGES)
-            _load_half(kn_bufs.index(buf_a), kpe_bufs.index(buf_a), k_ptr, table_row, lo + 2 * j * BN, hi,
-                       stride_kb, stride_kt, stride_table, limit, page_size, bars.index(KREADY + 2 * buf_a + W), W,
-                       W == 1, INDEXED, BN)
-            _load_half(kn_bufs.index(buf_a + 1), kpe_bufs.index(buf_a + 1), k_ptr, table_row, lo + (2 * j + 1) * BN,
-                       hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                       bars.index(KREADY + 2 * buf_a + 2 + W), W, W == 0, INDEXED, BN)
 
 
 @gluon.jit
@@ -324,13 +346,15 @@ def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_
             # the previous segment ended with SEG_DONE: both warpgroups are done with every buffer
             _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh,
                          bars.index(QREADY + W), W)
-            _issue_first_pairs(kn_bufs, kpe_bufs, bars, k_ptr, bt_row, tok_lo, tok_hi, stride_kb, stride_kt,
-                               stride_btp, num_blocks, page_size, pairs, False, W, BN)
+            if W == 0:  # dims [0, 256) of the first tile (_attend_pairs copies the rest)
+                _load_half(kn_bufs.index(0), kpe_bufs.index(0), k_ptr, bt_row, tok_lo, tok_hi, stride_kb, stride_kt,
+                           stride_btp, num_blocks, page_size, bars.index(KREADY + 0), 0, False, False, BN)
             mbarrier.wait(bars.index(QREADY + 0), segs & 1)
             mbarrier.wait(bars.index(QREADY + 1), segs & 1)
+            # one pair of copies past the end a segment: pairs + segs pairs copied before
             acc, m_i, l_i, pairs = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, bt_row,
                                                  tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp,
-                                                 num_blocks, page_size, qk_scale, pairs, False, W, BN)
+                                                 num_blocks, page_size, qk_scale, pairs, pairs + segs, False, W)
             l_i = _row_sum(stats, bars, l_i, segs, W, BN)
             segs += 1
 
@@ -371,13 +395,12 @@ def _decode_wg1(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_
 
 @gluon.jit
 def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr):
-    """Q (72 KB), key tiles (144 KB: one pair of 64-key tiles or two of 32), the row statistics, the mbarriers
-    (initialized)."""
+    """Q (72 KB), one pair of 64-key tiles (144 KB), the row statistics, the mbarriers (initialized)."""
     wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
     qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], wide_sl)
-    kn_bufs = gl.allocate_shared_memory(dtype, [2 * _stages(BN), BN, DV], wide_sl)
-    kpe_bufs = gl.allocate_shared_memory(dtype, [2 * _stages(BN), BN, DR], wide_sl)
+    kn_bufs = gl.allocate_shared_memory(dtype, [2, BN, DV], wide_sl)
+    kpe_bufs = gl.allocate_shared_memory(dtype, [2, BN, DR], wide_sl)
     stats = gl.allocate_shared_memory(gl.float32, [8 * BLOCK_H], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
     bars = gl.allocate_shared_memory(gl.int64, [NUM_BARS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(4):
@@ -401,7 +424,7 @@ def _decode_ws_kernel(
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     ROWS_FIRST: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr,
 ):
-    gl.static_assert((BLOCK_N == 64) or (BLOCK_N == 32), "the warp-specialized kernel takes 32- or 64-key tiles")
+    gl.static_assert(BLOCK_N == 64, "the warp-specialized kernel takes 64-key tiles")
     gl.static_assert(not FP8, "the warp-specialized kernel reads 16-bit caches")
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N)
