@@ -2,7 +2,8 @@
 
 ``decode_config(rows, dtype, device)`` picks the entry for a shape bucket (rows = s_q * h_q) from the
 file of the device's family, chosen by compute capability. A GPU of an unknown family gets the
-smallest family (99 KB of shared memory), which fits every GPU Triton supports.
+smallest family (99 KB of shared memory), which fits every GPU Triton supports. An entry with ``min_triton``
+("3.7") is skipped under an older Triton (a kernel whose build is fast only from that version on).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import functools
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
+import triton
 
 CONFIG_DIR = Path(__file__).parent
 logger = logging.getLogger("triton_mla")
@@ -54,10 +57,18 @@ def family_of(device_index: int | None) -> str:
     return FAMILIES.get(cap, SAFE_DEFAULT)
 
 
+def triton_at_least(version: str, have: str | None = None) -> bool:
+    """Whether Triton ``have`` (default: the installed one; major.minor, any suffix) is at least ``version``."""
+    have = have or triton.__version__
+    return tuple(int(x) for x in re.findall(r"\d+", have)[:2]) >= tuple(int(x) for x in version.split("."))
+
+
 def pick(entries, rows: int, dtype: torch.dtype) -> dict:
-    """The first entry of the dtype class whose ``max_rows`` bucket holds ``rows``."""
+    """The first entry of the dtype class whose ``max_rows`` bucket holds ``rows`` (skipping those whose
+    ``min_triton`` this Triton is older than)."""
     kind = "float32" if dtype == torch.float32 else "16bit"
-    candidates = [e for e in entries if e.get("dtype", kind) == kind]
+    candidates = [e for e in entries if e.get("dtype", kind) == kind
+                  and triton_at_least(e.get("min_triton", "0.0"))]
     for entry in candidates:
         if entry["max_rows"] is None or rows <= entry["max_rows"]:
             return entry
@@ -143,7 +154,9 @@ def update_catch_all(family: str, section: str, fields: dict, tuned_on: str) -> 
     The file is read just before it is written, so other sections edited meanwhile are kept."""
     path = CONFIG_DIR / f"{family}.json"
     doc = json.loads(path.read_text())
-    target = next(e for e in doc[section] if e["dtype"] == "16bit" and e["max_rows"] is None)
+    # (the catch-all every Triton takes: not one that only a newer Triton picks)
+    target = next(e for e in doc[section] if e["dtype"] == "16bit" and e["max_rows"] is None
+                  and "min_triton" not in e)
     target.update(fields)
     target["tuned_on"] = tuned_on
     with open(path, "w") as f:
