@@ -158,6 +158,21 @@ def _rows_o(x):
 
 
 @gluon.jit
+def _softmax_step(qk, m_prev, stats, bars, M_ROW: gl.constexpr, SCALE_ROW: gl.constexpr, READY: gl.constexpr):
+    """One tile's softmax from the running max ``m_prev``: (P, the factor that rescales state relative to
+    ``m_prev``, the new max), the last two published in ``stats`` for the other warpgroup (mbarrier ``READY``)."""
+    m_new = gl.maximum(m_prev, gl.max(qk, axis=1))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    p = gl.exp2(qk - m_safe[:, None])
+    scale = gl.exp2(m_prev - m_safe)
+    _stat(stats, M_ROW).store(m_new)
+    _stat(stats, SCALE_ROW).store(scale)
+    _cta_barrier()
+    mbarrier.arrive(bars.index(READY))
+    return p, scale, m_new
+
+
+@gluon.jit
 def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, table_row, start, hi, row_limit,
                stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, phase, INDEXED: gl.constexpr):
     """Warpgroup 0 on the pair whose tile A starts at ``start`` and has scores ``s``: softmax of A, P_A V into its
@@ -173,14 +188,7 @@ def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, tabl
     kpe_a = kpe_bufs.index(0)
     qk = _masked(s, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, row_limit, qk_scale,
                  INDEXED, BN)
-    m_new = gl.maximum(m_run, gl.max(qk, axis=1))
-    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-    p = gl.exp2(qk - m_safe[:, None])
-    scale_a = gl.exp2(m_run - m_safe)
-    _stat(stats, M_A).store(m_new)
-    _stat(stats, SCALE_A).store(scale_a)
-    _cta_barrier()
-    mbarrier.arrive(bars.index(SCALE0))
+    p, scale_a, _ = _softmax_step(qk, m_run, stats, bars, M_A, SCALE_A, SCALE0)
     acc = acc * _rows_o(scale_a)[:, None]
     l_run = l_run * scale_a + gl.sum(p, axis=1)
     acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op_l), kn_a.slice(0, HALF, dim=1), acc, is_async=True)
@@ -215,14 +223,7 @@ def _front_wg1(s, acc, l_run, kpe_bufs, stats, bars, table_row, start, hi, row_l
     mbarrier.wait(bars.index(SCALE0), phase)
     m_a = _stat(stats, M_A).load(row_l)
     scale_a = _stat(stats, SCALE_A).load(row_l)
-    m_new = gl.maximum(m_a, gl.max(qk, axis=1))
-    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-    p = gl.exp2(qk - m_safe[:, None])
-    scale_b = gl.exp2(m_a - m_safe)
-    _stat(stats, M_B).store(m_new)
-    _stat(stats, SCALE_B).store(scale_b)
-    _cta_barrier()
-    mbarrier.arrive(bars.index(SCALE1))
+    p, scale_b, m_new = _softmax_step(qk, m_a, stats, bars, M_B, SCALE_B, SCALE1)
     scale = scale_a * scale_b
     acc = acc * _rows_o(scale)[:, None]
     l_run = l_run * scale + gl.sum(p, axis=1)
