@@ -113,8 +113,8 @@ print(spec[4], *check._run_job(("sm90", "label", spec)))
 
 
 def test_warp_specialized_decode_compiles_for_sm90():
-    """The warp-specialized decode (``WS``, not shipped in any config yet) still compiles for sm90 within its
-    shared memory, with its 64-key tiles (4 warps: the second warpgroup is the worker partition)."""
+    """The warp-specialized decode (``WS``: the sm90 entry above 128 rows, from Triton 3.7) compiles for sm90
+    within its shared memory, with its 64-key tiles (4 warps: the second warpgroup is the worker partition)."""
     res = subprocess.run([sys.executable, "-c", _WS_COMPILE, "64"], env=_compiling_env(),
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr

@@ -113,10 +113,8 @@ def _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, s
     q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, nope_l)
     offs = W * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, nope_l))
     _async_load(q_smem.slice(W * HALF, HALF, dim=1), q_ptr + q_off[:, None] + offs[None, :], mask=row_ok[:, None])
-    if W == 1:
-        pe_l: gl.constexpr = _copy_layout()
-        q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, pe_l)
-        offs_pe = DV + gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
+    if W == 1:  # (the same layout's rows: the offsets serve both)
+        offs_pe = DV + gl.arange(0, DR, layout=gl.SliceLayout(0, nope_l))
         _async_load(qpe_smem, q_ptr + q_off[:, None] + offs_pe[None, :], mask=row_ok[:, None])
     cp.mbarrier_arrive(bar, increment_count=False)
 
