@@ -69,7 +69,7 @@ def test_pick_buckets():
 
 def test_pick_skips_entries_for_a_newer_triton(monkeypatch):
     """An entry with ``min_triton`` is taken only from that Triton version on; older ones fall through to the next
-    entry of the bucket (sm90: the warp-specialized decode above 128 rows needs Triton 3.7+)."""
+    entry of the bucket (sm90: the warp-specialized decode above 64 rows needs Triton 3.7+)."""
     entries = [dict(max_rows=64, dtype="16bit", name="small"), dict(max_rows=None, dtype="16bit", min_triton="3.7",
                name="new"), dict(max_rows=None, dtype="16bit", name="old")]
     assert configs.triton_at_least("3.7", "3.9.0") and configs.triton_at_least("3.7", "3.10.1+git")
@@ -113,7 +113,7 @@ print(spec[4], *check._run_job(("sm90", "label", spec)))
 
 
 def test_warp_specialized_decode_compiles_for_sm90():
-    """The warp-specialized decode (``WS``: the sm90 entry above 128 rows, from Triton 3.7) compiles for sm90
+    """The warp-specialized decode (``WS``: the sm90 entry above 64 rows, from Triton 3.7) compiles for sm90
     within its shared memory, with its 64-key tiles (4 warps: the second warpgroup is the worker partition)."""
     res = subprocess.run([sys.executable, "-c", _WS_COMPILE, "64"], env=_compiling_env(),
                          capture_output=True, text=True, timeout=600)

@@ -33,8 +33,12 @@ VARIANTS = {
                  "MIN_BLOCKS_PER_PART": 4, "PAGE_TILE": False},
     # the shipped 64+ row entry
     "g64x2r": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True},
+    # the lockstep kernel even where the config picks the warp-specialized one (above 128 rows, Triton 3.7+)
+    "lock": {"WGMMA": True, "WS": False, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True},
     "g64x2p1": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
     "ws": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
+    # the ws kernel's key tiles by cp.async even where TMA applies (pages of 64k laid end to end)
+    "ws_cp": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "TMA": False},
     "ws_p1": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
     "ws_r": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True},
     "fp8": {"_fp8": True, "WGMMA": False},

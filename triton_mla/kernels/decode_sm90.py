@@ -661,13 +661,15 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     # WS: the warp-specialized kernel (two warpgroups on alternate tiles; 16-bit caches, 64-key tiles)
     ws = bool(config.get("WS", False)) and not fp8 and config["BLOCK_N"] == 64
     kernel = _decode_ws_kernel if ws else _decode_sm90_kernel
+    extra = ws_launch_args(k_cache, config) if ws else dict(
+        PAGE_TILE=page_tile(page_size, config["BLOCK_N"], k_cache.stride(1), config))
     kernel[grid](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         BLOCK_N=config["BLOCK_N"], NUM_BUF=config.get("NUM_BUF", 2),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
         FP8=bool(fp8), RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1,
-        **({} if ws else dict(PAGE_TILE=page_tile(page_size, config["BLOCK_N"], k_cache.stride(1), config))),
+        **extra,
         num_warps=NUM_WARPS.value // 2 if ws else NUM_WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=BLOCK_H.value, BLOCK_N=config["BLOCK_N"],
@@ -688,16 +690,21 @@ def compile_specs(entry, fp8=False):
     ptrs = dict(q_ptr="*bf16", k_ptr="*u8" if fp8 else "*bf16", out_ptr="*bf16", lse_ptr="*fp32",
                 o_part_ptr="*fp32", lse_part_ptr="*fp32")
     ws = bool(entry.get("WS", False)) and not fp8
+    if ws:
+        ptrs = dict(ptrs, k_desc=ws_desc_type())
     for causal, page in ((False, False), (True, False), (False, True)):
-        yield (f"decode_sm90{'_ws' if ws else ''}{'_fp8' if fp8 else ''}(causal={causal}, page_tile={page})",
+        # (the ws kernel: page_tile names its TMA copies)
+        yield (f"decode_sm90{'_ws' if ws else ''}{'_fp8' if fp8 else ''}(causal={causal}, "
+               f"{'tma' if ws else 'page_tile'}={page})",
                _decode_ws_kernel if ws else _decode_sm90_kernel, ptrs,
                dict(BLOCK_N=entry["BLOCK_N"], NUM_BUF=entry.get("NUM_BUF", 2),
                     MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
                     ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)), FP8=fp8,
-                    RAW_STAGES=entry.get("RAW_STAGES", 1) if fp8 else 1, **({} if ws else dict(PAGE_TILE=page))),
+                    RAW_STAGES=entry.get("RAW_STAGES", 1) if fp8 else 1,
+                    **(dict(TMA=page) if ws else dict(PAGE_TILE=page))),
                NUM_WARPS.value // 2 if ws else NUM_WARPS.value, 1)
 
 
 # at the end: decode_sm90_ws and decode_sm90_fp8 build on this module's helpers
 from .decode_sm90_fp8 import decode_sm90_fp8 as _decode_fp8_keys_on_m  # noqa: E402
-from .decode_sm90_ws import _decode_ws_kernel  # noqa: E402
+from .decode_sm90_ws import _decode_ws_kernel, ws_desc_type, ws_launch_args  # noqa: E402

@@ -14,15 +14,17 @@ over, and P (16-bit) travels through the tile's rope buffer, which its own S has
 Each half of a key tile is reloaded by its last reader, so no warpgroup waits for the other to free a buffer:
 dims [0, 256) of A by warpgroup 0 (its own S and P V), dims [256, 512) and the rope of A by warpgroup 1 (the rope
 buffer holds P_A, which warpgroup 1 reads last); of B, dims [256, 512) by warpgroup 1, dims [0, 256) and the rope
-(holding P_B) by warpgroup 0. Copies are ``cp.async`` (any page size and stride) arriving on mbarriers. The loop
-is software-pipelined (``_attend_pairs``): S of the next pair is issued while the last P V MMAs drain.
+(holding P_B) by warpgroup 0. The copies arrive on mbarriers: TMA (one thread, four or five 64 x 64 boxes a
+half-tile) where pages are whole 64-key tiles laid end to end, ``cp.async`` otherwise (any page size and stride)
+and for a tile that reaches past the keys (zero-filled rows). The loop is software-pipelined (``_attend_pairs``):
+S of the next pair is issued while the last P V MMAs drain.
 
 Same split plan, partial slots and combine as ``decode_sm90`` / ``decode.py``. Shapes: d = 576, dv = 512,
 bf16/fp16, any number of rows (blocks of 64); tiles of 64 keys, one buffer pair (216 KB with Q).
 
-Status (``benchmarks/NOTES.md``, twelfth session): under Triton 3.9 1.10-1.18x faster than ``decode_sm90`` at 256
-rows and about even at 128; under Triton 3.6 it spills 1.3 KB and runs 1.9x slower. The sm90 config selects it
-(key ``WS``) above 128 rows with ``min_triton`` 3.7.
+Status (``benchmarks/NOTES.md``, thirteenth session): under Triton 3.9, with TMA copies, 1.12-1.19x faster than
+``decode_sm90`` at 128-256 rows, slower at 64; under Triton 3.6 it spills 1.3 KB and runs 1.9x slower. The sm90
+config selects it (key ``WS``) above 64 rows with ``min_triton`` 3.7.
 """
 
 from triton.experimental import gluon
@@ -31,6 +33,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
+    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
@@ -46,7 +49,11 @@ from .decode_sm90 import (
     _q_offsets,
     _segment,
     _store_segment,
+    _tile_page,
 )
+
+# renamed between Triton 3.6 (async_copy_global_to_shared) and 3.9 (async_load)
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 HALF = gl.constexpr(256)  # output columns a warpgroup
 WG_WARPS = gl.constexpr(4)
@@ -57,7 +64,7 @@ SCALE0 = gl.constexpr(0)  # warpgroup 0 wrote A's max and rescale factor (1)
 SCALE1 = gl.constexpr(1)  # warpgroup 1 wrote B's max and rescale factor (1)
 P0 = gl.constexpr(2)  # P_A (rescaled to B's max) is in buffer 0's rope rows (1)
 P1 = gl.constexpr(3)  # P_B is in buffer 1's rope rows (1)
-KREADY = gl.constexpr(4)  # + 2 * buffer + warpgroup: that warpgroup's half of the tile landed (128 cp.async)
+KREADY = gl.constexpr(4)  # + 2 * buffer + warpgroup: that warpgroup's half of the tile landed (TMA: 1 + bytes)
 QREADY = gl.constexpr(8)  # + warpgroup: its half of Q landed (128 cp.async)
 SEG_DONE = gl.constexpr(10)  # both warpgroups finished a segment's MMAs and wrote their row sums (2)
 NUM_BARS = gl.constexpr(11)
@@ -89,10 +96,42 @@ def _copy_layout():
 
 
 @gluon.jit
-def _load_half(kn, kpe, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, bar,
+def _load_half(kn, kpe, k_ptr, k_desc, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+               bar, HALF_IDX: gl.constexpr, WITH_ROPE: gl.constexpr, INDEXED: gl.constexpr, BN: gl.constexpr,
+               TMA: gl.constexpr):
+    """Copy dims [256 HALF_IDX, +256) (and the rope dims if ``WITH_ROPE``) of keys [start, start + 64); ``bar``
+    completes when they have landed. With ``TMA`` (pages of 64k keys laid end to end: ``k_desc`` sees the cache
+    as [tokens, 576]) a whole tile is four (five) 64 x 64 TMA copies from one page look-up, issued by one
+    thread; a tile reaching past ``hi`` goes the ``cp.async`` way, whose masked keys are zero-filled (P V reads
+    V's rows whatever P holds, and 0 x NaN is NaN). Else ``cp.async`` (``decode_sm90._key_offsets``; any page
+    size and stride)."""
+    if TMA:
+        if start + BN <= hi:
+            page = _tile_page(table_row, start, hi, stride_table, limit, page_size)
+            row = page * page_size + start % page_size
+            mbarrier.expect(bar, (4 + WITH_ROPE) * BN * 64 * kn.dtype.primitive_bitwidth // 8)
+            for c in gl.static_range(4):
+                _tma_load(k_desc, [row, HALF_IDX * HALF + c * 64], bar, kn.slice(HALF_IDX * HALF + c * 64, 64, dim=1))
+            if WITH_ROPE:
+                _tma_load(k_desc, [row, DV], bar, kpe)
+        else:
+            _copy_half(kn, kpe, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                       HALF_IDX, WITH_ROPE, INDEXED, BN)
+            # each thread's copies hold the phase open (the count they add, they take back on landing); the one
+            # arrival it expects comes once all of them have been counted
+            cp.mbarrier_arrive(bar, increment_count=True)
+            _cta_barrier()
+            mbarrier.arrive(bar)
+    else:
+        _copy_half(kn, kpe, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                   HALF_IDX, WITH_ROPE, INDEXED, BN)
+        cp.mbarrier_arrive(bar, increment_count=False)
+
+
+@gluon.jit
+def _copy_half(kn, kpe, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                HALF_IDX: gl.constexpr, WITH_ROPE: gl.constexpr, INDEXED: gl.constexpr, BN: gl.constexpr):
-    """cp.async of dims [256 HALF_IDX, +256) (and the rope dims if ``WITH_ROPE``) of keys [start, start + 64)
-    (``decode_sm90._key_offsets``; invalid keys zero-filled); ``bar`` completes when the 128 threads' copies land."""
+    """``_load_half``'s cp.async copies (invalid keys zero-filled)."""
     nope_l: gl.constexpr = _copy_layout()
     tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                                    INDEXED, BN, gl.SliceLayout(1, nope_l))
@@ -102,7 +141,6 @@ def _load_half(kn, kpe, k_ptr, table_row, start, hi, stride_kb, stride_kt, strid
     if WITH_ROPE:  # (the same layout's rows: the keys' offsets serve both)
         offs_pe = DV + gl.arange(0, DR, layout=gl.SliceLayout(0, nope_l))
         _async_load(kpe, k_ptr + tok_off[:, None] + offs_pe[None, :], mask=tok_ok[:, None])
-    cp.mbarrier_arrive(bar, increment_count=False)
 
 
 @gluon.jit
@@ -171,8 +209,9 @@ def _softmax_step(qk, m_prev, stats, bars, M_ROW: gl.constexpr, SCALE_ROW: gl.co
 
 
 @gluon.jit
-def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, table_row, start, hi, row_limit,
-               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, phase, INDEXED: gl.constexpr):
+def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, start, hi, row_limit,
+               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, phase, INDEXED: gl.constexpr,
+               TMA: gl.constexpr):
     """Warpgroup 0 on the pair whose tile A starts at ``start`` and has scores ``s``: softmax of A, P_A V into its
     256 columns (P in registers; waited), the next pair's dims [0, 256) of A copied (it read them last), P_A
     handed to warpgroup 1 rescaled to B's max (in A's rope rows, which S_A has finished reading), and the wait
@@ -191,8 +230,8 @@ def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, tabl
     l_run = l_run * scale_a + gl.sum(p, axis=1)
     acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op_l), kn_a.slice(0, HALF, dim=1), acc, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-    _load_half(kn_a, kpe_a, k_ptr, table_row, start + 2 * BN, hi, stride_kb, stride_kt, stride_table, limit,
-               page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN)
+    _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start + 2 * BN, hi, stride_kb, stride_kt, stride_table, limit,
+               page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN, TMA)
     mbarrier.wait(bars.index(SCALE1), phase)
     scale_b = _stat(stats, SCALE_B).load(row_l)
     m_run = _stat(stats, M_B).load(row_l)
@@ -234,9 +273,9 @@ def _front_wg1(s, acc, l_run, kpe_bufs, stats, bars, table_row, start, hi, row_l
 
 
 @gluon.jit
-def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, table_row, lo, hi, row_limit,
+def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, lo, hi, row_limit,
                   stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, pairs, k_pairs, INDEXED: gl.constexpr,
-                  W: gl.constexpr):
+                  W: gl.constexpr, TMA: gl.constexpr):
     """Warpgroup W's share of keys [lo, hi): (its 64 x 256 output block, the row max, its part of the row sum),
     both warpgroups' state relative to the same max. ``pairs``: the pairs this program ran before (the phases
     of the softmax hand-over mbarriers); ``k_pairs``: the pairs of tiles it copied before (the copy mbarriers'
@@ -268,17 +307,17 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, table
         k_phase = (k_pairs + j) & 1  # pair j's copies
         if W == 0:
             if j > 0:
-                acc, m_run, l_run = _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr,
+                acc, m_run, l_run = _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc,
                                                table_row, start - 2 * BN, hi, row_limit, stride_kb, stride_kt,
-                                               stride_table, limit, page_size, qk_scale, phase, INDEXED)
+                                               stride_table, limit, page_size, qk_scale, phase, INDEXED, TMA)
             acc = warpgroup_mma(kpe_b.permute((1, 0)), kn_b.slice(0, HALF, dim=1), acc, is_async=True)  # P_B V
             s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 0, k_phase, s, 0, True, False)
             acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
             if j == 0:
                 acc = gl.zeros([BLOCK_H, HALF], gl.float32, layout=o_l)
             # dims [0, 256) and the rope (P_B) of B: this warpgroup read them last
-            _load_half(kn_b, kpe_b, k_ptr, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
-                       page_size, bars.index(KREADY + 2), 0, True, INDEXED, BN)
+            _load_half(kn_b, kpe_b, k_ptr, k_desc, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
+                       page_size, bars.index(KREADY + 2), 0, True, INDEXED, BN, TMA)
             s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 1, k_phase, s, 1, False, True)
         else:
             p_op = gl.zeros([BLOCK_H, BN], kn_bufs.dtype, layout=p_op_l)
@@ -293,14 +332,14 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, table
             acc = warpgroup_mma(kpe_a.permute((1, 0)), kn_a.slice(HALF, HALF, dim=1), acc, is_async=True)  # P_A V
             acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
             # dims [256, 512) of B: this warpgroup read them last
-            _load_half(kn_b, kpe_b, k_ptr, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
-                       page_size, bars.index(KREADY + 3), 1, False, INDEXED, BN)
+            _load_half(kn_b, kpe_b, k_ptr, k_desc, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
+                       page_size, bars.index(KREADY + 3), 1, False, INDEXED, BN, TMA)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
             if j == 0:
                 acc = gl.zeros([BLOCK_H, HALF], gl.float32, layout=o_l)
             # dims [256, 512) and the rope (P_A) of A
-            _load_half(kn_a, kpe_a, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
-                       page_size, bars.index(KREADY + 1), 1, True, INDEXED, BN)
+            _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
+                       page_size, bars.index(KREADY + 1), 1, True, INDEXED, BN, TMA)
             s = _s_part(q_smem, qpe_smem, kn_b, kpe_b, bars, KREADY + 3, k_phase, s, 1, True, False)
             s = _s_part(q_smem, qpe_smem, kn_b, kpe_b, bars, KREADY + 2, k_phase, s, 0, False, True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
@@ -322,8 +361,8 @@ def _row_sum(stats, bars, l_run, segs, W: gl.constexpr, BN: gl.constexpr):
 def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr,
                lse_part_ptr, stride_qb, stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb,
                stride_seqlens, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks,
-               page_size, max_len, qk_scale, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs,
-               kpe_bufs, stats, bars, CAUSAL):
+               page_size, max_len, qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem,
+               kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA):
     """Warpgroup W's run over the program's segments (decode_sm90's loop). (Arguments reach a partition as
     tensors, constexprs included: the tile size is read off the buffers' shape.)"""
     BN: gl.constexpr = kn_bufs.shape[1]
@@ -346,14 +385,15 @@ def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_
             _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh,
                          bars.index(QREADY + W), W)
             if W == 0:  # dims [0, 256) of the first tile (_attend_pairs copies the rest)
-                _load_half(kn_bufs.index(0), kpe_bufs.index(0), k_ptr, bt_row, tok_lo, tok_hi, stride_kb, stride_kt,
-                           stride_btp, num_blocks, page_size, bars.index(KREADY + 0), 0, False, False, BN)
+                _load_half(kn_bufs.index(0), kpe_bufs.index(0), k_ptr, k_desc, bt_row, tok_lo, tok_hi, stride_kb,
+                           stride_kt, stride_btp, num_blocks, page_size, bars.index(KREADY + 0), 0, False, False, BN,
+                           TMA)
             mbarrier.wait(bars.index(QREADY + 0), segs & 1)
             mbarrier.wait(bars.index(QREADY + 1), segs & 1)
             # one pair of copies past the end a segment: pairs + segs pairs copied before
-            acc, m_i, l_i, pairs = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, bt_row,
-                                                 tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp,
-                                                 num_blocks, page_size, qk_scale, pairs, pairs + segs, False, W)
+            acc, m_i, l_i, pairs = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc,
+                                                 bt_row, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp,
+                                                 num_blocks, page_size, qk_scale, pairs, pairs + segs, False, W, TMA)
             l_i = _row_sum(stats, bars, l_i, segs, W, BN)
             segs += 1
 
@@ -370,30 +410,30 @@ def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_
 def _decode_wg0(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
                 stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
                 stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
-                qk_scale, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars,
-                CAUSAL):
+                qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
+                bars, CAUSAL, TMA):
     _decode_wg(0, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
                stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
                stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
-               qk_scale, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars,
-               CAUSAL)
+               qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
+               bars, CAUSAL, TMA)
 
 
 @gluon.jit
 def _decode_wg1(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
                 stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
                 stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
-                qk_scale, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars,
-                CAUSAL):
+                qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
+                bars, CAUSAL, TMA):
     _decode_wg(1, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
                stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
                stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
-               qk_scale, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars,
-               CAUSAL)
+               qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
+               bars, CAUSAL, TMA)
 
 
 @gluon.jit
-def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr):
+def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr, TMA: gl.constexpr):
     """Q (72 KB), one pair of 64-key tiles (144 KB), the row statistics, the mbarriers (initialized)."""
     wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
@@ -404,7 +444,9 @@ def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr):
     bars = gl.allocate_shared_memory(gl.int64, [NUM_BARS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(4):
         mbarrier.init(bars.index(i), count=1)
-    for i in gl.static_range(KREADY, SEG_DONE):
+    for i in gl.static_range(KREADY, QREADY):  # TMA: one arrival (with the bytes); cp.async: each thread's
+        mbarrier.init(bars.index(i), count=1 if TMA else WG_WARPS * 32)
+    for i in gl.static_range(QREADY, SEG_DONE):
         mbarrier.init(bars.index(i), count=WG_WARPS * 32)
     mbarrier.init(bars.index(SEG_DONE), count=2)
     return q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars
@@ -419,14 +461,14 @@ def _decode_ws_kernel(
     stride_seqlens,
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh, stride_ls,
-    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
+    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale, k_desc,
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
-    ROWS_FIRST: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr,
+    ROWS_FIRST: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr, TMA: gl.constexpr,
 ):
     gl.static_assert(BLOCK_N == 64, "the warp-specialized kernel takes 64-key tiles")
     gl.static_assert(not FP8, "the warp-specialized kernel reads 16-bit caches")
     dtype: gl.constexpr = q_ptr.dtype.element_ty
-    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N)
+    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N, TMA)
     if ROWS_FIRST:
         part = gl.program_id(1)
         row_block = gl.program_id(0)
@@ -438,6 +480,37 @@ def _decode_ws_kernel(
     _cta_barrier()  # the mbarriers are initialized before either warpgroup uses them
     args = (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
             stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob, stride_os,
-            stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale,
-            row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, CAUSAL)
+            stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, k_desc,
+            row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA)
     gl.warp_specialize([(_decode_wg0, args), (_decode_wg1, args)], [WG_WARPS], [WORKER_REGS])
+
+
+# -- host side -----------------------------------------------------------------------------------------------------
+def _tile_layout():
+    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+
+def ws_desc_type() -> str:
+    """``k_desc``'s signature type, for check-configs."""
+    return f"tensordesc<bf16[64, 64],{_tile_layout()!r}>"
+
+
+def ws_tma(k_cache, config) -> bool:
+    """Whether the key tiles can come by TMA: pages of a whole number of 64-key tiles laid end to end (every
+    engine's cache; a padded page stride takes cp.async), token rows addressable by int32, and the entry not
+    turning it off (``TMA``: false)."""
+    num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
+    return (bool(config.get("TMA", True)) and page_size % 64 == 0 and k_cache.stride(0) == page_size * k_cache.stride(1)
+            and num_blocks * page_size < 2**31)
+
+
+def ws_launch_args(k_cache, config):
+    """``_decode_ws_kernel``'s ``k_desc`` (the cache as [tokens, 576], 64 x 64 boxes) and ``TMA``. Without TMA the
+    descriptor is a one-row stand-in that the kernel never reads (the argument exists either way)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    tma_ok = ws_tma(k_cache, config)
+    rows = k_cache.shape[0] * k_cache.shape[1] if tma_ok else 1
+    desc = TensorDescriptor(k_cache, [max(rows, 1), k_cache.shape[3]], [k_cache.stride(1), 1], [64, 64],
+                            _tile_layout())
+    return dict(k_desc=desc, TMA=tma_ok)
