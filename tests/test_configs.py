@@ -84,6 +84,35 @@ def test_pick_skips_entries_for_a_newer_triton(monkeypatch):
     assert any(e["max_rows"] is None and "min_triton" not in e and e["dtype"] == "16bit" for e in sm90)
 
 
+def test_check_configs_skips_entries_for_a_newer_triton(monkeypatch):
+    """check-configs compiles what this Triton can pick: an entry whose ``min_triton`` is newer is left out (the
+    warp-specialized decode does not build under Triton 3.6), and compiled from that version on."""
+    from triton_mla.configs import check
+
+    def ws_jobs():
+        return [job for job in check._jobs(["sm90"]) if job[2][0].startswith("decode_sm90_ws")]
+
+    monkeypatch.setattr(configs.triton, "__version__", "3.9.0")
+    assert ws_jobs()
+    monkeypatch.setattr(configs.triton, "__version__", "3.6.0")
+    assert not ws_jobs() and check._jobs(["sm90"])
+
+
+def test_ws_decode_takes_tma_only_where_tiles_are_whole_pages_end_to_end():
+    """The ws kernel's TMA copies read a 64-key tile as 64 consecutive cache rows: pages of a whole number of tiles,
+    laid end to end; any other cache (pages of 16, a padded page stride) is copied by cp.async."""
+    from triton_mla.kernels.decode_sm90_ws import ws_tma
+
+    def cache(num_blocks, page_size, page_stride=None):
+        flat = torch.empty(num_blocks * (page_stride or page_size * 576), dtype=torch.bfloat16)
+        return flat.as_strided((num_blocks, page_size, 1, 576), (page_stride or page_size * 576, 576, 576, 1))
+
+    assert ws_tma(cache(4, 64), {}) and ws_tma(cache(2, 128), {}) and ws_tma(cache(3, 192), {})
+    assert not ws_tma(cache(4, 64), {"TMA": False})
+    assert not ws_tma(cache(8, 16), {}) and not ws_tma(cache(4, 1), {})
+    assert not ws_tma(cache(4, 64, page_stride=64 * 576 + 64), {})
+
+
 def test_unknown_gpu_gets_safe_default():
     assert configs.FAMILIES.get((7, 5), configs.SAFE_DEFAULT) == "sm86"
     assert configs.load_family(configs.SAFE_DEFAULT)["smem_limit"] == min(LIMITS.values())

@@ -23,7 +23,7 @@ import sys
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 
-from . import load_family
+from . import load_family, triton_at_least
 
 # family -> (compute capability used to compile, shared memory per block, bytes)
 TARGETS = {
@@ -141,6 +141,8 @@ def _jobs(families):
         doc = load_family(fam)
         for section in [s for s in SECTIONS if s in doc]:
             for entry in doc[section]:
+                if not triton_at_least(entry.get("min_triton", "0.0")):
+                    continue  # never picked under this Triton (configs.pick), and it may not build here
                 label = f"{section:<14} {entry_label(entry)}"
                 for spec in section_specs(section, entry):
                     jobs.append((fam, label, spec))

@@ -659,7 +659,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     rows_first = bool(config.get("ROWS_FIRST", False))
     grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
     # WS: the warp-specialized kernel (two warpgroups on alternate tiles; 16-bit caches, 64-key tiles)
-    ws = bool(config.get("WS", False)) and not fp8 and config["BLOCK_N"] == 64
+    ws = bool(config.get("WS", False)) and not fp8 and config["BLOCK_N"] == 64 and ws_supported()
     kernel = _decode_ws_kernel if ws else _decode_sm90_kernel
     extra = ws_launch_args(k_cache, config) if ws else dict(
         PAGE_TILE=page_tile(page_size, config["BLOCK_N"], k_cache.stride(1), config))
@@ -707,4 +707,4 @@ def compile_specs(entry, fp8=False):
 
 # at the end: decode_sm90_ws and decode_sm90_fp8 build on this module's helpers
 from .decode_sm90_fp8 import decode_sm90_fp8 as _decode_fp8_keys_on_m  # noqa: E402
-from .decode_sm90_ws import _decode_ws_kernel, ws_desc_type, ws_launch_args  # noqa: E402
+from .decode_sm90_ws import _decode_ws_kernel, ws_desc_type, ws_launch_args, ws_supported  # noqa: E402

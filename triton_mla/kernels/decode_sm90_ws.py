@@ -486,6 +486,13 @@ def _decode_ws_kernel(
 
 
 # -- host side -----------------------------------------------------------------------------------------------------
+def ws_supported() -> bool:
+    """Whether this Triton builds the kernel: from 3.7 on (3.6's ConvertTritonGPUToLLVM fails on it since the
+    descriptor argument reaches the partitions; ``decode_sm90`` then runs the lockstep kernel instead)."""
+    from ..configs import triton_at_least
+
+    return triton_at_least("3.7")
+
 def _tile_layout():
     return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
 
