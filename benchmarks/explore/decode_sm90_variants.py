@@ -39,6 +39,9 @@ VARIANTS = {
     "ws": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
     # the ws kernel's key tiles by cp.async even where TMA applies (pages of 64k laid end to end)
     "ws_cp": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "TMA": False},
+    # warpgroup 0 copies B's first half before it issues S of A (the sm90 128-row entry)
+    "ws_rc": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True,
+              "COPY_FIRST": True},
     "ws_p1": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
     "ws_r": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True},
     "fp8": {"_fp8": True, "WGMMA": False},

@@ -701,7 +701,8 @@ def compile_specs(entry, fp8=False):
                     MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
                     ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)), FP8=fp8,
                     RAW_STAGES=entry.get("RAW_STAGES", 1) if fp8 else 1,
-                    **(dict(TMA=page) if ws else dict(PAGE_TILE=page))),
+                    **(dict(TMA=page, COPY_FIRST=bool(entry.get("COPY_FIRST", False))) if ws
+                       else dict(PAGE_TILE=page))),
                NUM_WARPS.value // 2 if ws else NUM_WARPS.value, 1)
 
 

@@ -273,9 +273,17 @@ def _front_wg1(s, acc, l_run, kpe_bufs, stats, bars, table_row, start, hi, row_l
 
 
 @gluon.jit
+def _reset_first(acc, j):
+    """The accumulator, zeroed at step 0 (whose P V MMAs read whatever the buffers held)."""
+    if j == 0:
+        acc = gl.zeros(acc.shape, gl.float32, layout=acc.type.layout)
+    return acc
+
+
+@gluon.jit
 def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, lo, hi, row_limit,
                   stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, pairs, k_pairs, INDEXED: gl.constexpr,
-                  W: gl.constexpr, TMA: gl.constexpr):
+                  W: gl.constexpr, TMA: gl.constexpr, COPY_FIRST: gl.constexpr):
     """Warpgroup W's share of keys [lo, hi): (its 64 x 256 output block, the row max, its part of the row sum),
     both warpgroups' state relative to the same max. ``pairs``: the pairs this program ran before (the phases
     of the softmax hand-over mbarriers); ``k_pairs``: the pairs of tiles it copied before (the copy mbarriers'
@@ -311,13 +319,20 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
                                                table_row, start - 2 * BN, hi, row_limit, stride_kb, stride_kt,
                                                stride_table, limit, page_size, qk_scale, phase, INDEXED, TMA)
             acc = warpgroup_mma(kpe_b.permute((1, 0)), kn_b.slice(0, HALF, dim=1), acc, is_async=True)  # P_B V
-            s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 0, k_phase, s, 0, True, False)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
-            if j == 0:
-                acc = gl.zeros([BLOCK_H, HALF], gl.float32, layout=o_l)
+            if COPY_FIRST:
+                # B's copy out before S_A, whose first half may still be landing: warpgroup 1 needs B soon after
+                # its own copies (pays at 128 rows, where keys come from HBM; at 256 the row blocks share them
+                # in L2 and S_A under P_B V pays more: benchmarks/NOTES.md, thirteenth session)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+            else:
+                s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 0, k_phase, s, 0, True, False)
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
+            acc = _reset_first(acc, j)
             # dims [0, 256) and the rope (P_B) of B: this warpgroup read them last
             _load_half(kn_b, kpe_b, k_ptr, k_desc, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
                        page_size, bars.index(KREADY + 2), 0, True, INDEXED, BN, TMA)
+            if COPY_FIRST:
+                s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 0, k_phase, s, 0, True, False)
             s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 1, k_phase, s, 1, False, True)
         else:
             p_op = gl.zeros([BLOCK_H, BN], kn_bufs.dtype, layout=p_op_l)
@@ -335,8 +350,7 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
             _load_half(kn_b, kpe_b, k_ptr, k_desc, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
                        page_size, bars.index(KREADY + 3), 1, False, INDEXED, BN, TMA)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-            if j == 0:
-                acc = gl.zeros([BLOCK_H, HALF], gl.float32, layout=o_l)
+            acc = _reset_first(acc, j)
             # dims [256, 512) and the rope (P_A) of A
             _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
                        page_size, bars.index(KREADY + 1), 1, True, INDEXED, BN, TMA)
@@ -362,9 +376,10 @@ def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_
                lse_part_ptr, stride_qb, stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb,
                stride_seqlens, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks,
                page_size, max_len, qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem,
-               kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA):
+               kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA, COPY_FIRST: gl.constexpr):
     """Warpgroup W's run over the program's segments (decode_sm90's loop). (Arguments reach a partition as
-    tensors, constexprs included: the tile size is read off the buffers' shape.)"""
+    tensors, constexprs included: the tile size is read off the buffers' shape, and what must be a constexpr, W
+    and COPY_FIRST, is a literal of the partition's function.)"""
     BN: gl.constexpr = kn_bufs.shape[1]
     s_l: gl.constexpr = _s_layout(BN)
     o_l: gl.constexpr = _o_layout()
@@ -393,7 +408,8 @@ def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_
             # one pair of copies past the end a segment: pairs + segs pairs copied before
             acc, m_i, l_i, pairs = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc,
                                                  bt_row, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp,
-                                                 num_blocks, page_size, qk_scale, pairs, pairs + segs, False, W, TMA)
+                                                 num_blocks, page_size, qk_scale, pairs, pairs + segs, False, W, TMA,
+                                                 COPY_FIRST)
             l_i = _row_sum(stats, bars, l_i, segs, W, BN)
             segs += 1
 
@@ -416,7 +432,20 @@ def _decode_wg0(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_
                stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
                stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
                qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
-               bars, CAUSAL, TMA)
+               bars, CAUSAL, TMA, False)
+
+
+@gluon.jit
+def _decode_wg0_copy_first(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
+                           stride_qb, stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb,
+                           stride_seqlens, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q,
+                           num_blocks, page_size, max_len, qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0,
+                           q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA):
+    _decode_wg(0, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
+               stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
+               stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
+               qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
+               bars, CAUSAL, TMA, True)
 
 
 @gluon.jit
@@ -429,7 +458,7 @@ def _decode_wg1(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_
                stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
                stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
                qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
-               bars, CAUSAL, TMA)
+               bars, CAUSAL, TMA, False)  # (COPY_FIRST changes only warpgroup 0's schedule)
 
 
 @gluon.jit
@@ -464,6 +493,7 @@ def _decode_ws_kernel(
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale, k_desc,
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     ROWS_FIRST: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr, TMA: gl.constexpr,
+    COPY_FIRST: gl.constexpr,
 ):
     gl.static_assert(BLOCK_N == 64, "the warp-specialized kernel takes 64-key tiles")
     gl.static_assert(not FP8, "the warp-specialized kernel reads 16-bit caches")
@@ -482,7 +512,10 @@ def _decode_ws_kernel(
             stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob, stride_os,
             stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, k_desc,
             row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA)
-    gl.warp_specialize([(_decode_wg0, args), (_decode_wg1, args)], [WG_WARPS], [WORKER_REGS])
+    if COPY_FIRST:
+        gl.warp_specialize([(_decode_wg0_copy_first, args), (_decode_wg1, args)], [WG_WARPS], [WORKER_REGS])
+    else:
+        gl.warp_specialize([(_decode_wg0, args), (_decode_wg1, args)], [WG_WARPS], [WORKER_REGS])
 
 
 # -- host side -----------------------------------------------------------------------------------------------------
@@ -512,7 +545,8 @@ def ws_tma(k_cache, config) -> bool:
 
 
 def ws_launch_args(k_cache, config):
-    """``_decode_ws_kernel``'s ``k_desc`` (the cache as [tokens, 576], 64 x 64 boxes) and ``TMA``. Without TMA the
+    """``_decode_ws_kernel``'s ``k_desc`` (the cache as [tokens, 576], 64 x 64 boxes), ``TMA`` and the entry's
+    ``COPY_FIRST`` (warpgroup 0 copies B's first half before it issues S of A; default off). Without TMA the
     descriptor is a one-row stand-in that the kernel never reads (the argument exists either way)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -520,4 +554,4 @@ def ws_launch_args(k_cache, config):
     rows = k_cache.shape[0] * k_cache.shape[1] if tma_ok else 1
     desc = TensorDescriptor(k_cache, [max(rows, 1), k_cache.shape[3]], [k_cache.stride(1), 1], [64, 64],
                             _tile_layout())
-    return dict(k_desc=desc, TMA=tma_ok)
+    return dict(k_desc=desc, TMA=tma_ok, COPY_FIRST=bool(config.get("COPY_FIRST", False)))
