@@ -23,8 +23,8 @@ Same split plan, partial slots and combine as ``decode_sm90`` / ``decode.py``. S
 bf16/fp16, any number of rows (blocks of 64); tiles of 64 keys, one buffer pair (216 KB with Q).
 
 Status (``benchmarks/NOTES.md``, thirteenth session): under Triton 3.9, with TMA copies, 1.12-1.19x faster than
-``decode_sm90`` at 128-256 rows, slower at 64; under Triton 3.6 it spills 1.3 KB and runs 1.9x slower. The sm90
-config selects it (key ``WS``) above 64 rows with ``min_triton`` 3.7.
+``decode_sm90`` at 128-256 rows (0.78-0.80x FlashMLA at h = 128, s_k = 8192), slower at 64; Triton 3.6 cannot lower
+it. The sm90 config selects it (key ``WS``) above 64 rows with ``min_triton`` 3.7, with ``COPY_FIRST`` up to 128.
 """
 
 from triton.experimental import gluon
