@@ -27,6 +27,8 @@ Status (``benchmarks/NOTES.md``, thirteenth session): under Triton 3.9, with TMA
 it. The sm90 config selects it (key ``WS``) above 64 rows with ``min_triton`` 3.7, with ``COPY_FIRST`` up to 128.
 """
 
+import functools
+
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
@@ -100,11 +102,11 @@ def _load_half(kn, kpe, k_ptr, k_desc, table_row, start, hi, stride_kb, stride_k
                bar, HALF_IDX: gl.constexpr, WITH_ROPE: gl.constexpr, INDEXED: gl.constexpr, BN: gl.constexpr,
                TMA: gl.constexpr):
     """Copy dims [256 HALF_IDX, +256) (and the rope dims if ``WITH_ROPE``) of keys [start, start + 64); ``bar``
-    completes when they have landed. With ``TMA`` (pages of 64k keys laid end to end: ``k_desc`` sees the cache
-    as [tokens, 576]) a whole tile is four (five) 64 x 64 TMA copies from one page look-up, issued by one
-    thread; a tile reaching past ``hi`` goes the ``cp.async`` way, whose masked keys are zero-filled (P V reads
-    V's rows whatever P holds, and 0 x NaN is NaN). Else ``cp.async`` (``decode_sm90._key_offsets``; any page
-    size and stride)."""
+    completes when they have landed. With ``TMA`` (pages a whole number of 64-key tiles, laid end to end:
+    ``k_desc`` sees the cache as [tokens, 576]) a whole tile is four (five) 64 x 64 TMA copies from one page
+    look-up, issued by one thread; a tile reaching past ``hi`` goes the ``cp.async`` way, whose masked keys are
+    zero-filled (P V reads V's rows whatever P holds, and 0 x NaN is NaN). Else ``cp.async``
+    (``decode_sm90._key_offsets``; any page size and stride)."""
     if TMA:
         if start + BN <= hi:
             page = _tile_page(table_row, start, hi, stride_table, limit, page_size)
@@ -519,9 +521,11 @@ def _decode_ws_kernel(
 
 
 # -- host side -----------------------------------------------------------------------------------------------------
+@functools.cache
 def ws_supported() -> bool:
     """Whether this Triton builds the kernel: from 3.7 on (3.6's ConvertTritonGPUToLLVM fails on it since the
-    descriptor argument reaches the partitions; ``decode_sm90`` then runs the lockstep kernel instead)."""
+    descriptor argument reaches the partitions; ``decode_sm90`` then runs the lockstep kernel instead). Asked on
+    every call, so cached."""
     from ..configs import triton_at_least
 
     return triton_at_least("3.7")
