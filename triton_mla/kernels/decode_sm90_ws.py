@@ -374,14 +374,14 @@ def _row_sum(stats, bars, l_run, segs, W: gl.constexpr, BN: gl.constexpr):
 
 
 @gluon.jit
-def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr,
-               lse_part_ptr, stride_qb, stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb,
-               stride_seqlens, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks,
-               page_size, max_len, qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem,
-               kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA, COPY_FIRST: gl.constexpr):
-    """Warpgroup W's run over the program's segments (decode_sm90's loop). (Arguments reach a partition as
-    tensors, constexprs included: the tile size is read off the buffers' shape, and what must be a constexpr, W
-    and COPY_FIRST, is a literal of the partition's function.)"""
+def _decode_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
+    """Warpgroup W's run over the program's segments (decode_sm90's loop); ``args``: the kernel's tuple (below).
+    (Arguments reach a partition as tensors, constexprs included: the tile size is read off the buffers' shape,
+    and what must be a constexpr, W and COPY_FIRST, is a literal of the partition's function.)"""
+    (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb, stride_qs,
+     stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob, stride_os, stride_oh,
+     stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, k_desc, row_block, part,
+     g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA) = args
     BN: gl.constexpr = kn_bufs.shape[1]
     s_l: gl.constexpr = _s_layout(BN)
     o_l: gl.constexpr = _o_layout()
@@ -425,42 +425,18 @@ def _decode_wg(W: gl.constexpr, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_
 
 
 @gluon.jit
-def _decode_wg0(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
-                stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
-                stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
-                qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
-                bars, CAUSAL, TMA):
-    _decode_wg(0, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
-               stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
-               stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
-               qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
-               bars, CAUSAL, TMA, False)
+def _decode_wg0(args):
+    _decode_wg(0, False, args)
 
 
 @gluon.jit
-def _decode_wg0_copy_first(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
-                           stride_qb, stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb,
-                           stride_seqlens, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q,
-                           num_blocks, page_size, max_len, qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0,
-                           q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA):
-    _decode_wg(0, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
-               stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
-               stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
-               qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
-               bars, CAUSAL, TMA, True)
+def _decode_wg0_copy_first(args):
+    _decode_wg(0, True, args)
 
 
 @gluon.jit
-def _decode_wg1(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
-                stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
-                stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
-                qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
-                bars, CAUSAL, TMA):
-    _decode_wg(1, q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
-               stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob,
-               stride_os, stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len,
-               qk_scale, k_desc, row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats,
-               bars, CAUSAL, TMA, False)  # (COPY_FIRST changes only warpgroup 0's schedule)
+def _decode_wg1(args):
+    _decode_wg(1, False, args)  # (COPY_FIRST changes only warpgroup 0's schedule)
 
 
 @gluon.jit
@@ -515,9 +491,9 @@ def _decode_ws_kernel(
             stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, k_desc,
             row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA)
     if COPY_FIRST:
-        gl.warp_specialize([(_decode_wg0_copy_first, args), (_decode_wg1, args)], [WG_WARPS], [WORKER_REGS])
+        gl.warp_specialize([(_decode_wg0_copy_first, (args,)), (_decode_wg1, (args,))], [WG_WARPS], [WORKER_REGS])
     else:
-        gl.warp_specialize([(_decode_wg0, args), (_decode_wg1, args)], [WG_WARPS], [WORKER_REGS])
+        gl.warp_specialize([(_decode_wg0, (args,)), (_decode_wg1, (args,))], [WG_WARPS], [WORKER_REGS])
 
 
 # -- host side -----------------------------------------------------------------------------------------------------
