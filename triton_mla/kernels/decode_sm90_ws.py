@@ -90,6 +90,12 @@ def _o_layout():
 
 
 @gluon.constexpr_function
+def _tile_layout():
+    """Q's and the key tiles' shared layout (128-byte swizzle), which the TMA descriptor's boxes share."""
+    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+
+@gluon.constexpr_function
 def _copy_layout():
     """A warpgroup's 16-byte copies of a [64, 256] (or [64, 64]) block: a warp over 8 rows of 4 copies, so a
     thread holds two rows (two row addresses, the columns as constant offsets: few registers; the same rows for
@@ -442,7 +448,7 @@ def _decode_wg1(args):
 @gluon.jit
 def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr, TMA: gl.constexpr):
     """Q (72 KB), one pair of 64-key tiles (144 KB), the row statistics, the mbarriers (initialized)."""
-    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    wide_sl: gl.constexpr = _tile_layout()
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
     qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], wide_sl)
     kn_bufs = gl.allocate_shared_memory(dtype, [2, BN, DV], wide_sl)
@@ -505,10 +511,6 @@ def ws_supported() -> bool:
     from ..configs import triton_at_least
 
     return triton_at_least("3.7")
-
-def _tile_layout():
-    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-
 
 def ws_desc_type() -> str:
     """``k_desc``'s signature type, for check-configs."""
