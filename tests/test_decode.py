@@ -200,6 +200,23 @@ def test_metadata_plan():
     assert md.shape[1] == 8 and md.dtype == torch.int32
 
 
+@pytest.mark.parametrize("dv", [64, 48, 512])
+def test_combine_reads_parts_in_steps(dv):
+    """One long sequence split into more parts than the combine reads at a step, the others into one or
+    two; rows and value dims spread over several combine programs (48: value dims past the last block)."""
+    from triton_mla.kernels.decode import combine_blocks
+
+    lens, h_q = [0, 3000, 5, 130], 5
+    with configs.overridden(PARTS_PER_SM=32, MIN_BLOCKS_PER_PART=1):
+        lens_t = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+        md, num_splits = tm.get_mla_metadata(lens_t, h_q, 1)
+        splits = (num_splits[1:] - num_splits[:-1]).tolist()
+        block_h, _, parts = combine_blocks(len(lens), h_q, md.shape[0], max(16, 1 << (dv - 1).bit_length()),
+                                           configs.num_sms(lens_t.device))
+        assert splits[1] > 2 * parts and block_h < h_q
+        check_decode(lens, s_q=1, h_q=h_q, dv=dv, dr=16, seed=dv)
+
+
 # -- bad input --------------------------------------------------------------------------------------
 def _valid():
     return make_case([10, 20], s_q=1, h_q=2)
@@ -278,8 +295,9 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("tiles", [dict(BLOCK_N=64, NUM_BUF=2, MIN_BLOCKS_PER_PART=4),
                                    dict(BLOCK_N=32, NUM_BUF=3, MIN_BLOCKS_PER_PART=8, ROWS_FIRST=True),
-                                   dict(BLOCK_N=64, MIN_BLOCKS_PER_PART=4, WS=True),
-                                   dict(BLOCK_N=64, MIN_BLOCKS_PER_PART=8, WS=True, ROWS_FIRST=True)],
+                                   dict(BLOCK_N=64, MIN_BLOCKS_PER_PART=4, WS=True, WS_MIN_TILES_PER_PART=0),
+                                   dict(BLOCK_N=64, MIN_BLOCKS_PER_PART=8, WS=True, ROWS_FIRST=True,
+                                        WS_MIN_TILES_PER_PART=0)],
                          ids=["n64x2", "n32x3", "ws64", "ws64r"])
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])

@@ -18,6 +18,9 @@ from triton_mla import configs
 from triton_mla.bench import decode_flops, fp8_cache_of, fp8_rel_err, make_decode_case
 from triton_mla.reference import decode_ref
 
+# the warp-specialized kernel whatever the number of tiles a part (the shipped entries take it from 32 on)
+WS = {"WGMMA": True, "WS": True, "WS_MIN_TILES_PER_PART": 0, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4}
+
 VARIANTS = {
     "shipped": {},  # the config files as they are
     "shipped_fp8": {"_fp8": True},
@@ -36,14 +39,14 @@ VARIANTS = {
     # the lockstep kernel even where the config picks the warp-specialized one (above 128 rows, Triton 3.7+)
     "lock": {"WGMMA": True, "WS": False, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True},
     "g64x2p1": {"WGMMA": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
-    "ws": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4},
+    "ws": WS,
     # the ws kernel's key tiles by cp.async even where TMA applies (pages of 64k laid end to end)
-    "ws_cp": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "TMA": False},
+    "ws_cp": {**WS, "TMA": False},
     # warpgroup 0 copies B's first half before it issues S of A (the sm90 128-row entry)
-    "ws_rc": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True,
+    "ws_rc": {**WS, "ROWS_FIRST": True,
               "COPY_FIRST": True},
-    "ws_p1": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "PARTS_PER_SM": 1},
-    "ws_r": {"WGMMA": True, "WS": True, "BLOCK_N": 64, "NUM_BUF": 2, "MIN_BLOCKS_PER_PART": 4, "ROWS_FIRST": True},
+    "ws_p1": {**WS, "PARTS_PER_SM": 1},
+    "ws_r": {**WS, "ROWS_FIRST": True},
     "fp8": {"_fp8": True, "WGMMA": False},
     "fp8_g64": {"_fp8": True, "WGMMA": True, "BLOCK_N": 64, "MIN_BLOCKS_PER_PART": 4},
     "fp8_g64r2": {"_fp8": True, "WGMMA": True, "BLOCK_N": 64, "MIN_BLOCKS_PER_PART": 4, "RAW_STAGES": 2},

@@ -17,7 +17,8 @@ for bn, mb in ((32, 8), (64, 4)):
         mp = max(1, max(-(-l // page) for l in lens))
         bt = torch.randint(0, nb, (b, mp), device="cuda", dtype=torch.int32)
         lt = torch.tensor(lens, device="cuda", dtype=torch.int32)
-        with configs.overridden(WGMMA=True, WS=True, BLOCK_N=bn, MIN_BLOCKS_PER_PART=mb):
+        with configs.overridden(WGMMA=True, WS=True, WS_MIN_TILES_PER_PART=0, BLOCK_N=bn,
+                                MIN_BLOCKS_PER_PART=mb):
             out, lse = tm.flash_mla_with_kvcache(q, kv, bt, lt, 512, causal=s_q > 1)
 torch.cuda.synchronize()
 print("ws memcheck cases done")

@@ -107,7 +107,7 @@ def decode_kernels(entry, section="decode"):
                     LAZY_RESCALE=bool(entry.get("LAZY_RESCALE", False)),
                     PREFETCH_PAGES=bool(entry.get("PREFETCH_PAGES", False))),
                entry["num_warps"], entry["num_stages"])
-    yield ("combine", k._combine_kernel, ptrs, dict(common, BLOCK_H=min(block_h, 16)), 4, 1)
+    yield from k.combine_specs(ptrs, DV, block_n, entry["MIN_BLOCKS_PER_PART"])
     if entry.get("WGMMA", False):
         # the Gluon kernel that serves this entry's 16-bit calls on sm90 (kernels/decode_sm90.py)
         from ..kernels import decode_sm90

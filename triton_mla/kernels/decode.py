@@ -210,54 +210,64 @@ def _combine_kernel(
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh, stride_ls,
     batch, s_q, h_q, max_len, num_parts,
-    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    MIN_BLOCKS_PER_PART: tl.constexpr, CHUNK_B: tl.constexpr,
+    DV: tl.constexpr, O_STRIDE: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_H: tl.constexpr,
+    PARTS: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS_PER_PART: tl.constexpr, CHUNK_B: tl.constexpr,
 ):
+    """Merge the partial rows of the split sequences (and write the output of empty ones). A program takes
+    BLOCK_H rows and BLOCK_DV of the DV columns of one sequence, and reads PARTS parts at a time: the reads are
+    independent, so a few parts' worth are in flight at once instead of one part's after another (at small
+    batch a sequence has tens of parts and few programs share them). ``O_STRIDE``: the row length of
+    ``o_part`` (the writer's BLOCK_DV)."""
     seq = tl.program_id(0)
     row_block = tl.program_id(1)
+    dv_block = tl.program_id(2)
     total, seq_g0 = plan_totals(seqlens_ptr, stride_seqlens, batch, seq, max_len, BLOCK_N, CHUNK_B)
     parts = effective_parts(total, num_parts, MIN_BLOCKS_PER_PART)
     n = seq_blocks(seqlens_ptr, stride_seqlens, seq, seq < batch, max_len, BLOCK_N)
 
     rows_per_seq = s_q * h_q
     rows, row_ok, row_s, row_h = query_rows(row_block, s_q, h_q, BLOCK_H)
-    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_dv = dv_block * BLOCK_DV + tl.arange(0, BLOCK_DV)
     dv_ok = offs_dv < DV
     o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_os, stride_oh,
                                    stride_lb, stride_lh, stride_ls)
+    lse_ok = row_ok & (rows * 0 + dv_block == 0)  # one program of a row block writes its lse
     first = part_of_block(seq_g0, total, parts)
     last = part_of_block(seq_g0 + n - 1, total, parts)
     if n == 0:
         # no keys at all (FlashMLA's convention: out = 0, lse = +inf)
         tl.store(o_ptrs, tl.zeros([BLOCK_H, BLOCK_DV], dtype=out_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & dv_ok[None, :])
-        tl.store(lse_ptrs, tl.full([BLOCK_H], float("inf"), dtype=tl.float32), mask=row_ok)
+        tl.store(lse_ptrs, tl.full([BLOCK_H], float("inf"), dtype=tl.float32), mask=lse_ok)
     elif first != last:
         # the first part holds this sequence in slot 0 only if its range starts at the sequence
         first_slot = first * 2 + tl.where(part_start(total, first, parts) == seq_g0, 0, 1)
+        offs_p = tl.arange(0, PARTS)
+        # one pass, the max kept online: a sequence of up to PARTS parts costs one round trip to memory
         m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-        for p in range(first, last + 1):
-            slot = tl.where(p == first, first_slot, p * 2)
-            lse2 = tl.load(lse_part_ptr + slot.to(tl.int64) * rows_per_seq + rows, mask=row_ok,
-                           other=float("-inf"))
-            m = tl.maximum(m, lse2)
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
         acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
         wsum = tl.zeros([BLOCK_H], dtype=tl.float32)
-        for p in range(first, last + 1):
+        for p0 in range(first, last + 1, PARTS):
+            p = p0 + offs_p
             slot = tl.where(p == first, first_slot, p * 2)
-            part_rows = slot.to(tl.int64) * rows_per_seq + rows
-            lse2 = tl.load(lse_part_ptr + part_rows, mask=row_ok, other=float("-inf"))
-            w = tl.math.exp2(lse2 - m_safe)
-            o = tl.load(o_part_ptr + part_rows[:, None] * BLOCK_DV + offs_dv[None, :], mask=row_ok[:, None],
-                        other=0.0)
-            acc += w[:, None] * o
-            wsum += w
+            part_rows = slot.to(tl.int64)[:, None] * rows_per_seq + rows[None, :]
+            ok = (p <= last)[:, None] & row_ok[None, :]
+            lse2 = tl.load(lse_part_ptr + part_rows, mask=ok, other=float("-inf"))
+            o = tl.load(o_part_ptr + part_rows[:, :, None] * O_STRIDE + offs_dv[None, None, :],
+                        mask=ok[:, :, None], other=0.0)
+            m_new = tl.maximum(m, tl.max(lse2, axis=0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.math.exp2(m - m_safe)
+            w = tl.math.exp2(lse2 - m_safe[None, :])
+            acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, axis=0)
+            wsum = wsum * alpha + tl.sum(w, axis=0)
+            m = m_new
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
         empty = wsum == 0.0
         out = acc / tl.where(empty, 1.0, wsum)[:, None]
         lse = tl.where(empty, float("inf"), (m_safe + tl.math.log2(tl.where(empty, 1.0, wsum))) * LN2)
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
-        tl.store(lse_ptrs, lse, mask=row_ok)
+        tl.store(lse_ptrs, lse, mask=lse_ok)
 
 
 def launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part):
@@ -306,18 +316,43 @@ def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_s
     return out, lse
 
 
+def combine_blocks(b: int, rows: int, num_parts: int, o_stride: int, num_sms: int):
+    """(BLOCK_H, BLOCK_DV, PARTS) of ``_combine_kernel``: PARTS covers a sequence's parts in one or two steps
+    when the plan deals them evenly (up to 16 a step), a step holds at most 8192 fp32 values (64 registers a
+    thread), and at small batch a program takes fewer rows so that the grid covers the GPU twice over."""
+    parts = min(16, next_pow2(cdiv(num_parts, b) + 1))
+    block_dv = min(128, o_stride)
+    block_h = min(16, 8192 // (parts * block_dv))
+    while block_h > 4 and b * cdiv(rows, block_h) * cdiv(o_stride, block_dv) < 2 * num_sms:
+        block_h //= 2
+    return block_h, block_dv, parts
+
+
 def _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common):
     """Launch the merge of split sequences' partial results (and the output of empty sequences)."""
+    from .. import configs
+
     b, s_q, h_q, _ = out.shape
-    combine_h = min(common["BLOCK_H"], 16)
-    _combine_kernel[(b, cdiv(s_q * h_q, combine_h))](
+    o_stride = o_part.shape[-1]
+    block_h, block_dv, parts = combine_blocks(b, s_q * h_q, num_parts, o_stride, configs.num_sms(out.device))
+    _combine_kernel[(b, cdiv(s_q * h_q, block_h), cdiv(common["DV"], block_dv))](
         o_part, lse_part, cache_seqlens, out, lse,
         cache_seqlens.stride(0),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
         b, s_q, h_q, max_len, num_parts,
-        **{**common, "BLOCK_H": combine_h}, num_warps=4,
+        DV=common["DV"], O_STRIDE=o_stride, BLOCK_DV=block_dv, BLOCK_H=block_h, PARTS=parts,
+        BLOCK_N=common["BLOCK_N"], MIN_BLOCKS_PER_PART=common["MIN_BLOCKS_PER_PART"], CHUNK_B=common["CHUNK_B"],
+        num_warps=4,
     )
+
+
+def combine_specs(types, o_stride, block_n, min_blocks_per_part):
+    """check-configs: the combine's two extreme shapes (many rows a program, or many parts a step)."""
+    for block_h, parts in ((16, 4), (4, 16)):
+        yield (f"combine(h{block_h}, parts{parts})", _combine_kernel, types,
+               dict(DV=o_stride, O_STRIDE=o_stride, BLOCK_DV=min(128, o_stride), BLOCK_H=block_h, PARTS=parts,
+                    BLOCK_N=block_n, MIN_BLOCKS_PER_PART=min_blocks_per_part, CHUNK_B=128), 4, 1)
 
 
 TILE_SCHEDULER_METADATA_SIZE = 8

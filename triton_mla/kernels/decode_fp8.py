@@ -12,7 +12,7 @@ import triton.language as tl
 from .._checks import interpreting
 from ._common import LN2, LOG2E, cdiv, output_ptrs, query_rows
 from ._fp8 import GROUP, ROPE, SCALE_BYTE, load_fp8_rope
-from .decode import _combine, _combine_kernel, _part_range, _program_coords, launch_tensors
+from .decode import _combine, _part_range, _program_coords, combine_specs, launch_tensors
 
 FP8_DV = tl.constexpr(512)  # the FP8 layout's value dims: 4 groups of GROUP
 
@@ -319,9 +319,7 @@ def compile_specs(section, entry):
                       SCALE_TILE=bool(entry.get("SCALE_TILE", False)), ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)),
                       CVT_ONCE=bool(entry.get("CVT_ONCE", False)))
         yield f"decode_fp8(causal={causal})", _decode_fp8_kernel, types, consts, entry["num_warps"], entry["num_stages"]
-    consts = dict(DV=FP8_DV.value, BLOCK_DV=FP8_DV.value, BLOCK_H=min(block_h, 16), BLOCK_N=block_n,
-                  MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
-    yield "combine", _combine_kernel, types, consts, 4, 1
+    yield from combine_specs(types, FP8_DV.value, block_n, entry["MIN_BLOCKS_PER_PART"])
     if entry.get("WGMMA", False) and entry.get("KEYS_ON_M", False):
         # the Gluon kernel that serves this entry's bfloat16 calls on sm90 (<= 16 rows: kernels/decode_sm90_fp8.py)
         from . import decode_sm90_fp8

@@ -658,8 +658,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
     rows_first = bool(config.get("ROWS_FIRST", False))
     grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
-    # WS: the warp-specialized kernel (two warpgroups on alternate tiles; 16-bit caches, 64-key tiles)
-    ws = bool(config.get("WS", False)) and not fp8 and config["BLOCK_N"] == 64 and ws_supported()
+    ws = use_ws(config, b, max_len, num_parts, fp8)
     kernel = _decode_ws_kernel if ws else _decode_sm90_kernel
     extra = ws_launch_args(k_cache, config) if ws else dict(
         PAGE_TILE=page_tile(page_size, config["BLOCK_N"], k_cache.stride(1), config))
@@ -676,6 +675,17 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
     _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
     return out, lse
+
+
+def use_ws(config, b: int, max_len: int, num_parts: int, fp8: bool = False) -> bool:
+    """Whether to run the warp-specialized kernel (two warpgroups on alternate tiles): the entry asks for it
+    (``WS``), 16-bit cache, 64-key tiles, a Triton that builds it, and at least ``WS_MIN_TILES_PER_PART`` key tiles
+    a part, estimated from the block table's width (an upper bound: lengths stay on the GPU). Each segment costs
+    it one pair step more than the lockstep kernel, which wins below ~30 tiles a part (small batch;
+    ``benchmarks/NOTES.md``, fourteenth session)."""
+    if not config.get("WS", False) or fp8 or config["BLOCK_N"] != 64 or not ws_supported():
+        return False
+    return b * cdiv(max_len, 64) >= config.get("WS_MIN_TILES_PER_PART", 0) * num_parts
 
 
 def page_tile(page_size: int, block_n: int, stride_kt: int, config=None) -> bool:
