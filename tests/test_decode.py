@@ -200,12 +200,16 @@ def test_metadata_plan():
     assert md.shape[1] == 8 and md.dtype == torch.int32
 
 
+@pytest.mark.parametrize("large_batch", [False, True])
 @pytest.mark.parametrize("dv", [64, 48, 512])
-def test_combine_reads_parts_in_steps(dv):
+def test_combine_reads_parts_in_steps(dv, large_batch, monkeypatch):
     """One long sequence split into more parts than the combine reads at a step, the others into one or
-    two; rows and value dims spread over several combine programs (48: value dims past the last block)."""
+    two; rows and value dims spread over several combine programs (48: value dims past the last block).
+    ``large_batch``: a GPU of one SM, so the combine takes its large-batch shape (16 rows, one part a step)."""
     from triton_mla.kernels.decode import combine_blocks
 
+    if large_batch:
+        monkeypatch.setattr(configs, "num_sms", lambda device: 1)
     lens, h_q = [0, 3000, 5, 130], 5
     with configs.overridden(PARTS_PER_SM=32, MIN_BLOCKS_PER_PART=1):
         lens_t = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
@@ -213,7 +217,8 @@ def test_combine_reads_parts_in_steps(dv):
         splits = (num_splits[1:] - num_splits[:-1]).tolist()
         block_h, _, parts = combine_blocks(len(lens), h_q, md.shape[0], max(16, 1 << (dv - 1).bit_length()),
                                            configs.num_sms(lens_t.device))
-        assert splits[1] > 2 * parts and block_h < h_q
+        assert splits[1] > 2 * parts
+        assert (block_h, parts) == (16, 1) if large_batch else block_h < h_q
         check_decode(lens, s_q=1, h_q=h_q, dv=dv, dr=16, seed=dv)
 
 

@@ -317,14 +317,28 @@ def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_s
 
 
 def combine_blocks(b: int, rows: int, num_parts: int, o_stride: int, num_sms: int):
-    """(BLOCK_H, BLOCK_DV, PARTS) of ``_combine_kernel``: PARTS covers a sequence's parts in one or two steps
-    when the plan deals them evenly (up to 16 a step), a step holds at most 8192 fp32 values (64 registers a
-    thread), and at small batch a program takes fewer rows so that the grid covers the GPU twice over."""
+    """(BLOCK_H, BLOCK_DV, PARTS) of ``_combine_kernel``. With programs enough to fill the GPU twice at 16 rows
+    and all value columns a program, one part a step (large batch: the merge is bound by the programs' count
+    and their plan look-ups, so fewer and larger is faster). Else (small batch: a sequence has tens of parts
+    and the merge is bound by round trips to memory) PARTS covers a sequence's parts in one or two steps when
+    the plan deals them evenly (up to 16 a step), a step holds at most 8192 fp32 values (64 registers a
+    thread), and the value columns, then the rows, are split until the grid covers the GPU twice."""
+    if b * cdiv(rows, 16) >= 2 * num_sms:
+        return 16, o_stride, 1
     parts = min(16, next_pow2(cdiv(num_parts, b) + 1))
-    block_dv = min(128, o_stride)
-    block_h = min(16, 8192 // (parts * block_dv))
-    while block_h > 4 and b * cdiv(rows, block_h) * cdiv(o_stride, block_dv) < 2 * num_sms:
-        block_h //= 2
+    block_h, block_dv = 16, o_stride
+    while parts * block_h * block_dv > 8192:
+        if block_dv > 128:
+            block_dv //= 2
+        elif block_h > 4:
+            block_h //= 2
+        else:
+            parts //= 2
+    while b * cdiv(rows, block_h) * cdiv(o_stride, block_dv) < 2 * num_sms and (block_dv > 128 or block_h > 4):
+        if block_dv > 128:
+            block_dv //= 2
+        else:
+            block_h //= 2
     return block_h, block_dv, parts
 
 
@@ -348,10 +362,11 @@ def _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, comm
 
 
 def combine_specs(types, o_stride, block_n, min_blocks_per_part):
-    """check-configs: the combine's two extreme shapes (many rows a program, or many parts a step)."""
-    for block_h, parts in ((16, 4), (4, 16)):
-        yield (f"combine(h{block_h}, parts{parts})", _combine_kernel, types,
-               dict(DV=o_stride, O_STRIDE=o_stride, BLOCK_DV=min(128, o_stride), BLOCK_H=block_h, PARTS=parts,
+    """check-configs: the combine's extreme shapes (large batch: 16 rows of all columns; small: many parts a
+    step)."""
+    for block_h, block_dv, parts in ((16, o_stride, 1), (16, min(128, o_stride), 4), (4, min(128, o_stride), 16)):
+        yield (f"combine(h{block_h}, dv{block_dv}, parts{parts})", _combine_kernel, types,
+               dict(DV=o_stride, O_STRIDE=o_stride, BLOCK_DV=block_dv, BLOCK_H=block_h, PARTS=parts,
                     BLOCK_N=block_n, MIN_BLOCKS_PER_PART=min_blocks_per_part, CHUNK_B=128), 4, 1)
 
 

@@ -24,7 +24,9 @@ bf16/fp16, any number of rows (blocks of 64); tiles of 64 keys, one buffer pair 
 
 Status (``benchmarks/NOTES.md``, thirteenth session): under Triton 3.9, with TMA copies, 1.12-1.19x faster than
 ``decode_sm90`` at 128-256 rows (0.78-0.80x FlashMLA at h = 128, s_k = 8192), slower at 64; Triton 3.6 cannot lower
-it. The sm90 config selects it (key ``WS``) above 64 rows with ``min_triton`` 3.7, with ``COPY_FIRST`` up to 128.
+it. The sm90 config selects it (key ``WS``) above 64 rows with ``min_triton`` 3.7, with ``COPY_FIRST`` up to 128,
+and from 32 key tiles a part on (``WS_MIN_TILES_PER_PART``; ``decode_sm90.use_ws``): below that (small batch) each
+segment's extra pair step makes it 6-28% slower than the lockstep kernel (fourteenth session).
 """
 
 import functools
