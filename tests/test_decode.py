@@ -200,6 +200,28 @@ def test_metadata_plan():
     assert md.shape[1] == 8 and md.dtype == torch.int32
 
 
+def test_combine_blocks_fit():
+    """The combine's blocks for any batch: powers of two, at most 8192 fp32 a step (16 rows of 512 columns on the
+    large-batch shape), a grid within CUDA's limits for every row count the API takes at small batch, and the
+    small-batch shape only where the large one would not fill the GPU twice."""
+    from triton_mla.kernels.decode import combine_blocks
+
+    def pow2(n):
+        return n > 0 and n & (n - 1) == 0
+
+    for b in (1, 2, 3, 8, 17, 64, 128, 1024):
+        for rows in (1, 5, 16, 100, 128, 256, 4096):
+            for num_parts in (1, 33, 66, 132, 264, 1056):
+                for o_stride in (16, 64, 128, 512):
+                    for sms in (4, 132):
+                        block_h, block_dv, parts = combine_blocks(b, rows, num_parts, o_stride, sms)
+                        assert all(pow2(v) for v in (block_h, block_dv, parts)), (block_h, block_dv, parts)
+                        assert block_h * block_dv * parts <= 8192 and block_dv <= o_stride
+                        assert -(-rows // block_h) <= 65535
+                        small = b * -(-rows // 16) < 2 * sms
+                        assert (block_h, block_dv, parts) == (16, o_stride, 1) or small
+
+
 @pytest.mark.parametrize("large_batch", [False, True])
 @pytest.mark.parametrize("dv", [64, 48, 512])
 def test_combine_reads_parts_in_steps(dv, large_batch, monkeypatch):
