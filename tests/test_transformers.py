@@ -5,6 +5,7 @@ attention is what is patched). CPU: fp32 in the interpreter, tolerance fp32's 1e
 """
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -12,11 +13,19 @@ from conftest import DEVICE, LAYER_BF16_TOLERANCE, assert_close, gpu
 
 transformers = pytest.importorskip("transformers")
 
-from transformers import DeepseekV2Config, DeepseekV3Config  # noqa: E402
+from transformers import DeepseekV2Config, DeepseekV3Config, DeepseekV3ForCausalLM  # noqa: E402
 from transformers.cache_utils import DynamicCache  # noqa: E402
 
 from triton_mla.integrations import patch_model  # noqa: E402
 from triton_mla.integrations.transformers import HFMLAAttention, unpatch_model  # noqa: E402
+
+# transformers 5.24 renamed the cache argument and output field from past_key_values to cache
+CACHE = "cache" if "cache" in inspect.signature(DeepseekV3ForCausalLM.forward).parameters else "past_key_values"
+
+
+def with_cache(cache):
+    return {CACHE: cache, "use_cache": True}
+
 
 YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64, mscale=0.707,
             mscale_all_dim=1.0, beta_fast=32, beta_slow=1)
@@ -106,11 +115,11 @@ def test_prefill_logits_and_manual_cache():
         assert_close(patched(ids, use_cache=False).logits, want, torch.float32, "no cache")
         out = patched(ids[:, :8], use_cache=True)  # the model makes its cache: the patch adopts it
         assert_close(out.logits, want[:, :8], torch.float32, "prefill")
-        step = patched(ids[:, 8:], past_key_values=out.past_key_values, use_cache=True)
+        step = patched(ids[:, 8:], **with_cache(getattr(out, CACHE)))
         assert_close(step.logits[:, -1], want[:, -1], torch.float32, "step")
         # a new generation (an empty cache) starts over and frees the pages
         free = patched.triton_mla.cache.allocator.num_free_pages
-        patched(ids[:, :3], past_key_values=DynamicCache(config=model.config), use_cache=True)
+        patched(ids[:, :3], **with_cache(DynamicCache(config=model.config)))
         assert patched.triton_mla.cache.allocator.num_free_pages > free
 
 
@@ -141,9 +150,9 @@ def test_bad_use():
         model.model.layers[0].self_attn(torch.zeros(1, 5, 64, device=DEVICE))
     ids = torch.randint(0, 128, (1, 4)).to(DEVICE)
     out = model(ids, use_cache=True)
-    out.past_key_values.crop(-2)  # drop the last 2 tokens
+    getattr(out, CACHE).crop(-2)  # drop the last 2 tokens
     with pytest.raises(NotImplementedError, match="cropping"):
-        model(ids[:, :1], past_key_values=out.past_key_values, use_cache=True)
+        model(ids[:, :1], **with_cache(getattr(out, CACHE)))
     from transformers import LlamaConfig, LlamaForCausalLM
 
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -187,7 +196,7 @@ def test_gpu_deepseek_v3_shaped_fp8_cache():
     assert patched.triton_mla.cache.bytes_per_token == 656
     with torch.no_grad():
         out = patched(ids[:, :99], use_cache=True)
-        step = patched(ids[:, 99:], past_key_values=out.past_key_values, use_cache=True).logits
+        step = patched(ids[:, 99:], **with_cache(getattr(out, CACHE))).logits
     rel = ((step[:, -1].float() - want[:, -1].float()).norm() / want[:, -1].float().norm()).item()
     assert rel < 5e-2, rel  # FP8 (e4m3) latents: ~2^-4 relative rounding per value
 

@@ -129,6 +129,9 @@ class HFMLAAttention(MLAAttention):
     runtime: PagedMLARuntime
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        # (Hugging Face renamed the cache argument ``cache`` in transformers 5.24; older versions pass
+        # ``past_key_values``)
+        past_key_values = _hf_cache(past_key_values, kwargs.get("cache"))
         rt = self.runtime
         b, s, hidden = hidden_states.shape
         if rt.shape != (b, s):
@@ -150,6 +153,12 @@ class HFMLAAttention(MLAAttention):
         return out.view(b, s, hidden), None
 
 
+def _hf_cache(*candidates):
+    """The Hugging Face cache object among its argument names' values (``past_key_values``, or ``cache`` from
+    transformers 5.24 on), or None."""
+    return next((c for c in candidates if c is not None), None)
+
+
 def _base_model(model):
     for name in ("model", "base_model"):
         inner = getattr(model, name, None)
@@ -169,7 +178,7 @@ def _pre_hook(runtime):
         if use_cache is None:
             use_cache = getattr(runtime.config, "use_cache", True)
         runtime.begin_step(shape[0], shape[1], kwargs.get("attention_mask", args[1] if len(args) > 1 else None),
-                           kwargs.get("past_key_values"), bool(use_cache))
+                           _hf_cache(kwargs.get("past_key_values"), kwargs.get("cache")), bool(use_cache))
         return None
 
     return hook
