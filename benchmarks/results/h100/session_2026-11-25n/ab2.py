@@ -1,25 +1,40 @@
-"""Old combine (ea437ac: one part a step, 512 columns a program; ``old_combine.py``) against the new one, with and
+"""Old combine (ea437ac: one part a step, 512 columns a program, loaded from git) against the new one, with and
 without programmatic dependent launch (a ``COMBINE_PDL`` switch in ``kernels/decode.py`` during this session,
 removed after this run: within noise); graph time and the combine kernel's time (torch.profiler). From the repo root:
 
     PYTHONPATH=. python3 benchmarks/results/h100/session_2026-11-25n/ab2.py
 """
 import functools
-import os
+import importlib.util
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import old_combine
 
 import triton_mla as tm
 from triton_mla.bench import DV, D, _time, make_decode_case
 from triton_mla.kernels import decode as dk
 from triton_mla.kernels import decode_sm90 as ds
 
+
+def old_combine():
+    """``_combine`` of ea437ac's kernels/decode.py (before this session), loaded from git as a package module."""
+    src = subprocess.check_output(["git", "show", "ea437ac:triton_mla/kernels/decode.py"], text=True)
+    path = Path(tempfile.mkdtemp()) / "decode_ea437ac.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("triton_mla.kernels.decode_ea437ac", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod._combine
+
+
 new = dk._combine
+old = old_combine()
+
 
 def use(fn):
     dk._combine = fn
@@ -43,7 +58,7 @@ for b, s_k, h, s_q in [(128, 4096, 128, 1), (128, 8192, 128, 1), (128, 4096, 32,
     run = functools.partial(tm.flash_mla_with_kvcache, q, k_cache, block_table, lens, DV, md, ns,
                             softmax_scale=D ** -0.5, causal=s_q > 1)
     cells = []
-    for fn, pdl in ((new, True), (new, False), (old_combine._combine, False)) * 2:
+    for fn, pdl in ((new, True), (new, False), (old, False)) * 2:
         use(fn)
         dk.COMBINE_PDL = pdl
         o1, _ = run()
