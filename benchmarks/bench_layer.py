@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import math
 import os
@@ -201,11 +200,11 @@ def cache_bytes(cache, layers):
 def decode_rate(model, batch, context, steps, warmup=3):
     from transformers.cache_utils import DynamicCache
 
+    from triton_mla.integrations.transformers import cache_argument
+
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device="cuda")
     cache = DynamicCache(config=model.config)
-    # (transformers 5.24 renamed the cache argument from past_key_values to cache)
-    name = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
-    kw = {name: cache, "use_cache": True, "logits_to_keep": 1}
+    kw = {cache_argument(model): cache, "use_cache": True, "logits_to_keep": 1}
     out = model(ids, **kw)
     tok = out.logits[:, -1:].argmax(-1)
     for _ in range(warmup):

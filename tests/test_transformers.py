@@ -5,7 +5,6 @@ attention is what is patched). CPU: fp32 in the interpreter, tolerance fp32's 1e
 """
 
 import copy
-import inspect
 
 import pytest
 import torch
@@ -17,10 +16,10 @@ from transformers import DeepseekV2Config, DeepseekV3Config, DeepseekV3ForCausal
 from transformers.cache_utils import DynamicCache  # noqa: E402
 
 from triton_mla.integrations import patch_model  # noqa: E402
-from triton_mla.integrations.transformers import HFMLAAttention, unpatch_model  # noqa: E402
+from triton_mla.integrations.transformers import HFMLAAttention, cache_argument, unpatch_model  # noqa: E402
 
 # transformers 5.24 renamed the cache argument and output field from past_key_values to cache
-CACHE = "cache" if "cache" in inspect.signature(DeepseekV3ForCausalLM.forward).parameters else "past_key_values"
+CACHE = cache_argument(DeepseekV3ForCausalLM)
 
 
 def with_cache(cache):

@@ -43,8 +43,7 @@ VARIANTS = {
     # the ws kernel's key tiles by cp.async even where TMA applies (pages of 64k laid end to end)
     "ws_cp": {**WS, "TMA": False},
     # warpgroup 0 copies B's first half before it issues S of A (the sm90 128-row entry)
-    "ws_rc": {**WS, "ROWS_FIRST": True,
-              "COPY_FIRST": True},
+    "ws_rc": {**WS, "ROWS_FIRST": True, "COPY_FIRST": True},
     "ws_p1": {**WS, "PARTS_PER_SM": 1},
     "ws_r": {**WS, "ROWS_FIRST": True},
     "fp8": {"_fp8": True, "WGMMA": False},

@@ -21,6 +21,7 @@ attention masks (only padding, through the 2-D mask, is honoured).
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import weakref
 
@@ -31,7 +32,7 @@ from ..layers.mla import MLAAttention
 from ..layers.rope import RotaryEmbedding
 from ..serving import MLABackend
 
-__all__ = ["HFMLAAttention", "MODELS", "PagedMLARuntime", "patch_model", "unpatch_model"]
+__all__ = ["HFMLAAttention", "MODELS", "PagedMLARuntime", "cache_argument", "patch_model", "unpatch_model"]
 
 # model_type -> (module, attention class): the one table of what can be patched
 MODELS = {
@@ -157,6 +158,13 @@ def _hf_cache(*candidates):
     """The Hugging Face cache object among its argument names' values (``past_key_values``, or ``cache`` from
     transformers 5.24 on), or None."""
     return next((c for c in candidates if c is not None), None)
+
+
+def cache_argument(model) -> str:
+    """The name under which the installed transformers passes a cache to the forward of ``model`` (a model or its
+    class) and returns it: ``cache`` from 5.24 on, ``past_key_values`` before."""
+    cls = model if isinstance(model, type) else type(model)
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _base_model(model):

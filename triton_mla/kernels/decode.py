@@ -231,7 +231,8 @@ def _combine_kernel(
     dv_ok = offs_dv < DV
     o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_os, stride_oh,
                                    stride_lb, stride_lh, stride_ls)
-    lse_ok = row_ok & (rows * 0 + dv_block == 0)  # one program of a row block writes its lse
+    # one program of a row block writes its lse (the test as a vector: the interpreter rejects a scalar mask term)
+    lse_ok = row_ok & (rows * 0 + dv_block == 0)
     first = part_of_block(seq_g0, total, parts)
     last = part_of_block(seq_g0 + n - 1, total, parts)
     if n == 0:
