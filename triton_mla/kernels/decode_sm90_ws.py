@@ -25,8 +25,10 @@ bf16/fp16, any number of rows (blocks of 64); tiles of 64 keys, one buffer pair 
 Status (``benchmarks/NOTES.md``, thirteenth session): under Triton 3.9, with TMA copies, 1.12-1.19x faster than
 ``decode_sm90`` at 128-256 rows (0.78-0.80x FlashMLA at h = 128, s_k = 8192), slower at 64; Triton 3.6 cannot lower
 it. The sm90 config selects it (key ``WS``) above 64 rows with ``min_triton`` 3.7, with ``COPY_FIRST`` up to 128,
-and from 32 key tiles a part on (``WS_MIN_TILES_PER_PART``; ``decode_sm90.use_ws``): below that (small batch) each
-segment's extra pair step makes it 6-28% slower than the lockstep kernel (fourteenth session).
+and from 32 key tiles a part on (``WS_MIN_TILES_PER_PART``; ``decode_sm90.use_ws``): below that (small batch) it is
+slower than the lockstep kernel. Fifteenth session: a segment no longer costs an extra pair step (the last pair is
+finished after the loop), 5-8% faster at 128 causal and 256 rows (0.77-0.79x FlashMLA at 256 rows); the same loop
+runs sparse prefill (``sparse_sm90._sparse_ws_kernel``).
 """
 
 import functools
@@ -220,12 +222,12 @@ def _softmax_step(qk, m_prev, stats, bars, M_ROW: gl.constexpr, SCALE_ROW: gl.co
 
 @gluon.jit
 def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, start, hi, row_limit,
-               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, phase, INDEXED: gl.constexpr,
-               TMA: gl.constexpr):
+               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, phase, MORE: gl.constexpr,
+               INDEXED: gl.constexpr, TMA: gl.constexpr):
     """Warpgroup 0 on the pair whose tile A starts at ``start`` and has scores ``s``: softmax of A, P_A V into its
-    256 columns (P in registers; waited), the next pair's dims [0, 256) of A copied (it read them last), P_A
-    handed to warpgroup 1 rescaled to B's max (in A's rope rows, which S_A has finished reading), and the wait
-    for P_B."""
+    256 columns (P in registers; waited), the next pair's dims [0, 256) of A copied if there is one (``MORE``; it
+    read them last), P_A handed to warpgroup 1 rescaled to B's max (in A's rope rows, which S_A has finished
+    reading), and the wait for P_B."""
     BN: gl.constexpr = kn_bufs.shape[1]
     o_l: gl.constexpr = _o_layout()
     row_l: gl.constexpr = gl.SliceLayout(1, _s_layout(BN))
@@ -240,8 +242,9 @@ def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_de
     l_run = l_run * scale_a + gl.sum(p, axis=1)
     acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op_l), kn_a.slice(0, HALF, dim=1), acc, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-    _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start + 2 * BN, hi, stride_kb, stride_kt, stride_table, limit,
-               page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN, TMA)
+    if MORE:
+        _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start + 2 * BN, hi, stride_kb, stride_kt, stride_table,
+                   limit, page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN, TMA)
     mbarrier.wait(bars.index(SCALE1), phase)
     scale_b = _stat(stats, SCALE_B).load(row_l)
     m_run = _stat(stats, M_B).load(row_l)
@@ -283,28 +286,20 @@ def _front_wg1(s, acc, l_run, kpe_bufs, stats, bars, table_row, start, hi, row_l
 
 
 @gluon.jit
-def _reset_first(acc, j):
-    """The accumulator, zeroed at step 0 (whose P V MMAs read whatever the buffers held)."""
-    if j == 0:
-        acc = gl.zeros(acc.shape, gl.float32, layout=acc.type.layout)
-    return acc
-
-
-@gluon.jit
 def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, lo, hi, row_limit,
-                  stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, pairs, k_pairs, INDEXED: gl.constexpr,
+                  stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, pairs, INDEXED: gl.constexpr,
                   W: gl.constexpr, TMA: gl.constexpr, COPY_FIRST: gl.constexpr):
     """Warpgroup W's share of keys [lo, hi): (its 64 x 256 output block, the row max, its part of the row sum),
-    both warpgroups' state relative to the same max. ``pairs``: the pairs this program ran before (the phases
-    of the softmax hand-over mbarriers); ``k_pairs``: the pairs of tiles it copied before (the copy mbarriers'
-    phases: one more a segment, below). Warpgroup 0 must have issued dims [0, 256) of the first tile A.
+    both warpgroups' state relative to the same max. ``pairs``: the pairs this program ran before (the phases of
+    the hand-over and copy mbarriers, each of which completes once a pair). Warpgroup 0 must have issued dims
+    [0, 256) of the first tile A.
 
     Software-pipelined, FlashMLA's way: step j finishes pair j - 1 (softmax, P V) and computes S of pair j, whose
     S MMAs keep the tensor cores busy while the P V MMAs of pair j - 1 drain, and whose parts are copied as soon
-    as their last reader is done. The S instructions appear once (a second copy of them for the first pair
-    makes ptxas spill ~1 KB), so step 0 finishes no pair: its P V MMAs read whatever the buffers hold, and the
-    accumulator is reset after them; and the last step computes S of one pair past the end (its copies are
-    masked: zero-filled, nothing read)."""
+    as their last reader is done; the last pair is finished after the loop. The S instructions appear once (a
+    second copy of them for the first pair makes ptxas spill ~1 KB), so step 0 finishes no pair: its P V MMAs
+    read whatever the buffers hold, and the accumulator is reset after them (an asynchronous MMA cannot sit in a
+    run-time branch: its result must leave the branch waited)."""
     BN: gl.constexpr = kn_bufs.shape[1]
     s_l: gl.constexpr = _s_layout(BN)
     o_l: gl.constexpr = _o_layout()
@@ -319,15 +314,15 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
     l_run = gl.zeros([BLOCK_H], gl.float32, layout=row_l)
     s = gl.zeros([BLOCK_H, BN], gl.float32, layout=s_l)
     n_pairs = (hi - lo + 2 * BN - 1) // (2 * BN)
-    for j in range(n_pairs + 1):
-        start = lo + 2 * j * BN  # pair j's tile A (B: start + BN; either may lie past hi: masked, zero-filled)
+    for j in range(n_pairs):
+        start = lo + 2 * j * BN  # pair j's tile A (B: start + BN; B may lie past hi: masked, zero-filled)
         phase = (pairs + j - 1) & 1  # pair j - 1's hand-over
-        k_phase = (k_pairs + j) & 1  # pair j's copies
+        k_phase = (pairs + j) & 1  # pair j's copies
         if W == 0:
             if j > 0:
                 acc, m_run, l_run = _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc,
                                                table_row, start - 2 * BN, hi, row_limit, stride_kb, stride_kt,
-                                               stride_table, limit, page_size, qk_scale, phase, INDEXED, TMA)
+                                               stride_table, limit, page_size, qk_scale, phase, True, INDEXED, TMA)
             acc = warpgroup_mma(kpe_b.permute((1, 0)), kn_b.slice(0, HALF, dim=1), acc, is_async=True)  # P_B V
             if COPY_FIRST:
                 # B's copy out before S_A, whose first half may still be landing: warpgroup 1 needs B soon after
@@ -367,7 +362,32 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
             s = _s_part(q_smem, qpe_smem, kn_b, kpe_b, bars, KREADY + 3, k_phase, s, 1, True, False)
             s = _s_part(q_smem, qpe_smem, kn_b, kpe_b, bars, KREADY + 2, k_phase, s, 0, False, True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
+    # the last pair: softmax and P V, no S and no copies after it
+    start = lo + 2 * (n_pairs - 1) * BN
+    phase = (pairs + n_pairs - 1) & 1
+    if W == 0:
+        acc, m_run, l_run = _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row,
+                                       start, hi, row_limit, stride_kb, stride_kt, stride_table, limit, page_size,
+                                       qk_scale, phase, False, INDEXED, TMA)
+        acc = warpgroup_mma(kpe_b.permute((1, 0)), kn_b.slice(0, HALF, dim=1), acc, is_async=True)  # P_B V
+    else:
+        p_op, acc, m_run, l_run = _front_wg1(s, acc, l_run, kpe_bufs, stats, bars, table_row, start + BN, hi,
+                                             row_limit, stride_kb, stride_kt, stride_table, limit, page_size, qk_scale,
+                                             phase, INDEXED)
+        acc = warpgroup_mma(p_op, kn_b.slice(HALF, HALF, dim=1), acc, is_async=True)  # P_B V
+        mbarrier.wait(bars.index(P0), phase)
+        fence_async_shared()
+        acc = warpgroup_mma(kpe_a.permute((1, 0)), kn_a.slice(HALF, HALF, dim=1), acc, is_async=True)  # P_A V
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
     return acc, m_run, l_run, pairs + n_pairs
+
+
+@gluon.jit
+def _reset_first(acc, j):
+    """The accumulator, zeroed at step 0 (whose P V MMAs read whatever the buffers held)."""
+    if j == 0:
+        acc = gl.zeros(acc.shape, gl.float32, layout=acc.type.layout)
+    return acc
 
 
 @gluon.jit
@@ -415,11 +435,9 @@ def _decode_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
                            TMA)
             mbarrier.wait(bars.index(QREADY + 0), segs & 1)
             mbarrier.wait(bars.index(QREADY + 1), segs & 1)
-            # one pair of copies past the end a segment: pairs + segs pairs copied before
             acc, m_i, l_i, pairs = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc,
                                                  bt_row, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp,
-                                                 num_blocks, page_size, qk_scale, pairs, pairs + segs, False, W, TMA,
-                                                 COPY_FIRST)
+                                                 num_blocks, page_size, qk_scale, pairs, False, W, TMA, COPY_FIRST)
             l_i = _row_sum(stats, bars, l_i, segs, W, BN)
             segs += 1
 
