@@ -98,6 +98,29 @@ def test_check_configs_skips_entries_for_a_newer_triton(monkeypatch):
     assert not ws_jobs() and check._jobs(["sm90"])
 
 
+def test_sparse_prefill_takes_the_ws_kernel_where_triton_builds_it(monkeypatch):
+    """The sm90 sparse prefill entry above 32 heads asks for the warp-specialized kernel (16-bit cache: faster than
+    the lockstep kernel at every kv size measured), sparse decode does not (its keys are gathered from HBM: slower;
+    benchmarks/NOTES.md, fifteenth session); check-configs compiles the kernel that runs: the ws one from Triton 3.7
+    on, else the lockstep one."""
+    from triton_mla.configs import check
+    from triton_mla.kernels import sparse_sm90
+
+    def sparse_jobs():
+        return [job[2][0] for job in check._jobs(["sm90"]) if job[2][0].startswith("sparse_sm90")]
+
+    family = configs.load_family("sm90")
+    prefill = next(e for e in family["sparse_prefill"] if e["max_rows"] is None and e["dtype"] == "16bit")
+    assert prefill["WS"] and prefill["COPY_FIRST"]
+    assert not any(e.get("WS") for e in family["sparse_decode"])
+    monkeypatch.setattr(sparse_sm90, "ws_supported", lambda: True)
+    assert sparse_sm90.use_ws(prefill, fp8=False) and not sparse_sm90.use_ws(prefill, fp8=True)
+    assert "sparse_sm90_ws(split=1)" in sparse_jobs()
+    monkeypatch.setattr(sparse_sm90, "ws_supported", lambda: False)
+    assert not sparse_sm90.use_ws(prefill, fp8=False)
+    assert not any("_ws" in name for name in sparse_jobs()) and "sparse_sm90(split=1)" in sparse_jobs()
+
+
 def test_ws_decode_takes_tma_only_where_tiles_are_whole_pages_end_to_end():
     """The ws kernel's TMA copies read a 64-key tile as 64 consecutive cache rows: pages of a whole number of tiles,
     laid end to end; any other cache (pages of 16, a padded page stride) is copied by cp.async."""
@@ -115,7 +138,7 @@ def test_ws_decode_takes_tma_only_where_tiles_are_whole_pages_end_to_end():
 
 def test_ws_decode_only_with_enough_tiles_a_part(monkeypatch):
     """The shipped ws entries leave small batches to the lockstep kernel: below ``WS_MIN_TILES_PER_PART`` key tiles
-    a part (estimated from the block table's width) the ws kernel's extra pair step a segment costs more than its
+    a part (estimated from the block table's width) the ws kernel's start of each segment costs more than its
     overlap gives. FP8 caches, 32-key tiles and a Triton that cannot build it never take it."""
     from triton_mla.kernels import decode_sm90
     from triton_mla.kernels.decode_sm90 import use_ws

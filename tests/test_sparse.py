@@ -474,18 +474,21 @@ def sm90_calls(monkeypatch):
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
-@pytest.mark.parametrize("cache", ["bf16", "fp8-raw1", "fp8-raw2"])
+@pytest.mark.parametrize("cache", ["bf16", "bf16-ws", "bf16-ws-copy-first", "fp8-raw1", "fp8-raw2"])
 @pytest.mark.parametrize("split_heavy", [False, True])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (8, 2), (12, 1), (16, 4), (32, 1), (64, 2), (100, 1), (128, 2)])
 def test_gpu_sm90_sparse_decode(h_q, s_q, split_heavy, cache, sm90_calls):
     """kernels/sparse_sm90.py against the reference: every head-block shape (partial 64-row blocks), odd topk,
-    topk_length, sinks, invalid and duplicate ids, pages of 64 and of 1, one split or many (combine); the FP8
-    cache with one or two raw tiles in flight."""
+    topk_length, sinks, invalid and duplicate ids, pages of 64 and of 1, one split or many (combine); the 16-bit
+    cache through the lockstep or the warp-specialized kernel (where this Triton builds it), the FP8 cache with
+    one or two raw tiles in flight."""
     b = 3
-    fp8 = cache != "bf16"
+    fp8 = cache.startswith("fp8")
+    if "ws" in cache and not sparse_kernels._sm90.ws_supported():
+        pytest.skip("this Triton does not build the warp-specialized kernel")
     sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
-    raw = dict(FP8_RAW_STAGES=int(cache[-1])) if fp8 else {}
-    with configs.overridden(WGMMA=True, **raw, **(SPLIT_HEAVY if split_heavy else {})):
+    variant = dict(FP8_RAW_STAGES=int(cache[-1])) if fp8 else dict(WS="ws" in cache, COPY_FIRST="first" in cache)
+    with configs.overridden(WGMMA=True, **variant, **(SPLIT_HEAVY if split_heavy else {})):
         for i, (topk, page_size) in enumerate([(577, 64), (2048, 1), (64, 64)]):
             check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
                          num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16 if i != 1 or fp8 else torch.float16,
@@ -540,11 +543,15 @@ def test_sparse_keys_on_m_dispatch():
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("ws", [False, True])
 @pytest.mark.parametrize("h_q", [1, 16, 64, 128])
 @pytest.mark.parametrize("split_heavy", [False, True])
-def test_gpu_sm90_sparse_prefill(h_q, split_heavy, sm90_calls):
-    """The Gluon kernel on sparse prefill (kv as pages of one token): max_logits, lse, sinks, all-invalid rows."""
-    with configs.overridden(WGMMA=True, **(SPLIT_HEAVY if split_heavy else {})):
+def test_gpu_sm90_sparse_prefill(h_q, split_heavy, ws, sm90_calls):
+    """The Gluon kernels on sparse prefill (kv as pages of one token): max_logits, lse, sinks, all-invalid rows
+    (the lockstep kernel and, at 64+ heads, the warp-specialized one)."""
+    if ws and not (h_q > 32 and sparse_kernels._sm90.ws_supported()):
+        pytest.skip("the warp-specialized kernel serves 64+ heads, on Triton 3.7+")
+    with configs.overridden(WGMMA=True, WS=ws, **(SPLIT_HEAVY if split_heavy else {})):
         check_prefill(s_q=40, h_q=h_q, topk=1000, s_kv=3000, dv=512, dr=64, dtype=torch.bfloat16, seed=h_q,
                       invalid_frac=0.3, topk_length=[0] + _gpu_lengths(39, 1000, h_q),
                       sink=torch.randn(h_q, generator=torch.Generator().manual_seed(1)).tolist(),

@@ -549,7 +549,7 @@ def compile_specs(section, entry, cap=None):
                     DOT_PRECISION="ieee" if fp32 else "tf32", **tiles, **flags),
                entry["num_warps"], entry["num_stages"])
     if entry.get("WGMMA", False) and not fp32:
-        yield from _sm90.compile_specs(prefill=prefill)
+        yield from _sm90.compile_specs(prefill=prefill, config=entry)
     if section == "sparse_decode" and not fp32:
         e8 = fp8_config(entry)
         if e8.get("WGMMA", False):

@@ -16,12 +16,29 @@ same epilogue, called per row range of O^T.
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
 from ._common import LN2, LOG2E
 from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, per_row, row_layout, s_layout
 from .decode_sm90_fp8 import BLOCK_N as T_BLOCK_N
 from .decode_sm90_fp8 import WARPS as T_WARPS
 from .decode_sm90_fp8 import _attend_t, _buffers_t, _load_q, _mma_layout, block_rows, part_out, tile_constexprs
+from .decode_sm90_ws import (
+    HALF,
+    KREADY,
+    QREADY,
+    WG_WARPS,
+    WORKER_REGS,
+    _attend_pairs,
+    _buffers_ws,
+    _cta_barrier,
+    _load_half,
+    _load_q_half,
+    _o_layout,
+    _row_sum,
+    _s_layout,
+    ws_supported,
+)
 
 INT32_MAX = gl.constexpr((1 << 31) - 1)
 
@@ -52,12 +69,14 @@ def _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, BLOCK_H: gl.conste
 @gluon.jit
 def _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr, max_ptr,
               o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
-              HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr, STATS: gl.constexpr):
+              HAS_SINK, MAX_LOGITS, SPLIT, STATS):
     """``sparse.py``'s epilogue for output columns ``offs_o`` of heads ``heads`` (acc [heads, columns], the two
     index vectors its slices): the normalized partial row and its (lse, max) with SPLIT, else the output with the
     attention sink applied, lse and max_logits. m_i, l_i: row max and sum in log2 units; STATS: this call also
     writes the per-row statistics (one call of several that cover a row's columns does). acc may also be
-    [heads, column groups, columns] (``decode_sm90_fp8.part_out``), offs_o then its trailing two dims."""
+    [heads, column groups, columns] (``decode_sm90_fp8.part_out``), offs_o then its trailing two dims. The four
+    flags are constexprs, or run-time booleans where a ``warp_specialize`` partition calls (arguments reach
+    partitions as tensors)."""
     o_l: gl.constexpr = acc.type.layout
     RANK: gl.constexpr = len(acc.shape)
     head_ok = heads < h_q
@@ -127,6 +146,89 @@ def _sparse_sm90_kernel(
     _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr, max_ptr,
               o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, HAS_SINK,
               MAX_LOGITS, SPLIT, True)
+
+
+@gluon.jit
+def _sparse_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
+    """Warpgroup W of ``_sparse_ws_kernel``: ``decode_sm90_ws._attend_pairs`` over the program's top-k entries, then
+    its 256 output columns through ``_epilogue`` (warpgroup 0 writes the statistics). A program with no entries
+    (topk_length 0, or a split past it) skips the tile loop: out = 0, lse = +inf."""
+    (q_ptr, k_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr, stride_qb, stride_qs, stride_qh,
+     stride_kb, stride_kt, stride_ik, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, h_q,
+     num_tokens, page_size, splits, qk_scale, rb, tok, split, seq, s, lo, hi, idx_row, q_smem, qpe_smem, kn_bufs,
+     kpe_bufs, stats, bars, HAS_SINK, MAX_LOGITS, SPLIT) = args
+    BN: gl.constexpr = kn_bufs.shape[1]
+    s_l: gl.constexpr = _s_layout(BN)
+    o_l: gl.constexpr = _o_layout()
+    row_l: gl.constexpr = gl.SliceLayout(1, s_l)
+    acc = gl.zeros([BLOCK_H, HALF], gl.float32, layout=o_l)
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=row_l)
+    l_i = gl.zeros([BLOCK_H], gl.float32, layout=row_l)
+    if hi > lo:
+        _load_q_half(q_smem, qpe_smem, q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0, stride_qh,
+                     bars.index(QREADY + W), W)
+        if W == 0:  # dims [0, 256) of the first tile (_attend_pairs copies the rest; k_ptr: no TMA descriptor)
+            _load_half(kn_bufs.index(0), kpe_bufs.index(0), k_ptr, k_ptr, idx_row, lo, hi, stride_kb, stride_kt,
+                       stride_ik, num_tokens, page_size, bars.index(KREADY + 0), 0, False, True, BN, False)
+        mbarrier.wait(bars.index(QREADY + 0), 0)
+        mbarrier.wait(bars.index(QREADY + 1), 0)
+        no_limit = gl.full([BLOCK_H], INT32_MAX, gl.int32, layout=row_l)
+        acc, m_i, l_i, _ = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_ptr, idx_row, lo,
+                                         hi, no_limit, stride_kb, stride_kt, stride_ik, num_tokens, page_size,
+                                         qk_scale, 0, True, W, False, COPY_FIRST)
+        l_i = _row_sum(stats, bars, l_i, 0, W, BN)
+    heads = rb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, o_l))
+    offs_o = W * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, o_l))
+    _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr, max_ptr,
+              o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, HAS_SINK,
+              MAX_LOGITS, SPLIT, W == 0)
+
+
+@gluon.jit
+def _sparse_wg0(args):
+    _sparse_wg(0, False, args)
+
+
+@gluon.jit
+def _sparse_wg0_copy_first(args):
+    _sparse_wg(0, True, args)
+
+
+@gluon.jit
+def _sparse_wg1(args):
+    _sparse_wg(1, False, args)  # (COPY_FIRST changes only warpgroup 0's schedule)
+
+
+@gluon.jit
+def _sparse_ws_kernel(
+    q_ptr, k_ptr, idx_ptr, topk_len_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt,
+    stride_ib, stride_is, stride_ik,
+    stride_tl,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    s_q, h_q, topk, num_tokens, page_size, splits, qk_scale,
+    BLOCK_N: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr,
+    SPLIT: gl.constexpr, COPY_FIRST: gl.constexpr,
+):
+    """16-bit cache, the two warpgroups on alternate key tiles (``decode_sm90_ws``'s pipeline, gathered keys by
+    ``cp.async``). Same arguments, programs and epilogue as ``_sparse_sm90_kernel``."""
+    gl.static_assert(BLOCK_N == 64, "the warp-specialized kernel takes 64-key tiles")
+    dtype: gl.constexpr = q_ptr.dtype.element_ty
+    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N, False)
+    rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, BLOCK_H, BLOCK_N,
+                                              HAS_TOPK_LEN)
+    idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
+    _cta_barrier()  # the mbarriers are initialized before either warpgroup uses them
+    args = (q_ptr, k_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr, stride_qb, stride_qs,
+            stride_qh, stride_kb, stride_kt, stride_ik, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+            stride_ls, h_q, num_tokens, page_size, splits, qk_scale, rb, tok, split, seq, s, lo, hi, idx_row, q_smem,
+            qpe_smem, kn_bufs, kpe_bufs, stats, bars, HAS_SINK, MAX_LOGITS, SPLIT)
+    if COPY_FIRST:
+        gl.warp_specialize([(_sparse_wg0_copy_first, (args,)), (_sparse_wg1, (args,))], [WG_WARPS], [WORKER_REGS])
+    else:
+        gl.warp_specialize([(_sparse_wg0, (args,)), (_sparse_wg1, (args,))], [WG_WARPS], [WORKER_REGS])
 
 
 @gluon.jit
@@ -210,9 +312,20 @@ def _t_constexprs(config, rows):
     return dict(tile_constexprs(config, rows), IDS_AHEAD=bool(config.get("IDS_AHEAD", False)))
 
 
+def use_ws(config, fp8) -> bool:
+    """Whether ``_sparse_ws_kernel`` serves the call: a 16-bit cache, an entry with ``WS``, a Triton that builds the
+    warp-specialized kernel (3.7+; else the lockstep kernel)."""
+    return not fp8 and bool(config.get("WS", False)) and ws_supported()
+
+
 def launch(args, splits, grid, flags, fp8, config, h_q):
     """Launch over ``sparse.sparse_attention``'s argument tuple (same kernel signature as ``_sparse_kernel``) for an
-    entry ``config`` (its ``FP8_*`` fields applied with ``fp8``); FP8 raw tiles in flight: ``RAW_STAGES``."""
+    entry ``config`` (its ``FP8_*`` fields applied with ``fp8``); FP8 raw tiles in flight: ``RAW_STAGES``; a 16-bit
+    cache with ``WS``: the warp-specialized kernel (``COPY_FIRST`` as in ``decode_sm90_ws``)."""
+    if use_ws(config, fp8):
+        _sparse_ws_kernel[grid](*args, BLOCK_N=BLOCK_N, SPLIT=splits > 1,
+                                COPY_FIRST=bool(config.get("COPY_FIRST", False)), num_warps=WG_WARPS.value, **flags)
+        return
     if keys_on_m(config, h_q, fp8):
         rows = block_rows(h_q)
         _sparse_sm90_fp8_t_kernel[grid](*args, SPLIT=splits > 1, num_warps=T_WARPS.value, **_t_constexprs(config, rows),
@@ -237,6 +350,10 @@ def compile_specs(prefill=False, fp8=False, config=None):
                 yield (f"sparse_sm90_fp8_keys_on_m(rows={rows}, split={int(split)})", _sparse_sm90_fp8_t_kernel,
                        types, dict(SPLIT=split, **_t_constexprs(config, rows), **flags),
                        T_WARPS.value, 1)
+        elif use_ws(config, fp8):
+            yield (f"sparse_sm90_ws(split={int(split)})", _sparse_ws_kernel, types,
+                   dict(BLOCK_N=BLOCK_N, SPLIT=split, COPY_FIRST=bool(config.get("COPY_FIRST", False)), **flags),
+                   WG_WARPS.value, 1)
         else:
             yield (f"sparse_sm90{'_fp8' if fp8 else ''}(split={int(split)})", _sparse_sm90_kernel, types,
                    dict(BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, SPLIT=split, FP8=fp8,
