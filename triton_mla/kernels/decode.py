@@ -321,12 +321,15 @@ def combine_blocks(b: int, rows: int, num_parts: int, o_stride: int, num_sms: in
     """(BLOCK_H, BLOCK_DV, PARTS) of ``_combine_kernel``. With programs enough to fill the GPU twice at 16 rows
     and all value columns a program, one part a step (large batch: the merge is bound by the programs' count
     and their plan look-ups, so fewer and larger is faster). Else (small batch: a sequence has tens of parts
-    and the merge is bound by round trips to memory) PARTS covers a sequence's parts in one or two steps when
-    the plan deals them evenly (up to 16 a step), a step holds at most 8192 fp32 values (64 registers a
-    thread), and the value columns, then the rows, are split until the grid covers the GPU twice."""
+    and the merge is bound by round trips to memory) PARTS covers a sequence's parts in one step when the plan
+    deals it fewer than 8 (one more for a part it shares), in steps of 8 from 8 to 15 (two steps, one short,
+    with twice the rows a program beat one half-empty step of 16: b = 8, h = 128 74.4 -> 72.2 us a call on the
+    H100, benchmarks/NOTES.md, fifteenth session), else of 16; a step holds at most 8192 fp32 values (64
+    registers a thread), and the value columns, then the rows, are split until the grid covers the GPU twice."""
     if b * cdiv(rows, 16) >= 2 * num_sms:
         return 16, o_stride, 1
-    parts = min(16, next_pow2(cdiv(num_parts, b) + 1))
+    per_seq = cdiv(num_parts, b)
+    parts = min(16, next_pow2(per_seq + 1), max(8, 1 << (per_seq.bit_length() - 1)))
     block_h, block_dv = 16, o_stride
     while parts * block_h * block_dv > 8192:
         if block_dv > 128:
