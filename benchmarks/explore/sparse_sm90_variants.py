@@ -35,6 +35,10 @@ VARIANTS = {
     # the top-k entries of each tile loaded an iteration before its copy is issued
     "t_pw_ids": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
                      FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True),
+    # 16-bit cache at 64+ heads: the warp-specialized kernel (decode_sm90_ws's pipeline), fifteenth session
+    "lockstep": dict(WGMMA=True, WS=False),
+    "ws": dict(WGMMA=True, WS=True, COPY_FIRST=False),
+    "ws_cf": dict(WGMMA=True, WS=True, COPY_FIRST=True),
 }
 
 

@@ -72,7 +72,8 @@ def _is_gluon(fn) -> bool:
     return isinstance(fn, GluonJITFunction)
 
 
-def _compile(fn, types, constexprs, cap, num_warps, num_stages):
+def source(fn, types, constexprs):
+    """The kernel as ``triton.compile`` takes it (a Triton or Gluon AST source), specialized as a launch would be."""
     sig = _signature(fn, types, constexprs)
     # as the JIT specializes a real launch: 16-byte aligned pointers and strides let Triton vectorize and
     # pipeline loads, which is what costs shared memory; without these hints the check would under-report
@@ -81,12 +82,18 @@ def _compile(fn, types, constexprs, cap, num_warps, num_stages):
     if _is_gluon(fn):
         from triton.experimental.gluon._runtime import GluonASTSource
 
-        src = GluonASTSource(fn, sig, constexprs, attrs)
-    else:
-        src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    kernel = compile(src, target=GPUTarget("cuda", cap, 32),
-                     options=dict(num_warps=num_warps, num_stages=num_stages))
-    return kernel.metadata.shared
+        return GluonASTSource(fn, sig, constexprs, attrs)
+    return ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+
+
+def compile_for(fn, types, constexprs, cap, num_warps, num_stages):
+    """The compiled kernel for compute capability ``cap`` (no GPU needed)."""
+    return compile(source(fn, types, constexprs), target=GPUTarget("cuda", cap, 32),
+                   options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def _compile(fn, types, constexprs, cap, num_warps, num_stages):
+    return compile_for(fn, types, constexprs, cap, num_warps, num_stages).metadata.shared
 
 
 def decode_kernels(entry, section="decode"):
