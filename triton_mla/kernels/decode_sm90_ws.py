@@ -286,6 +286,14 @@ def _front_wg1(s, acc, l_run, kpe_bufs, stats, bars, table_row, start, hi, row_l
 
 
 @gluon.jit
+def _reset_first(acc, j):
+    """The accumulator, zeroed at step 0 (whose P V MMAs read whatever the buffers held)."""
+    if j == 0:
+        acc = gl.zeros(acc.shape, gl.float32, layout=acc.type.layout)
+    return acc
+
+
+@gluon.jit
 def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, lo, hi, row_limit,
                   stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, pairs, INDEXED: gl.constexpr,
                   W: gl.constexpr, TMA: gl.constexpr, COPY_FIRST: gl.constexpr):
@@ -380,14 +388,6 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
         acc = warpgroup_mma(kpe_a.permute((1, 0)), kn_a.slice(HALF, HALF, dim=1), acc, is_async=True)  # P_A V
     acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
     return acc, m_run, l_run, pairs + n_pairs
-
-
-@gluon.jit
-def _reset_first(acc, j):
-    """The accumulator, zeroed at step 0 (whose P V MMAs read whatever the buffers held)."""
-    if j == 0:
-        acc = gl.zeros(acc.shape, gl.float32, layout=acc.type.layout)
-    return acc
 
 
 @gluon.jit
