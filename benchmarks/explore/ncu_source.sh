@@ -4,7 +4,7 @@
 # sparse_h16 _sparse_sm90_fp8_t_kernel with benchmarks/explore/one_sparse_call.py 16. Writes OUT/NAME.csv (the source
 # page) and OUT/NAME.txt (the summary).
 set -u
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1  # (keeps a Triton put first on it)
 name=$1 kre=$2; shift 2
 mkdir -p "$OUT"
 timeout 300 ncu --clock-control none --set full -k regex:"$kre" --launch-skip 2 --launch-count 1 -f -o "$OUT/$name" "$@" \
