@@ -402,6 +402,29 @@ def _row_sum(stats, bars, l_run, segs, W: gl.constexpr, BN: gl.constexpr):
 
 
 @gluon.jit
+def _attend_segment(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, q_ptr, seq, row_block, s_q, h_q, stride_qb,
+                    stride_qs, stride_qh, k_ptr, k_desc, table_row, lo, hi, row_limit, stride_kb, stride_kt,
+                    stride_table, limit, page_size, qk_scale, pairs, segs, INDEXED: gl.constexpr, W: gl.constexpr,
+                    TMA: gl.constexpr, COPY_FIRST: gl.constexpr):
+    """Warpgroup W over one segment, keys [lo, hi) (``_attend_pairs``'s arguments) for the query rows of
+    ``_load_q_half``'s: its half of Q copied (and by warpgroup 0 the first tile's first half), both halves of Q
+    awaited, the pairs, then both row sums (``_row_sum``). ``segs``: the segments this program ran before (the
+    phases of Q's mbarriers). Returns (acc, m, l, pairs). Both warpgroups must be done with every buffer."""
+    BN: gl.constexpr = kn_bufs.shape[1]
+    _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh,
+                 bars.index(QREADY + W), W)
+    if W == 0:  # dims [0, 256) of the first tile (_attend_pairs copies the rest)
+        _load_half(kn_bufs.index(0), kpe_bufs.index(0), k_ptr, k_desc, table_row, lo, hi, stride_kb, stride_kt,
+                   stride_table, limit, page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN, TMA)
+    mbarrier.wait(bars.index(QREADY + 0), segs & 1)
+    mbarrier.wait(bars.index(QREADY + 1), segs & 1)
+    acc, m_i, l_i, pairs = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row,
+                                         lo, hi, row_limit, stride_kb, stride_kt, stride_table, limit, page_size,
+                                         qk_scale, pairs, INDEXED, W, TMA, COPY_FIRST)
+    return acc, m_i, _row_sum(stats, bars, l_i, segs, W, BN), pairs
+
+
+@gluon.jit
 def _decode_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
     """Warpgroup W's run over the program's segments (decode_sm90's loop); ``args``: the kernel's tuple (below).
     (Arguments reach a partition as tensors, constexprs included: the tile size is read off the buffers' shape,
@@ -427,18 +450,11 @@ def _decode_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
         if n > 0:
             bt_row = block_table_ptr + seq.to(gl.int64) * stride_btb
             # the previous segment ended with SEG_DONE: both warpgroups are done with every buffer
-            _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh,
-                         bars.index(QREADY + W), W)
-            if W == 0:  # dims [0, 256) of the first tile (_attend_pairs copies the rest)
-                _load_half(kn_bufs.index(0), kpe_bufs.index(0), k_ptr, k_desc, bt_row, tok_lo, tok_hi, stride_kb,
-                           stride_kt, stride_btp, num_blocks, page_size, bars.index(KREADY + 0), 0, False, False, BN,
-                           TMA)
-            mbarrier.wait(bars.index(QREADY + 0), segs & 1)
-            mbarrier.wait(bars.index(QREADY + 1), segs & 1)
-            acc, m_i, l_i, pairs = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc,
-                                                 bt_row, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp,
-                                                 num_blocks, page_size, qk_scale, pairs, False, W, TMA, COPY_FIRST)
-            l_i = _row_sum(stats, bars, l_i, segs, W, BN)
+            acc, m_i, l_i, pairs = _attend_segment(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, q_ptr, seq,
+                                                   row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, k_ptr, k_desc,
+                                                   bt_row, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp,
+                                                   num_blocks, page_size, qk_scale, pairs, segs, False, W, TMA,
+                                                   COPY_FIRST)
             segs += 1
 
             # this warpgroup's 256 columns; warpgroup 0 writes the lse

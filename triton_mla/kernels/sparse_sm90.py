@@ -16,7 +16,6 @@ same epilogue, called per row range of O^T.
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
 from ._common import LN2, LOG2E
 from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, per_row, row_layout, s_layout
@@ -25,17 +24,12 @@ from .decode_sm90_fp8 import WARPS as T_WARPS
 from .decode_sm90_fp8 import _attend_t, _buffers_t, _load_q, _mma_layout, block_rows, part_out, tile_constexprs
 from .decode_sm90_ws import (
     HALF,
-    KREADY,
-    QREADY,
     WG_WARPS,
     WORKER_REGS,
-    _attend_pairs,
+    _attend_segment,
     _buffers_ws,
     _cta_barrier,
-    _load_half,
-    _load_q_half,
     _o_layout,
-    _row_sum,
     _s_layout,
     ws_supported,
 )
@@ -165,18 +159,13 @@ def _sparse_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=row_l)
     l_i = gl.zeros([BLOCK_H], gl.float32, layout=row_l)
     if hi > lo:
-        _load_q_half(q_smem, qpe_smem, q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0, stride_qh,
-                     bars.index(QREADY + W), W)
-        if W == 0:  # dims [0, 256) of the first tile (_attend_pairs copies the rest; k_ptr: no TMA descriptor)
-            _load_half(kn_bufs.index(0), kpe_bufs.index(0), k_ptr, k_ptr, idx_row, lo, hi, stride_kb, stride_kt,
-                       stride_ik, num_tokens, page_size, bars.index(KREADY + 0), 0, False, True, BN, False)
-        mbarrier.wait(bars.index(QREADY + 0), 0)
-        mbarrier.wait(bars.index(QREADY + 1), 0)
+        # one segment: the query token's heads over its entries (k_ptr stands in for the TMA descriptor)
         no_limit = gl.full([BLOCK_H], INT32_MAX, gl.int32, layout=row_l)
-        acc, m_i, l_i, _ = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_ptr, idx_row, lo,
-                                         hi, no_limit, stride_kb, stride_kt, stride_ik, num_tokens, page_size,
-                                         qk_scale, 0, True, W, False, COPY_FIRST)
-        l_i = _row_sum(stats, bars, l_i, 0, W, BN)
+        acc, m_i, l_i, _ = _attend_segment(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars,
+                                           q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0,
+                                           stride_qh, k_ptr, k_ptr, idx_row, lo, hi, no_limit, stride_kb, stride_kt,
+                                           stride_ik, num_tokens, page_size, qk_scale, 0, 0, True, W, False,
+                                           COPY_FIRST)
     heads = rb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, o_l))
     offs_o = W * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, o_l))
     _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr, max_ptr,
