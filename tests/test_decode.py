@@ -200,6 +200,31 @@ def test_metadata_plan():
     assert md.shape[1] == 8 and md.dtype == torch.int32
 
 
+@pytest.mark.parametrize("lens,num_parts,used", [
+    ([320] * 16, 66, 64),  # 4 parts a sequence (the batch divides 64)
+    ([320] * 12, 13, 13),  # no count within 1/16 below 13 fits 12: unchanged
+    ([1000] * 5, 66, 65),  # 13 parts a sequence
+    ([320] * 16 + [0], 66, 66),  # an empty sequence: lengths differ, unchanged
+    ([320] * 15 + [250], 66, 66),  # block counts differ
+])
+def test_plan_aligns_parts_with_equal_lengths(lens, num_parts, used, monkeypatch):
+    """Sequences of one block count: the plan takes the largest part count at most 1/16 below the requested one that
+    the batch divides or that divides the batch, so parts end where sequences end (every sequence has the same
+    number of splits); other batches keep the count. The decode through that plan against the reference."""
+    from triton_mla import api
+
+    monkeypatch.setattr(api, "_num_parts", lambda rows, config, device: num_parts)
+    with configs.overridden(MIN_BLOCKS_PER_PART=1):
+        lens_t = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+        md, num_splits = tm.get_mla_metadata(lens_t, 4, 1)
+        assert md.shape[0] == num_parts and md[:, 6].tolist() == [used] * num_parts
+        splits = (num_splits[1:] - num_splits[:-1]).tolist()
+        if used != num_parts:
+            b = len(lens)
+            assert splits == [max(used // b, 1)] * b
+        check_decode(lens, s_q=1, h_q=4, seed=len(lens))
+
+
 def test_combine_blocks_fit():
     """The combine's blocks for any batch: powers of two, at most 8192 fp32 a step (16 rows of 512 columns on the
     large-batch shape), a grid within CUDA's limits for every row count the API takes at small batch, and the
@@ -332,7 +357,8 @@ def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
     """kernels/decode_sm90.py (and the warp-specialized decode_sm90_ws.py: ``WS``) against the reference: row
     counts 8-128 (partial 64-row blocks too), causal s_q > 1, lengths 0/1/page and tile edges, one sequence per
     part or many, bf16 and fp16. Pages of 64, 128 and 192 bring the ws kernel's key tiles by TMA (but the last
-    tile of each sequence), pages of 1 and 16 by cp.async."""
+    tile of each sequence), pages of 1 and 16 by cp.async. Empty sequences between others: the ws kernel looks past
+    them for the next segment, whose first copies it issues as a segment ends."""
     from triton_mla import api
 
     if tiles.get("WS") and not configs.triton_at_least("3.7"):
@@ -340,7 +366,7 @@ def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
     calls = []
     launch = api._decode_sm90.decode_sm90
     monkeypatch.setattr(api._decode_sm90, "decode_sm90", lambda *a: calls.append(1) or launch(*a))
-    lens = [0, 1, 31, 32, 63, 64, 65, 1000, 4097]
+    lens = [0, 1, 31, 0, 32, 63, 0, 0, 64, 65, 1000, 4097, 0]
     with configs.overridden(WGMMA=True, **{**tiles, **(SPLIT_HEAVY if split_heavy else {})}):
         for i, (h_q, s_q) in enumerate([(128, 1), (64, 2), (16, 4), (8, 1), (96, 1), (40, 3)]):
             check_decode(lens, s_q=s_q, h_q=h_q, dv=512, dr=64, page_size=page_size,

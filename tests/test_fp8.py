@@ -223,7 +223,9 @@ def test_out_of_range_values_clamped_without_checks(monkeypatch):
     """Without TRITON_MLA_CHECK a bad length or page id must not read out of bounds (finite output)."""
     monkeypatch.setenv("TRITON_MLA_CHECK", "0")
     q, k_cache, block_table, cache_seqlens = make_fp8_case([10, 20], 1, 2, spare_pages=0)
-    k_cache[..., F.SCALE_OFFSET:] = 0  # readable garbage instead of NaN: only bounds are tested
+    # readable garbage instead of NaN (the poison bytes 0xFF are e4m3 NaN): only bounds are tested
+    k_cache.masked_fill_(k_cache == 0xFF, 0)
+    k_cache[..., F.SCALE_OFFSET:] = 0
     block_table[0, 0] = 1 << 30
     cache_seqlens[1] = 10**6
     out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, DV, is_fp8_kvcache=True)

@@ -2,9 +2,9 @@
 
 The plan: every sequence is cut into key blocks of BLOCK_N tokens; the blocks of all sequences,
 laid end to end, are dealt to ``num_parts`` programs in equal contiguous ranges. Part p covers
-global blocks [T*p // P, T*(p+1) // P) where T is the total. Each kernel re-derives the plan from the
-lengths it is given, so a plan can never be stale (a CUDA graph replayed with new lengths stays
-right) and nothing is read on the host.
+global blocks [T*p // P, T*(p+1) // P) where T is the total (P: ``effective_parts``). Each kernel
+re-derives the plan from the lengths it is given, so a plan can never be stale (a CUDA graph replayed
+with new lengths stays right) and nothing is read on the host.
 """
 
 import triton
@@ -12,6 +12,8 @@ import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+# parts of at most this many keys are aligned with sequence ends (effective_parts)
+ALIGN_MAX_KEYS = tl.constexpr(8192)
 
 
 @triton.jit
@@ -25,15 +27,17 @@ def seq_blocks(seqlens_ptr, stride_seqlens, idx, mask, max_len, BLOCK_N: tl.cons
 @triton.jit
 def plan_totals(seqlens_ptr, stride_seqlens, batch, upto, max_len, BLOCK_N: tl.constexpr,
                 CHUNK_B: tl.constexpr):
-    """(blocks of all sequences, blocks of sequences [0, upto))."""
+    """(blocks of all sequences, blocks of sequences [0, upto), blocks of the longest sequence)."""
     total = 0
     before = 0
+    longest = 0
     for b0 in range(0, batch, CHUNK_B):
         idx = b0 + tl.arange(0, CHUNK_B)
         n = seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
         total += tl.sum(n, axis=0)
         before += tl.sum(tl.where(idx < upto, n, 0), axis=0)
-    return total, before
+        longest = tl.maximum(longest, tl.max(n, axis=0))
+    return total, before, longest
 
 
 @triton.jit
@@ -56,9 +60,28 @@ def find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: tl.co
 
 
 @triton.jit
-def effective_parts(total, num_parts, MIN_BLOCKS_PER_PART: tl.constexpr):
-    """Fewer parts when there is little work, so no part is left with a sliver of a sequence."""
-    return tl.maximum(tl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
+def effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The plan's part count: ``num_parts``, fewer when there is little work (no part is left with a sliver of a
+    sequence). When every sequence has the same block count (``total`` = ``batch`` x ``longest``) and a part
+    holds at most ALIGN_MAX_KEYS keys, the largest count at most 1/16 (and 16) below that which divides the
+    batch or which the batch divides: the part boundaries then fall on sequence ends, so no part holds a piece
+    of a sequence besides whole ones. Measured on the H100 at b = 128 (benchmarks/NOTES.md, sixteenth session):
+    a cut costs a segment start in two programs and a combine, a 16th fewer parts (SMs) at most that share of
+    the time; 64 instead of 66 parts at 128 rows was 4% faster at s_k = 4096 and even at 8192 (so longer parts
+    keep the count), 256 instead of 264 at 16 rows 5% faster at 4096."""
+    parts = tl.maximum(tl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
+    # (not where parts are long: there a 16th fewer SMs costs more than the cuts did)
+    short = total.to(tl.int64) * BLOCK_N <= ALIGN_MAX_KEYS * parts
+    uniform = ((total == batch * longest) & (longest > 0) & short).to(tl.int32)
+    found = 0
+    best = parts
+    for d in tl.static_range(17):
+        p = tl.maximum(parts - d, 1)
+        ok = uniform * (1 - found) * (d <= parts // 16).to(tl.int32) * (
+            ((batch % p) == 0) | ((p % batch) == 0)).to(tl.int32)
+        best += ok * (p - best)
+        found += ok
+    return best
 
 
 @triton.jit

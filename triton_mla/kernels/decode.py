@@ -55,8 +55,8 @@ def _part_range(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BL
                 MIN_BLOCKS_PER_PART: tl.constexpr, CHUNK_B: tl.constexpr):
     """Part ``part`` of the plan: (global blocks [g_lo, g_hi), the sequence holding g_lo and the global index
     of its first block)."""
-    total, _ = plan_totals(seqlens_ptr, stride_seqlens, batch, 0, max_len, BLOCK_N, CHUNK_B)
-    parts = effective_parts(total, num_parts, MIN_BLOCKS_PER_PART)
+    total, _, longest = plan_totals(seqlens_ptr, stride_seqlens, batch, 0, max_len, BLOCK_N, CHUNK_B)
+    parts = effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
     g_lo = part_start(total, part, parts)
     g_hi = part_start(total, part + 1, parts)
     if part >= parts:
@@ -221,8 +221,8 @@ def _combine_kernel(
     seq = tl.program_id(0)
     row_block = tl.program_id(1)
     dv_block = tl.program_id(2)
-    total, seq_g0 = plan_totals(seqlens_ptr, stride_seqlens, batch, seq, max_len, BLOCK_N, CHUNK_B)
-    parts = effective_parts(total, num_parts, MIN_BLOCKS_PER_PART)
+    total, seq_g0, longest = plan_totals(seqlens_ptr, stride_seqlens, batch, seq, max_len, BLOCK_N, CHUNK_B)
+    parts = effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
     n = seq_blocks(seqlens_ptr, stride_seqlens, seq, seq < batch, max_len, BLOCK_N)
 
     rows_per_seq = s_q * h_q
@@ -384,8 +384,8 @@ def _plan_kernel(seqlens_ptr, stride_seqlens, part_info_ptr, splits_ptr, batch, 
     per part [first seq, first token, last seq, end token, first block, end block, parts in use, 0]
     and per sequence its number of splits (0 for an empty sequence)."""
     pid = tl.program_id(0)
-    total, seq_g0 = plan_totals(seqlens_ptr, stride_seqlens, batch, pid, max_len, BLOCK_N, CHUNK_B)
-    parts = effective_parts(total, num_parts, MIN_BLOCKS_PER_PART)
+    total, seq_g0, longest = plan_totals(seqlens_ptr, stride_seqlens, batch, pid, max_len, BLOCK_N, CHUNK_B)
+    parts = effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
     if pid < num_parts:
         g_lo = part_start(total, pid, parts)
         g_hi = part_start(total, pid + 1, parts)

@@ -21,7 +21,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from ._common import LN2, LOG2E, cdiv
+from ._common import ALIGN_MAX_KEYS, LN2, LOG2E, cdiv
 from .decode import _combine, launch_tensors
 
 # renamed between Triton 3.6 (thread_barrier) and 3.8 (barrier)
@@ -51,13 +51,35 @@ def _seq_blocks(seqlens_ptr, stride_seqlens, idx, mask, max_len, BLOCK_N: gl.con
 
 @gluon.jit
 def _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS):
+    """(blocks of all sequences, blocks of the longest)."""
     layout: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
     total = 0
+    longest = 0
     for b0 in range(0, batch, 32 * WARPS):
         idx = b0 + gl.arange(0, 32 * WARPS, layout=layout)
         n = _seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
         total += gl.sum(n, axis=0)
-    return total
+        longest = gl.maximum(longest, gl.max(n, axis=0))
+    return total, longest
+
+
+@gluon.jit
+def _effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART: gl.constexpr,
+                     BLOCK_N: gl.constexpr):
+    """``_common.effective_parts`` (the same count, so the combine finds the parts this plan makes)."""
+    parts = gl.maximum(gl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
+    # (not where parts are long: there a 16th fewer SMs costs more than the cuts did)
+    short = total.to(gl.int64) * BLOCK_N <= ALIGN_MAX_KEYS * parts
+    uniform = ((total == batch * longest) & (longest > 0) & short).to(gl.int32)
+    found = 0
+    best = parts
+    for d in gl.static_range(17):
+        p = gl.maximum(parts - d, 1)
+        ok = uniform * (1 - found) * (d <= parts // 16).to(gl.int32) * (
+            ((batch % p) == 0) | ((p % batch) == 0)).to(gl.int32)
+        best += ok * (p - best)
+        found += ok
+    return best
 
 
 @gluon.jit
@@ -474,8 +496,8 @@ def _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part, MI
                 BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS):
     """Part ``part``'s global blocks [g_lo, g_hi) of the split plan, the sequence holding g_lo and the global index
     of that sequence's first block."""
-    total = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N, WARPS)
-    parts = gl.maximum(gl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
+    total, longest = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N, WARPS)
+    parts = _effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
     g_lo = ((total.to(gl.int64) * part) // parts).to(gl.int32)
     g_hi = ((total.to(gl.int64) * (part + 1)) // parts).to(gl.int32)
     if part >= parts:
