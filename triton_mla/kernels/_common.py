@@ -67,8 +67,8 @@ def effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART: tl.co
     batch or which the batch divides: the part boundaries then fall on sequence ends, so no part holds a piece
     of a sequence besides whole ones. Measured on the H100 at b = 128 (benchmarks/NOTES.md, sixteenth session):
     a cut costs a segment start in two programs and a combine, a 16th fewer parts (SMs) at most that share of
-    the time; 64 instead of 66 parts at 128 rows was 4% faster at s_k = 4096 and even at 8192 (so longer parts
-    keep the count), 256 instead of 264 at 16 rows 5% faster at 4096."""
+    the time; 64 instead of 66 parts at 128 rows was 4% faster at s_k = 4096 and no faster at 8192 (so longer
+    parts keep the count), 256 instead of 264 at 16 rows 5% faster at 4096."""
     parts = tl.maximum(tl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
     # (not where parts are long: there a 16th fewer SMs costs more than the cuts did)
     short = total.to(tl.int64) * BLOCK_N <= ALIGN_MAX_KEYS * parts
