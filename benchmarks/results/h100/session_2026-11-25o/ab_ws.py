@@ -32,21 +32,30 @@ def kernel_at(rev):
         path.unlink()
 
 
-NEW = decode_sm90_ws._decode_ws_kernel
-OLD = kernel_at("edcf273")
+def ab_table(old_kernel, new_kernel, shapes, checked_graph_us):
+    """Graph times of the call with ``old_kernel`` and ``new_kernel`` as the ws kernel (alternated twice, both
+    forced at every batch size) and with the lockstep kernel; ``checked_graph_us(case, s_q, h)`` checks the output
+    and times the call."""
+    print(f"{'b':>4} {'s_k':>6} {'h':>4} {'s_q':>3} | {'old':>8} {'new':>8} {'old':>8} {'new':>8} {'lock':>8} | "
+          "new/old new/lock", flush=True)
+    try:
+        for b, s_k, h, s_q in shapes:
+            case = make_decode_case(b, s_k, h, s_q, False)
+            res = []
+            for kern in (old_kernel, new_kernel, old_kernel, new_kernel, None):
+                decode_sm90._decode_ws_kernel = kern or new_kernel
+                with configs.overridden(**(dict(WS=False) if kern is None else dict(WS_MIN_TILES_PER_PART=0))):
+                    res.append(checked_graph_us(case, s_q, h)[0])
+            old, new = min(res[0], res[2]), min(res[1], res[3])
+            print(f"{b:>4} {s_k:>6} {h:>4} {s_q:>3} | " + " ".join(f"{r:8.1f}" for r in res) +
+                  f" | {new / old:7.3f} {new / res[4]:7.3f}", flush=True)
+    finally:
+        decode_sm90._decode_ws_kernel = decode_sm90_ws._decode_ws_kernel
+
+
 SHAPES = [(1, 8192, 128, 1), (8, 8192, 128, 1), (8, 8192, 64, 2), (16, 8192, 128, 1), (32, 8192, 128, 1),
           (64, 8192, 128, 1), (128, 8192, 128, 1), (128, 8192, 128, 2), (128, 4096, 128, 1), (128, 8192, 64, 2),
           (128, 8192, 64, 4)]
-print(f"{'b':>4} {'s_k':>6} {'h':>4} {'s_q':>3} | {'old':>8} {'new':>8} {'old':>8} {'new':>8} {'lock':>8} | new/old "
-      "new/lock", flush=True)
-for b, s_k, h, s_q in SHAPES:
-    case = make_decode_case(b, s_k, h, s_q, False)
-    res = []
-    for kern in (OLD, NEW, OLD, NEW, None):
-        decode_sm90._decode_ws_kernel = kern or NEW
-        with configs.overridden(**(dict(WS=False) if kern is None else dict(WS_MIN_TILES_PER_PART=0))):
-            res.append(checked_graph_us(case, s_q, h)[0])
-    old, new = min(res[0], res[2]), min(res[1], res[3])
-    print(f"{b:>4} {s_k:>6} {h:>4} {s_q:>3} | " + " ".join(f"{r:8.1f}" for r in res) +
-          f" | {new / old:7.3f} {new / res[4]:7.3f}", flush=True)
-decode_sm90._decode_ws_kernel = NEW
+
+if __name__ == "__main__":
+    ab_table(kernel_at("edcf273"), decode_sm90_ws._decode_ws_kernel, SHAPES, checked_graph_us)

@@ -6,29 +6,16 @@ git):
     PYTHONPATH=. python3 benchmarks/results/h100/session_2026-11-25p/ab_prefetch.py
 """
 import functools
-import importlib
-import subprocess
+import sys
 from pathlib import Path
 
-import triton_mla as tm
-import triton_mla.kernels as kernels_pkg
-from triton_mla import configs
-from triton_mla.bench import DV, D, _time, make_decode_case
-from triton_mla.kernels import decode_sm90, decode_sm90_ws
-from triton_mla.reference import decode_ref
+sys.path.insert(0, str(Path(__file__).parents[1] / "session_2026-11-25o"))
+from ab_ws import ab_table, kernel_at  # noqa: E402
 
-
-def kernel_at(rev):
-    """``_decode_ws_kernel`` of kernels/decode_sm90_ws.py at git revision ``rev``, imported beside the package's
-    modules (its relative imports resolve there; the file is removed again after the import). (As in
-    session_2026-11-25o/ab_ws.py, whose import would run its table.)"""
-    name = f"decode_sm90_ws_{rev}"
-    path = Path(kernels_pkg.__file__).parent / f"{name}.py"
-    path.write_text(subprocess.check_output(["git", "show", f"{rev}:triton_mla/kernels/decode_sm90_ws.py"], text=True))
-    try:
-        return importlib.import_module(f"triton_mla.kernels.{name}")._decode_ws_kernel
-    finally:
-        path.unlink()
+import triton_mla as tm  # noqa: E402
+from triton_mla.bench import DV, D, _time  # noqa: E402
+from triton_mla.kernels import decode_sm90_ws  # noqa: E402
+from triton_mla.reference import decode_ref  # noqa: E402
 
 
 def checked_graph_us(case, s_q, h):
@@ -46,20 +33,8 @@ def checked_graph_us(case, s_q, h):
         assert err < 1e-2, (q.shape, i, err)
     return _time(run)[1] * 1e3, md
 
-NEW = decode_sm90_ws._decode_ws_kernel
-OLD = kernel_at("c2d8867")
 SHAPES = [(128, 4096, 128, 1), (128, 8192, 128, 1), (128, 4096, 128, 2), (128, 8192, 128, 2), (128, 4096, 64, 2),
           (128, 8192, 64, 2), (256, 2048, 128, 1), (64, 8192, 128, 1), (16, 32768, 128, 1), (8, 8192, 128, 1)]
-print(f"{'b':>4} {'s_k':>6} {'h':>4} {'s_q':>3} | {'old':>8} {'new':>8} {'old':>8} {'new':>8} {'lock':>8} | new/old "
-      "new/lock", flush=True)
-for b, s_k, h, s_q in SHAPES:
-    case = make_decode_case(b, s_k, h, s_q, False)
-    res = []
-    for kern in (OLD, NEW, OLD, NEW, None):
-        decode_sm90._decode_ws_kernel = kern or NEW
-        with configs.overridden(**(dict(WS=False) if kern is None else dict(WS_MIN_TILES_PER_PART=0))):
-            res.append(checked_graph_us(case, s_q, h)[0])
-    old, new = min(res[0], res[2]), min(res[1], res[3])
-    print(f"{b:>4} {s_k:>6} {h:>4} {s_q:>3} | " + " ".join(f"{r:8.1f}" for r in res) +
-          f" | {new / old:7.3f} {new / res[4]:7.3f}", flush=True)
-decode_sm90._decode_ws_kernel = NEW
+
+if __name__ == "__main__":
+    ab_table(kernel_at("c2d8867"), decode_sm90_ws._decode_ws_kernel, SHAPES, checked_graph_us)
