@@ -30,7 +30,9 @@ and from 32 key tiles a part on (``WS_MIN_TILES_PER_PART``; ``decode_sm90.use_ws
 slower than the lockstep kernel. Fifteenth session: a segment no longer costs an extra pair step (the last pair is
 finished after the loop), 5-8% faster at 128 causal and 256 rows (0.77-0.79x FlashMLA at 256 rows); the same loop
 runs sparse prefill (``sparse_sm90._sparse_ws_kernel``). Seventeenth session: the epilogue's one reciprocal a row
-(``decode_sm90._store_segment``) left ptxas fewer spills (TMA build 208 -> 164 B), 1.5-3.5% faster at 128-256 rows.
+(``decode_sm90._store_segment``) left ptxas fewer spills (TMA build 208 -> 164 B), 1.5-3.5% faster at 128-256 rows;
+S's tiles through an opaque zero index (``_attend_pairs``) keep its descriptors out of the spills (pair loops: 0
+reloads, was 28 + 6 a step), 3-4% faster at 128-256 rows (0.81x FlashMLA at h = 128, s_k = 8192).
 """
 
 import functools
@@ -328,6 +330,11 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
         start = lo + 2 * j * BN  # pair j's tile A (B: start + BN; B may lie past hi: masked, zero-filled)
         phase = (pairs + j - 1) & 1  # pair j - 1's hand-over
         k_phase = (pairs + j) & 1  # pair j's copies
+        # S's tile views through an index ptxas cannot prove constant (0: start >= 0), so the S MMAs' shared-memory
+        # descriptors are made in the loop instead of hoisted out of it and spilled (28 local loads a step)
+        z = gl.where(start < 0, 1, 0)
+        kn_s = kn_bufs.index(z + W)
+        kpe_s = kpe_bufs.index(z + W)
         if W == 0:
             if j > 0:
                 acc, m_run, l_run = _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc,
@@ -340,15 +347,15 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
                 # in L2 and S_A under P_B V pays more: benchmarks/NOTES.md, thirteenth session)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
             else:
-                s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 0, k_phase, s, 0, True, False)
+                s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 0, k_phase, s, 0, True, False)
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
             acc = _reset_first(acc, j)
             # dims [0, 256) and the rope (P_B) of B: this warpgroup read them last
             _load_half(kn_b, kpe_b, k_ptr, k_desc, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
                        page_size, bars.index(KREADY + 2), 0, True, INDEXED, BN, TMA)
             if COPY_FIRST:
-                s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 0, k_phase, s, 0, True, False)
-            s = _s_part(q_smem, qpe_smem, kn_a, kpe_a, bars, KREADY + 1, k_phase, s, 1, False, True)
+                s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 0, k_phase, s, 0, True, False)
+            s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 1, k_phase, s, 1, False, True)
         else:
             p_op = gl.zeros([BLOCK_H, BN], kn_bufs.dtype, layout=p_op_l)
             if j > 0:
@@ -369,8 +376,8 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
             # dims [256, 512) and the rope (P_A) of A
             _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
                        page_size, bars.index(KREADY + 1), 1, True, INDEXED, BN, TMA)
-            s = _s_part(q_smem, qpe_smem, kn_b, kpe_b, bars, KREADY + 3, k_phase, s, 1, True, False)
-            s = _s_part(q_smem, qpe_smem, kn_b, kpe_b, bars, KREADY + 2, k_phase, s, 0, False, True)
+            s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 3, k_phase, s, 1, True, False)
+            s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 2, k_phase, s, 0, False, True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
     # the last pair: softmax and P V, no S and no copies after it
     start = lo + 2 * (n_pairs - 1) * BN
