@@ -136,19 +136,22 @@ def test_ws_decode_takes_tma_only_where_tiles_are_whole_pages_end_to_end():
     assert not ws_tma(cache(4, 64, page_stride=64 * 576 + 64), {})
 
 
-def test_ws_decode_only_with_enough_tiles_a_part(monkeypatch):
-    """The shipped ws entries leave small batches to the lockstep kernel: below ``WS_MIN_TILES_PER_PART`` key tiles
-    a part (estimated from the block table's width) the ws kernel's start of each segment costs more than its
-    overlap gives. FP8 caches, 32-key tiles and a Triton that cannot build it never take it."""
+def test_ws_decode_batch_floor(monkeypatch):
+    """The shipped ws entry takes every batch size (the ws kernel is as fast as the lockstep one down to b = 1 since
+    the seventeenth session); an entry may still name a floor, ``WS_MIN_TILES_PER_PART`` key tiles a part
+    (estimated from the block table's width), below which the lockstep kernel runs. FP8 caches, 32-key tiles and
+    a Triton that cannot build it never take it."""
     from triton_mla.kernels import decode_sm90
     from triton_mla.kernels.decode_sm90 import use_ws
 
     entry = next(e for e in configs.load_family("sm90")["decode"] if e.get("WS"))
-    assert entry["WS_MIN_TILES_PER_PART"] == 32
+    assert "WS_MIN_TILES_PER_PART" not in entry
     monkeypatch.setattr(decode_sm90, "ws_supported", lambda: True)
-    # 66 parts (132 SMs, two row blocks): b = 8 at 8192 keys is 15.5 tiles a part, b = 64 is 124
-    assert not use_ws(entry, 8, 8192, 66) and use_ws(entry, 64, 8192, 66) and use_ws(entry, 17, 8192, 66)
-    assert not use_ws(entry, 16, 8192, 66) and use_ws({**entry, "WS_MIN_TILES_PER_PART": 0}, 1, 64, 66)
+    assert use_ws(entry, 1, 64, 66) and use_ws(entry, 8, 8192, 66) and use_ws(entry, 128, 8192, 66)
+    # with a floor of 32 and 66 parts (132 SMs, two row blocks): b = 8 at 8192 keys is 15.5 tiles a part, 64 is 124
+    floor = {**entry, "WS_MIN_TILES_PER_PART": 32}
+    assert not use_ws(floor, 8, 8192, 66) and use_ws(floor, 64, 8192, 66) and use_ws(floor, 17, 8192, 66)
+    assert not use_ws(floor, 16, 8192, 66)
     assert not use_ws(entry, 64, 8192, 66, fp8=True) and not use_ws({**entry, "BLOCK_N": 32}, 64, 8192, 66)
     assert not use_ws({**entry, "WS": False}, 64, 8192, 66)
     monkeypatch.setattr(decode_sm90, "ws_supported", lambda: False)

@@ -704,10 +704,10 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
 def use_ws(config, b: int, max_len: int, num_parts: int, fp8: bool = False) -> bool:
     """Whether to run the warp-specialized kernel (two warpgroups on alternate tiles): the entry asks for it
     (``WS``), 16-bit cache, 64-key tiles, a Triton that builds it, and at least ``WS_MIN_TILES_PER_PART`` key tiles
-    a part, estimated from the block table's width (an upper bound: lengths stay on the GPU). Below ~30 tiles a
-    part (small batch) the lockstep kernel is faster: the ws kernel's start of a segment (Q and the first tile
-    before any MMA, one buffer pair) weighs more there (``benchmarks/NOTES.md``, fourteenth and fifteenth
-    sessions)."""
+    a part if the entry names a floor (estimated from the block table's width, an upper bound: lengths stay on the
+    GPU). The floor was 32 while the lockstep kernel was faster at small batch (fourteenth session); since the
+    seventeenth the ws kernel is as fast or faster at every batch size and the shipped entry names none
+    (``benchmarks/NOTES.md``)."""
     if not config.get("WS", False) or fp8 or config["BLOCK_N"] != 64 or not ws_supported():
         return False
     return b * cdiv(max_len, 64) >= config.get("WS_MIN_TILES_PER_PART", 0) * num_parts

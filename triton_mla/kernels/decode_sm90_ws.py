@@ -26,10 +26,11 @@ Status (``benchmarks/NOTES.md``, thirteenth session): under Triton 3.9, with TMA
 ``decode_sm90`` at 128-256 rows (0.78-0.80x FlashMLA at h = 128, s_k = 8192), slower at 64; Triton 3.6 cannot lower
 it. The sm90 config selects it (key ``WS``) above 64 rows with ``min_triton`` 3.7 (``COPY_FIRST`` only for sparse
 prefill: in the seventeenth session's builds it is 0-4% slower or neutral at 128 dense rows, 4-7% slower at 256),
-and from 32 key tiles a part on (``WS_MIN_TILES_PER_PART``; ``decode_sm90.use_ws``): below that (small batch) it is
-slower than the lockstep kernel. Fifteenth session: a segment no longer costs an extra pair step (the last pair is
-finished after the loop), 5-8% faster at 128 causal and 256 rows (0.77-0.79x FlashMLA at 256 rows); the same loop
-runs sparse prefill (``sparse_sm90._sparse_ws_kernel``). Seventeenth session: the epilogue's one reciprocal a row
+and (fourteenth to sixteenth sessions) from 32 key tiles a part on (``WS_MIN_TILES_PER_PART``;
+``decode_sm90.use_ws``), below which it was slower than the lockstep kernel; since the seventeenth session's changes
+at every batch size. Fifteenth session: a segment no longer costs an extra pair step (the last pair is finished
+after the loop), 5-8% faster at 128 causal and 256 rows (0.77-0.79x FlashMLA at 256 rows); the same loop runs sparse
+prefill (``sparse_sm90._sparse_ws_kernel``). Seventeenth session: the epilogue's one reciprocal a row
 (``decode_sm90._store_segment``) left ptxas fewer spills (TMA build 208 -> 164 B), 1.5-3.5% faster at 128-256 rows;
 S's tiles through an opaque zero index (``_attend_pairs``) keep its descriptors out of the spills (pair loops: 0
 reloads, was 28 + 6 a step), 3-4% faster at h = 128 (0.81x FlashMLA at s_k = 8192), 1% at h = 64 s_q = 2.
