@@ -357,8 +357,8 @@ def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
     """kernels/decode_sm90.py (and the warp-specialized decode_sm90_ws.py: ``WS``) against the reference: row
     counts 8-128 (partial 64-row blocks too), causal s_q > 1, lengths 0/1/page and tile edges, one sequence per
     part or many, bf16 and fp16. Pages of 64, 128 and 192 bring the ws kernel's key tiles by TMA (but the last
-    tile of each sequence), pages of 1 and 16 by cp.async. Empty sequences between others: the ws kernel looks past
-    them for the next segment, whose first copies it issues as a segment ends."""
+    tile of each sequence), pages of 1 and 16 by cp.async. Empty sequences between others: a part's loop over its
+    segments skips them."""
     from triton_mla import api
 
     if tiles.get("WS") and not configs.triton_at_least("3.7"):
