@@ -159,6 +159,20 @@ def test_out_and_lse_buffers():
     assert_close(lse[:, 3:20], ref_lse[:, 3:20], torch.float16, "lse")
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_strided_cu_seqlens(causal):
+    """cu_seqlens views with stride 2 (e.g. a column of a larger metadata tensor): the kernels read them densely,
+    so they used to see every other offset."""
+    q, k, v, cu_q, cu_k = make_case([9, 20, 5], [30, 20, 5], 2, d_qk=64, d_v=32)
+    cu_q2 = torch.stack([cu_q, cu_q + 100], 1).reshape(-1)[::2]
+    cu_k2 = torch.stack([cu_k, cu_k * 0], 1).reshape(-1)[::2]
+    with configs.overridden(**SMALL_TILES):
+        out, lse = mla_prefill_mha(q, k, v, cu_q2, cu_k2, 20, 30, causal=causal)
+    ref_out, ref_lse = _reference(q, k, v, cu_q, cu_k, causal=causal)
+    assert_close(out[3:37], ref_out[3:37], q.dtype)
+    assert_close(lse[:, 3:37], ref_lse[:, 3:37], torch.float16, "lse")
+
+
 def test_empty_batch():
     q, k, v, cu_q, cu_k = make_case([], [], 2)
     out, lse = mla_prefill_mha(q, k, v, cu_q[:1], cu_k[:1], 0, 0)

@@ -102,6 +102,8 @@ def mla_prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     if b == 0 or max_seqlen_q == 0 or total_q == 0:
         return out, lse
 
+    # both kernels index the offsets densely (cu[seq]): a strided view would read the wrong entries
+    cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
     entry = configs.kernel_config("prefill", max_seqlen_q, q.dtype, device)
     config = _prefill.fit_config(entry, d_qk, d_v, q.element_size())
     use_tma = bool(config.get("TMA", False)) and _prefill.tma_usable(q, k, v, d_qk, d_v)
