@@ -109,6 +109,12 @@ def test_plan_bad_input():
         (([1.0], [0], [[0]]), {}, TypeError, "query_lens"),
         (([1], [0], torch.zeros(1, 2, dtype=torch.int64)), {}, TypeError, "block_tables"),
         (([1], [0], torch.zeros(1, 4, dtype=torch.int32)), {}, ValueError, "block_tables"),
+        # a tensor table too narrow, or sequences past max_pages_per_seq: positions past it were clamped onto
+        # another token's slot (page 0 or the last page) and the cache overwritten before attention saw it
+        (([2], [3], torch.zeros(1, 1, dtype=torch.int32)), {}, ValueError, "block_tables"),
+        (([2], [11], torch.zeros(1, 3, dtype=torch.int32)), {}, ValueError, "max_pages_per_seq"),
+        ((3, [0], [[0]]), {}, TypeError, "query_lens"),
+        (([1], [0], None), {}, TypeError, "block_tables"),
     ]
     for args, kwargs, exc, match in cases:
         with pytest.raises(exc, match=match):

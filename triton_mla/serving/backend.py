@@ -24,6 +24,8 @@ def _as_int_list(values, name):
             raise TypeError(f"{name}: expected a 1-D integer sequence, got a {values.dtype} tensor of shape "
                             f"{list(values.shape)}")
         return [int(v) for v in values.tolist()]
+    if not hasattr(values, "__iter__"):
+        raise TypeError(f"{name}: expected a sequence of ints, got {type(values).__name__}")
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int):
@@ -102,16 +104,18 @@ class MLABackend:
             raise ValueError("mode: 'decode' needs one new token per sequence (every query_len 1)")
         if mode == "prefill" and any(v != 0 for v in c):
             raise ValueError("mode: 'prefill' needs sequences with no cached prefix (every context_len 0)")
+        ps, P = self.page_size, self.max_pages_per_seq
+        # whatever form the table takes: a position past it would be clamped onto another token's slot
+        for i in range(b):
+            if q[i] + c[i] > P * ps:
+                raise ValueError(f"context_lens: sequence {i} holds {q[i] + c[i]} tokens, more than "
+                                 f"max_pages_per_seq * page_size = {P * ps}")
         if rows is None:
             return
         if len(rows) != b:
             raise ValueError(f"block_tables: expected {b} rows (one per sequence), got {len(rows)}")
-        ps, P = self.page_size, self.max_pages_per_seq
         for i, row in enumerate(rows):
             need = -(-(q[i] + c[i]) // ps)
-            if need > P:
-                raise ValueError(f"context_lens: sequence {i} holds {q[i] + c[i]} tokens, more than "
-                                 f"max_pages_per_seq * page_size = {P * ps}")
             if len(row) < need:
                 raise ValueError(f"block_tables: sequence {i} needs {need} pages for {q[i] + c[i]} tokens, "
                                  f"got {len(row)}")
@@ -149,8 +153,18 @@ class MLABackend:
                 raise ValueError(f"block_tables: expected shape [{b}, <= {self.max_pages_per_seq}], got "
                                  f"{list(block_tables.shape)}")
         else:
+            if not hasattr(block_tables, "__iter__"):
+                raise TypeError(f"block_tables: expected b lists of page ids or a tensor, got "
+                                f"{type(block_tables).__name__}")
             rows = [_as_int_list(r, "block_tables") for r in block_tables]
         self._check(q, c, rows, b, pad_to, mode)
+        if table_tensor:
+            # columns past the tensor's are zeroed: a token there would get a slot in page 0
+            w = block_tables.shape[1]
+            for i in range(b):
+                if q[i] + c[i] > w * self.page_size:
+                    raise ValueError(f"block_tables: sequence {i} holds {q[i] + c[i]} tokens, more than the "
+                                     f"table's {w} pages of {self.page_size}")
         if mode is None:
             mode = "decode" if all(v == 1 for v in q) else "prefill" if all(v == 0 for v in c) else "extend"
         b_pad = b if pad_to is None else pad_to
