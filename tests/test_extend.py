@@ -370,6 +370,12 @@ def test_decompress_kv_bad_input():
         decompress_kv(k_cache, block_table, lens, w_uk, w_uv, start=torch.zeros(3, dtype=torch.int32))
     with pytest.raises(ValueError, match="total_k"):
         decompress_kv(k_cache, block_table, lens, w_uk, w_uv, total_k=5, max_seqlen_k=20)
+    # one size passed alone is checked against the computed one (it used to be taken as is)
+    with pytest.raises(ValueError, match="total_k"):
+        decompress_kv(k_cache, block_table, lens, w_uk, w_uv, total_k=19)
+    with pytest.raises(ValueError, match="max_seqlen_k"):
+        decompress_kv(k_cache, block_table, lens, w_uk, w_uv, max_seqlen_k=5)
+    assert decompress_kv(k_cache, block_table, lens, w_uk, w_uv, max_seqlen_k=25).max_seqlen_k == 25
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
