@@ -244,6 +244,17 @@ def test_prefill_absorbed_equals_mha():
     run_case(layer, [0, 0], [7, 3], torch.float32, mode="prefill")
 
 
+@needs_extend
+def test_auto_prefill_outside_mha_head_dims():
+    """qk_nope + qk_rope below the MHA kernel's 16: "auto" runs the prefill absorbed (it raised a ValueError
+    naming the kernel's q), "mha" is refused when the layer is built."""
+    dims = dict(TINY, qk_nope_head_dim=4, qk_rope_head_dim=4)
+    layer = make_layer(3, None, torch.float32, seed=6, dims=dims)
+    run_case(layer, [0, 0], [5, 2], torch.float32, mode="prefill")
+    with pytest.raises(ValueError, match="prefill_mode"):
+        MLAAttention(num_heads=2, prefill_mode="mha", **dims)
+
+
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 def test_rope_layouts_and_default_rope(layout):
     layer = make_layer(4, 24, torch.float32, seed=4, layout=layout, rope=dict(rope_type="default", rope_theta=1e4))
@@ -315,6 +326,13 @@ def test_bad_input():
         MLAAttention(64, 0)
     with pytest.raises(ValueError, match="prefill_mode"):
         MLAAttention(64, 2, prefill_mode="fast")
+    # limits of the absorbed kernels, and a bool rank: refused when the layer is built, not at its first step
+    with pytest.raises(ValueError, match="kv_lora_rank"):
+        MLAAttention(64, 2, kv_lora_rank=513)
+    with pytest.raises(ValueError, match="qk_rope_head_dim"):
+        MLAAttention(64, 2, qk_rope_head_dim=130)
+    with pytest.raises(ValueError, match="q_lora_rank"):
+        MLAAttention(64, 2, q_lora_rank=True)
     with pytest.raises(ValueError, match="layout"):
         MLAAttention(64, 2, rope_layout="zigzag")
     with pytest.raises(NotImplementedError, match="rope_type"):

@@ -36,6 +36,13 @@ __all__ = ["MLAAttention", "RMSNorm"]
 PREFILL_MODES = ("auto", "mha", "absorbed")
 
 
+def _mha_dims_ok(d_qk, d_v):
+    """Whether ``mla_prefill_mha`` takes these head dims."""
+    from ..prefill import MAX_HEAD_DIM, MIN_HEAD_DIM_QK
+
+    return MIN_HEAD_DIM_QK <= d_qk <= MAX_HEAD_DIM and d_v <= MAX_HEAD_DIM
+
+
 class RMSNorm(nn.Module):
     """Hugging Face's DeepSeek RMSNorm: normalize in float32, cast back, then scale by ``weight``."""
 
@@ -77,7 +84,9 @@ class MLAAttention(nn.Module):
     rope_layout: "deinterleave" (DeepseekV3, rope_interleave=True), "half" (V3, rope_interleave=False) or
     "interleaved" (DeepseekV2): see ``triton_mla.layers.rope``.
     attention_bias: biases on q_a_proj, kv_a_proj_with_mqa and o_proj (as Hugging Face's config).
-    prefill_mode: "auto"/"mha" run prefill steps in MHA mode, "absorbed" runs them as an extend.
+    prefill_mode: "mha" runs prefill steps in MHA mode, "absorbed" runs them as an extend, "auto" runs MHA where
+    its kernel takes the head dims (qk_nope + qk_rope in [16, 256], v_head_dim <= 256), else absorbed.
+    The absorbed paths (decode, extend) take kv_lora_rank <= 512 and qk_rope_head_dim <= 128.
 
     ``forward(hidden_states (T, hidden_size), plan, k_cache) -> (T, hidden_size)``; see :meth:`forward`.
     """
@@ -94,10 +103,21 @@ class MLAAttention(nn.Module):
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         if not isinstance(qk_rope_head_dim, int) or qk_rope_head_dim < 2 or qk_rope_head_dim % 2:
             raise ValueError(f"qk_rope_head_dim: expected a positive even int, got {qk_rope_head_dim!r}")
-        if q_lora_rank is not None and (not isinstance(q_lora_rank, int) or q_lora_rank < 1):
+        if q_lora_rank is not None and (isinstance(q_lora_rank, bool) or not isinstance(q_lora_rank, int)
+                                        or q_lora_rank < 1):
             raise ValueError(f"q_lora_rank: expected a positive int or None, got {q_lora_rank!r}")
         if prefill_mode not in PREFILL_MODES:
             raise ValueError(f"prefill_mode: expected one of {PREFILL_MODES}, got {prefill_mode!r}")
+        # the absorbed kernels' latent limits (decode and extend run every config): fail here, not at the first step
+        from ..extend import MAX_HEAD_DIM_V, MAX_ROPE_DIM
+
+        if kv_lora_rank > MAX_HEAD_DIM_V:
+            raise ValueError(f"kv_lora_rank: at most {MAX_HEAD_DIM_V} is supported, got {kv_lora_rank}")
+        if qk_rope_head_dim > MAX_ROPE_DIM:
+            raise ValueError(f"qk_rope_head_dim: at most {MAX_ROPE_DIM} is supported, got {qk_rope_head_dim}")
+        if prefill_mode == "mha" and not _mha_dims_ok(qk_nope_head_dim + qk_rope_head_dim, v_head_dim):
+            raise ValueError(f"prefill_mode: 'mha' takes qk_nope_head_dim + qk_rope_head_dim in [16, 256] and "
+                             f"v_head_dim <= 256, got {qk_nope_head_dim + qk_rope_head_dim} and {v_head_dim}")
         self.hidden_size, self.num_heads = hidden_size, num_heads
         self.kv_lora_rank, self.q_lora_rank = kv_lora_rank, q_lora_rank
         self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim = qk_nope_head_dim, qk_rope_head_dim, v_head_dim
@@ -232,7 +252,9 @@ class MLAAttention(nn.Module):
         kv_c, k_pe = self._latents(hidden_states, cos, sin)
 
         # -- attention ----------------------------------------------------------------------------------
-        if plan.mode == "prefill" and self.prefill_mode != "absorbed":
+        mha = self.prefill_mode == "mha" or (self.prefill_mode == "auto"
+                                             and _mha_dims_ok(self.qk_head_dim, self.v_head_dim))
+        if plan.mode == "prefill" and mha:
             write_kv_cache(k_cache, kv_c, k_pe, plan.slot_mapping)
             out = self._prefill_mha(q_nope, q_pe, kv_c, k_pe, plan)  # (T, h, d_v)
         else:
