@@ -297,6 +297,18 @@ def test_bad_input(mutate, exc, match):
         mla_extend(**args)
 
 
+def test_more_sequences_than_the_grid_takes_rejected():
+    """Sequences sit on grid axis 1, which CUDA caps at 65535: a clear error, not a failed launch."""
+    n = 65536
+    q = torch.randn(n, 1, 32, dtype=torch.float16, device=DEVICE)
+    k_cache = torch.randn(1, 16, 1, 32, dtype=torch.float16, device=DEVICE)
+    block_table = torch.zeros(n, 1, dtype=torch.int32, device=DEVICE)
+    cache_seqlens = torch.ones(n, dtype=torch.int32, device=DEVICE)
+    cu = torch.arange(n + 1, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="cu_seqlens_q: at most 65535 sequences"):
+        mla_extend(q, k_cache, block_table, cache_seqlens, cu, 1, head_dim_v=16)
+
+
 def test_head_dim_v_rope_limit():
     q, k_cache, block_table, cache_seqlens, cu = make_case([10], [3], h_q=2, dv=16, dr=160)
     with pytest.raises(ValueError, match="rope"):

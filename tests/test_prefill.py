@@ -220,6 +220,20 @@ def test_bad_input(mutate, exc, match):
         mla_prefill_mha(**args)
 
 
+def test_grid_limits_rejected_before_launch():
+    """Heads and sequences sit on grid axes 1 and 2, which CUDA caps at 65535: a clear error, not a failed launch."""
+    n = 65536
+    cu = torch.arange(n + 1, dtype=torch.int32, device=DEVICE)
+    q = torch.randn(n, 1, 16, dtype=torch.float16, device=DEVICE)
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        mla_prefill_mha(q, q, q, cu, cu, 1, 1)
+    q = torch.randn(1, n, 16, dtype=torch.float16, device=DEVICE)
+    k = q[:, :1]
+    cu = torch.tensor([0, 1], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="q: at most 65535 heads"):
+        mla_prefill_mha(q, k, k, cu, cu, 1, 1)
+
+
 def test_bad_device():
     if not HAS_GPU:
         pytest.skip("needs a CUDA device beside the CPU")

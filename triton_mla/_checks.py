@@ -11,6 +11,7 @@ import os
 import torch
 
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+MAX_GRID_YZ = 65535  # CUDA's limit on a launch grid's second and third dimensions
 
 
 def value_checks_enabled() -> bool:
@@ -62,6 +63,13 @@ def check_runnable(device: torch.device, name="q"):
         f"{name}: tensors are on {device}; the kernels run on a CUDA device "
         "(or on the CPU under the Triton interpreter, TRITON_INTERPRET=1)"
     )
+
+
+def check_grid_yz(count, name, what):
+    """A count that a kernel puts on grid axis 1 or 2: past CUDA's limit the launch would fail, so say so here."""
+    if count > MAX_GRID_YZ:
+        raise ValueError(f"{name}: at most {MAX_GRID_YZ} {what} a call (CUDA's grid limit), got {count}; "
+                         "split the call")
 
 
 def check_int(value, name, *, low=None, high=None):

@@ -18,7 +18,7 @@ import torch
 
 from . import configs
 from . import fp8 as _fp8
-from ._checks import FLOAT_DTYPES, check_int, check_runnable, check_tensor, value_checks_enabled
+from ._checks import FLOAT_DTYPES, check_grid_yz, check_int, check_runnable, check_tensor, value_checks_enabled
 from .kernels import extend as _extend
 
 MAX_HEAD_DIM_V = 512
@@ -171,6 +171,7 @@ def mla_extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_
         _check_cache_values(k_cache, block_table, cache_seqlens)
     if b == 0 or total_q == 0 or max_seqlen_q == 0:
         return out, lse
+    check_grid_yz(b, "cu_seqlens_q", "sequences")  # grid (row blocks, sequences)
     config = configs.kernel_config("extend", max_seqlen_q * h_q, q.dtype, device)
     cache = k_cache.view(torch.uint8) if fp8 else k_cache
     return _extend.extend(q, cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, head_dim_v,

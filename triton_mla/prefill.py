@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import configs
-from ._checks import FLOAT_DTYPES, check_int, check_runnable, check_tensor, value_checks_enabled
+from ._checks import FLOAT_DTYPES, check_grid_yz, check_int, check_runnable, check_tensor, value_checks_enabled
 from .kernels import prefill as _prefill
 
 MIN_HEAD_DIM_QK, MAX_HEAD_DIM = 16, 256
@@ -102,6 +102,8 @@ def mla_prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     if b == 0 or max_seqlen_q == 0 or total_q == 0:
         return out, lse
 
+    check_grid_yz(h, "q", "heads")  # grid (query blocks, heads, sequences)
+    check_grid_yz(b, "cu_seqlens_q", "sequences")
     # both kernels index the offsets densely (cu[seq]): a strided view would read the wrong entries
     cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
     entry = configs.kernel_config("prefill", max_seqlen_q, q.dtype, device)
