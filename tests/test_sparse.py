@@ -361,6 +361,8 @@ def test_decode_bad_input(mutate, exc, match):
         (lambda a: a.update(q=a["q"].float()), TypeError, "q"),
         (lambda a: a.update(q=a["q"][..., :80]), ValueError, "q"),
         (lambda a: a.update(head_dim_v=256), ValueError, "head_dim_v"),
+        # equals 512 but is no int: once reached torch.empty, whose TypeError did not name it
+        (lambda a: a.update(head_dim_v=512.0), TypeError, "head_dim_v"),
         (lambda a: a.update(k_cache=a["k_cache"][..., :640]), ValueError, "k_cache"),
         (lambda a: a.update(k_cache=a["k_cache"][:, :, :, 1:653]), ValueError, "k_cache"),
         (lambda a: a.update(is_fp8_kvcache=False), TypeError, "k_cache"),

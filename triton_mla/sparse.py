@@ -78,10 +78,10 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
         raise ValueError("causal: sparse decode has no causal mask (indices choose the keys); pass causal=False")
     b, s_q, h_q, d, fp8 = check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache)
     device = q.device
-    if not fp8:
-        if k_cache.shape[3] != d:
-            raise ValueError(f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
-        _check_dims(d, head_dim_v, "head_dim_v")
+    if not fp8 and k_cache.shape[3] != d:
+        raise ValueError(f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
+    # for FP8 too: check_query_and_cache compares head_dim_v with 512, which 512.0 passes
+    _check_dims(d, head_dim_v, "head_dim_v")
     if k_cache.shape[2] != 1:
         raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_cache.shape[2]}")
     check_tensor(indices, "indices", ndim=3, dtype=torch.int32, device=device)
