@@ -219,6 +219,44 @@ def test_decode_via_flash_mla_with_kvcache():
     check_decode(b=2, s_q=2, h_q=4, topk=30, via_api=True, sink=[0.1, 0.2, 0.3, 0.4], topk_length=[30, 11])
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_decode_batch_invariant(fp8, monkeypatch):
+    """batch_invariant=True: a token's splits depend on topk alone, so each sequence's output is bitwise the same
+    alone, in a batch and in a batch of another order, while the default plan splits by batch size."""
+    g = torch.Generator().manual_seed(7)
+    dv, dr = (512, 64) if fp8 else (64, 16)
+    k_cache, used = make_cache(6, 16, dv + dr, torch.float16, fp8, g)
+    indices = make_indices(used, 96, (5, 2, 70), g)
+    q = torch.randn(5, 2, 3, dv + dr, generator=g).half()
+    q, k_cache, indices = q.to(DEVICE), k_cache.to(DEVICE), indices.to(DEVICE)
+    lens = torch.tensor([70, 33, 0, 64, 1], dtype=torch.int32, device=DEVICE)
+
+    def run(rows, **kwargs):
+        return tm.flash_mla_with_kvcache(q[rows], k_cache, None, None, dv, None, None, is_fp8_kvcache=fp8,
+                                         indices=indices[rows], topk_length=lens[rows], **kwargs)
+
+    # invariant: each top-k list in three splits (the 33-entry row's third empty, the 0-entry row's all empty);
+    # the default plan's split count would follow the batch (on the interpreter's 4 "SMs": 1 split at 10 tokens,
+    # 4 at 2)
+    few_programs = dict(PROGRAMS_PER_SM=2, FP8_PROGRAMS_PER_SM=2, MIN_CHUNKS_PER_SPLIT=1, FP8_MIN_CHUNKS_PER_SPLIT=1)
+    with configs.overridden(INVARIANT_SPLIT_KEYS=32, BLOCK_N=16, FP8_BLOCK_N=16, **few_programs):
+        config = {"INVARIANT_SPLIT_KEYS": 32, "BLOCK_N": 16, "BLOCK_H": 16, **few_programs}
+        assert sparse_kernels.invariant_splits(70, config) == 3
+        if not HAS_GPU:
+            assert sparse_kernels.num_splits(10, 3, 70, config, 4) != sparse_kernels.num_splits(2, 3, 70, config, 4)
+        out, lse = run([0, 1, 2, 3, 4], batch_invariant=True)
+        ref_out, ref_lse = sparse_decode_ref(q.double(), dequantized(k_cache, fp8), indices, dv, topk_length=lens)
+        assert_close(out, ref_out, torch.float16)
+        assert_close(lse, ref_lse, torch.float16, "lse")
+        for rows in ([1], [3, 1], [4, 3, 2, 1, 0]):
+            o, l_ = run(rows, batch_invariant=True)
+            for j, i in enumerate(rows):
+                assert torch.equal(o[j], out[i]) and torch.equal(l_[j], lse[i]), (rows, i)
+        monkeypatch.setenv("TRITON_MLA_BATCH_INVARIANT", "1")  # the environment's default
+        o, l_ = run([1])
+        assert torch.equal(o[0], out[1]) and torch.equal(l_[0], lse[1])
+
+
 def test_decode_empty_shapes():
     g = torch.Generator().manual_seed(0)
     k_cache, _ = make_cache(2, 16, 80, torch.float16, False, g)

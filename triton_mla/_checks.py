@@ -18,6 +18,11 @@ def value_checks_enabled() -> bool:
     return os.environ.get("TRITON_MLA_CHECK", "0") not in ("", "0")
 
 
+def batch_invariant_default() -> bool:
+    """``batch_invariant=None`` means the environment's choice: TRITON_MLA_BATCH_INVARIANT=1."""
+    return os.environ.get("TRITON_MLA_BATCH_INVARIANT", "0") not in ("", "0")
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

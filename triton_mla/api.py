@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 
@@ -11,6 +10,7 @@ from . import configs
 from . import fp8 as _fp8
 from ._checks import (
     FLOAT_DTYPES,
+    batch_invariant_default,
     check_int,
     check_runnable,
     check_tensor,
@@ -141,7 +141,8 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     block_table and cache_seqlens are then unused (pass None).
     batch_invariant: each sequence's split depends only on its own length, so its output is bitwise the
     same whatever else is in the batch (for RL rollouts, reproducible evals); default: the environment
-    variable TRITON_MLA_BATCH_INVARIANT=1. Costs parallelism on small batches.
+    variable TRITON_MLA_BATCH_INVARIANT=1. Costs parallelism on small batches. Sparse decode: see
+    ``sparse_decode``; not yet with the dense FP8 cache (NotImplementedError).
 
     Returns out (b, s_q, h_q, head_dim_v) in q's dtype, softmax_lse (b, h_q, s_q) float32 (natural log;
     +inf for a query with no keys, whose out is 0). Semantics: ``triton_mla.reference.decode_ref``.
@@ -151,7 +152,7 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
 
         return sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=softmax_scale,
                              is_fp8_kvcache=is_fp8_kvcache, attn_sink=attn_sink, topk_length=topk_length,
-                             causal=causal)
+                             causal=causal, batch_invariant=batch_invariant)
     if attn_sink is not None or topk_length is not None:
         raise ValueError("attn_sink, topk_length: only sparse decode (indices=...) takes them")
     b, s_q, h_q, d, fp8 = check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache)
@@ -200,7 +201,7 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     if b == 0:
         return out, lse
     if batch_invariant is None:
-        batch_invariant = os.environ.get("TRITON_MLA_BATCH_INVARIANT", "0") not in ("", "0")
+        batch_invariant = batch_invariant_default()
     if batch_invariant:
         if fp8:
             raise NotImplementedError("batch_invariant: not available with is_fp8_kvcache=True yet")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import configs
-from ._checks import FLOAT_DTYPES, check_int, check_runnable, check_tensor
+from ._checks import FLOAT_DTYPES, batch_invariant_default, check_int, check_runnable, check_tensor
 from .api import check_query_and_cache
 from .kernels import sparse as _sparse
 
@@ -46,7 +46,7 @@ def _check_extras(attn_sink, topk_length, h_q, rows, device):
 
 
 def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kvcache=False, attn_sink=None,
-                  topk_length=None, causal=False):
+                  topk_length=None, causal=False, batch_invariant=None):
     """Token-level sparse MLA decode (DSA): each query token attends to its own top-k cache tokens.
 
     q: (b, s_q, h_q, d) bfloat16/float16/float32, d = head_dim_v + rope dims (576 for DeepSeek). Any h_q.
@@ -63,6 +63,9 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
     topk_length: (b,) int32 or None: only the first topk_length[i] entries of sequence i count
         (clamped to [0, topk]).
     causal: must be False (sparse attention has no causal mask; FlashMLA asserts the same).
+    batch_invariant: cut each top-k list into splits that depend on topk alone (not on b or s_q), so a query
+        token's output is bitwise the same whatever else is in the batch; default: the environment variable
+        TRITON_MLA_BATCH_INVARIANT=1. Costs parallelism on small batches.
 
     Returns out (b, s_q, h_q, head_dim_v) in q's dtype and lse (b, h_q, s_q) float32 (natural log of
     the scaled logits); a query with no valid entry gets out = 0 and lse = +inf. No host sync; the
@@ -100,8 +103,10 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
         return out.zero_(), lse.fill_(float("inf"))
     config = configs.kernel_config("sparse_decode", h_q, q.dtype, device)
     cache = k_cache.view(torch.uint8) if fp8 else k_cache
+    if batch_invariant is None:
+        batch_invariant = batch_invariant_default()
     _sparse.sparse_attention(q, cache, indices, topk_length, attn_sink, out, lse, None, softmax_scale, fp8, config,
-                             configs.num_sms(device))
+                             configs.num_sms(device), batch_invariant=bool(batch_invariant))
     return out, lse
 
 

@@ -439,6 +439,14 @@ def num_splits(tokens, h_q, topk, config, num_sms):
     return max(1, min(target // programs, chunks // config["MIN_CHUNKS_PER_SPLIT"]))
 
 
+def invariant_splits(topk, config):
+    """Splits of each top-k list for batch-invariant decode: a function of topk and the config alone (never of the
+    batch), one split for every ``INVARIANT_SPLIT_KEYS`` entries (2048 by default, as the dense invariant chunks)
+    and at most one a chunk of BLOCK_N (as ``num_splits``), so a token's partial results are cut and merged the
+    same way whatever else is in the batch."""
+    return max(1, min(cdiv(topk, config.get("INVARIANT_SPLIT_KEYS") or 2048), cdiv(topk, config["BLOCK_N"])))
+
+
 def native_fp8(device):
     """Whether the device converts e4m3 in hardware (sm89 and later); else the kernel's bit trick."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
@@ -456,7 +464,7 @@ def fp8_variant(config):
 
 
 def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_logits, softmax_scale, fp8,
-                     config, num_sms):
+                     config, num_sms, batch_invariant=False):
     """Launch the sparse kernel (+ combine). Arguments are validated by ``triton_mla.sparse``. On sm90 an entry
     with ``WGMMA`` runs the Gluon kernel (``kernels/sparse_sm90.py``) where it applies, else the tl.dot kernels.
 
@@ -464,6 +472,7 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     q [b, s_q, h_q, d]; k_cache [num_blocks, page_size, 1, d] (uint8 [..., 656] when ``fp8``);
     indices [b, s_q, topk] int32; topk_length [b] int32 or None; attn_sink [h_q] float32 or None;
     out [b, s_q, h_q, dv]; lse and max_logits (or None) [b, h_q, s_q] float32, with equal strides.
+    batch_invariant: split each top-k list by ``invariant_splits`` (topk alone) instead of ``num_splits``.
     """
     b, s_q, h_q, d = q.shape
     dv = out.shape[-1]
@@ -475,7 +484,10 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     if use_sm90:
         config = _sm90.plan_config(config, h_q, fp8)
     block_h, block_n = config["BLOCK_H"], config["BLOCK_N"]
-    splits = num_splits(tokens, h_q, topk, config, num_sms)
+    if batch_invariant:
+        splits = invariant_splits(topk, config)
+    else:
+        splits = num_splits(tokens, h_q, topk, config, num_sms)
     block_dv = FP8_DV if fp8 else max(16, next_pow2(dv))
     if splits > 1:
         o_part = torch.empty(tokens * splits * h_q, block_dv, dtype=torch.float32, device=q.device)
