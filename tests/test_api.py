@@ -6,6 +6,8 @@ from conftest import DEVICE, assert_close
 from test_decode import make_case
 
 import triton_mla as tm
+from triton_mla import configs
+from triton_mla import fp8 as fp8_layout
 from triton_mla.api import MLASchedMeta
 from triton_mla.reference import decode_ref
 
@@ -45,8 +47,6 @@ def test_fp8_bytes_without_the_flag_are_rejected():
 
 @pytest.mark.parametrize("s_q,h_q,causal", [(1, 3, False), (2, 16, True)])
 def test_batch_invariant_matches_reference_and_is_bitwise_stable(s_q, h_q, causal):
-    from triton_mla import configs
-
     lens = [0, 1, 45, 16, 100, 33]
     q, k_cache, block_table, cache_seqlens = make_case(lens, s_q, h_q, seed=3)
     with configs.overridden(INVARIANT_CHUNK_TOKENS=32, BLOCK_N=16):  # several chunks on short inputs
@@ -67,12 +67,34 @@ def test_batch_invariant_matches_reference_and_is_bitwise_stable(s_q, h_q, causa
         assert torch.equal(o2[0], out[4]) and torch.equal(o2[2], out[2])
 
 
+@pytest.mark.parametrize("s_q,h_q,causal", [(1, 3, False), (2, 16, True)])
+def test_batch_invariant_fp8_cache(s_q, h_q, causal):
+    """The FP8 cache takes batch_invariant too: the invariant kernel's chunks read through decode_fp8's tile read."""
+    from test_fp8 import DV, make_fp8_case
+
+    q, k_cache, block_table, cache_seqlens = make_fp8_case([0, 1, 45, 16, 100, 33], s_q, h_q, seed=5)
+    with configs.overridden(INVARIANT_CHUNK_TOKENS=32, BLOCK_N=16):  # several chunks on short inputs
+        out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, DV, causal=causal,
+                                             is_fp8_kvcache=True, batch_invariant=True)
+        kv = fp8_layout.dequantize_latent(k_cache.cpu()).double()
+        ref_out, ref_lse = decode_ref(q.cpu(), kv, block_table.cpu(), cache_seqlens.cpu(), DV, causal=causal,
+                                      dtype=torch.float64)
+        assert_close(out, ref_out, q.dtype)
+        assert_close(lse, ref_lse, q.dtype, "lse")
+        perm = torch.tensor([4, 0, 2], device=q.device)
+        for rows in (torch.tensor([2], device=q.device), perm):
+            o, l_ = tm.flash_mla_with_kvcache(q[rows], k_cache, block_table[rows], cache_seqlens[rows], DV,
+                                              causal=causal, is_fp8_kvcache=True, batch_invariant=True)
+            for j, i in enumerate(rows.tolist()):
+                assert torch.equal(o[j], out[i]) and torch.equal(l_[j], lse[i]), (rows, i)
+
+
 def test_batch_invariant_from_the_environment(monkeypatch):
     from triton_mla.kernels import decode_invariant
 
     calls = []
     real = decode_invariant.decode_invariant
-    monkeypatch.setattr(decode_invariant, "decode_invariant", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(decode_invariant, "decode_invariant", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setenv("TRITON_MLA_BATCH_INVARIANT", "1")
     q, k_cache, block_table, cache_seqlens = make_case([7, 20], 1, 2)
     tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64)
@@ -91,4 +113,24 @@ def test_gpu_batch_invariant_bf16_deepseek():
     for idx in ([0], [3, 1, 0], list(range(63, -1, -2))):
         i = torch.tensor(idx, device=q.device)
         o, l_ = tm.flash_mla_with_kvcache(q[i], k_cache, block_table[i], lens[i], 512, batch_invariant=True)
+        assert torch.equal(o, out[i]) and torch.equal(l_, lse[i])
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("h_q,s_q", [(16, 1), (128, 2)])
+def test_gpu_batch_invariant_fp8_deepseek(h_q, s_q):
+    """bf16 queries over the FP8 cache (quantized from a bf16 one), varied lengths: bits independent of the batch."""
+    from triton_mla.bench import make_decode_case
+
+    q, k_bf16, block_table, lens = make_decode_case(16, 4096, h_q, s_q, varlen=True, seed=6)
+    k_cache = fp8_layout.quantize_latent(k_bf16[..., :512], k_bf16[..., 512:])
+    out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, lens, 512, causal=True, is_fp8_kvcache=True,
+                                         batch_invariant=True)
+    kv = fp8_layout.dequantize_latent(k_cache)
+    ref_out, _ = decode_ref(q[:2], kv, block_table[:2], lens[:2], 512, causal=True)
+    assert_close(out[:2], ref_out, torch.bfloat16)
+    for idx in ([0], [3, 1, 0], list(range(15, -1, -2))):
+        i = torch.tensor(idx, device=q.device)
+        o, l_ = tm.flash_mla_with_kvcache(q[i], k_cache, block_table[i], lens[i], 512, causal=True,
+                                          is_fp8_kvcache=True, batch_invariant=True)
         assert torch.equal(o, out[i]) and torch.equal(l_, lse[i])

@@ -142,7 +142,7 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     batch_invariant: each sequence's split depends only on its own length, so its output is bitwise the
     same whatever else is in the batch (for RL rollouts, reproducible evals); default: the environment
     variable TRITON_MLA_BATCH_INVARIANT=1. Costs parallelism on small batches. Sparse decode: see
-    ``sparse_decode``; not yet with the dense FP8 cache (NotImplementedError).
+    ``sparse_decode``.
 
     Returns out (b, s_q, h_q, head_dim_v) in q's dtype, softmax_lse (b, h_q, s_q) float32 (natural log;
     +inf for a query with no keys, whose out is 0). Semantics: ``triton_mla.reference.decode_ref``.
@@ -203,10 +203,9 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     if batch_invariant is None:
         batch_invariant = batch_invariant_default()
     if batch_invariant:
-        if fp8:
-            raise NotImplementedError("batch_invariant: not available with is_fp8_kvcache=True yet")
-        return _invariant.decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v,
-                                           float(softmax_scale), causal, config, out, lse)
+        return _invariant.decode_invariant(q, k_cache.view(torch.uint8) if fp8 else k_cache, block_table,
+                                           cache_seqlens, head_dim_v, float(softmax_scale), causal, config, out, lse,
+                                           fp8=fp8)
     use_sm90 = _decode_sm90 is not None and _decode_sm90.supports(q, k_cache, head_dim_v, config, fp8=fp8)
     if fp8 and use_sm90:
         return _decode_sm90.decode_sm90(q, k_cache.view(torch.uint8), block_table, cache_seqlens,

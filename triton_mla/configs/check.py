@@ -74,6 +74,8 @@ def _is_gluon(fn) -> bool:
 
 def source(fn, types, constexprs):
     """The kernel as ``triton.compile`` takes it (a Triton or Gluon AST source), specialized as a launch would be."""
+    # a constexpr the launch leaves at its default is specialized on that default, as the JIT does
+    constexprs = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **constexprs}
     sig = _signature(fn, types, constexprs)
     # as the JIT specializes a real launch: 16-byte aligned pointers and strides let Triton vectorize and
     # pipeline loads, which is what costs shared memory; without these hints the check would under-report

@@ -82,12 +82,13 @@ def _fp8_group(k_ptr, tok_off, tok_ok, G: tl.constexpr, HW_CVT: tl.constexpr, CV
 
 
 @triton.jit
-def _attend_range_fp8(acc0, acc1, acc2, acc3, unit, m_i, l_i, q0, q1, q2, q3, q_pe, row_scale, k_ptr,
-                      block_table_ptr, seq, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btb, stride_btp,
-                      num_blocks, page_size, qk_scale, BLOCK_N: tl.constexpr, HW_CVT: tl.constexpr,
-                      SCALE_TILE: tl.constexpr, CVT_ONCE: tl.constexpr):
-    """``_attend_range`` over the FP8 layout, the 512 value dims as 4 groups of 128: acc0..acc3, in multiples
-    of ``unit``. q0..q3: float16 query groups, whose scores ``row_scale`` (per row) brings to log2 units.
+def _attend_range_fp8(q0, q1, q2, q3, q_pe, row_scale, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit,
+                      stride_kb, stride_kt, stride_btb, stride_btp, num_blocks, page_size, qk_scale,
+                      BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, HW_CVT: tl.constexpr, SCALE_TILE: tl.constexpr,
+                      CVT_ONCE: tl.constexpr):
+    """``_attend_range`` over the FP8 layout from empty accumulators, the 512 value dims as 4 groups of 128:
+    returns acc0..acc3 (in multiples of ``unit``), unit, m_i, l_i. q0..q3: float16 query groups, whose scores
+    ``row_scale`` (per row) brings to log2 units.
 
     Scales are taken relative to ``unit`` (a power of two), so the float16 operands stay in range: the
     dots see the tiles times rel = scale / unit (so float16 stays exact for rel from 2**-15 to 2**6), and
@@ -95,6 +96,13 @@ def _attend_range_fp8(acc0, acc1, acc2, acc3, unit, m_i, l_i, q0, q1, q2, q3, q_
     they change, and the accumulators are rescaled, only when a block's largest scale leaves
     [unit / 2**8, unit * 2**6] or a row's max grows by more than 8 (log2 units); in between p may reach
     2**8, and p * rel stays below 2**14."""
+    acc0 = tl.zeros([BLOCK_H, GROUP], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_H, GROUP], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_H, GROUP], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_H, GROUP], dtype=tl.float32)
+    unit = tl.full([], 1.0, dtype=tl.float32)
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
     bt_row = block_table_ptr + seq.to(tl.int64) * stride_btb
     for start in range(tok_lo, tok_hi, BLOCK_N):
@@ -142,11 +150,13 @@ def _attend_range_fp8(acc0, acc1, acc2, acc3, unit, m_i, l_i, q0, q1, q2, q3, q_
         grow = tl.max((m_blk > m_i + 8.0).to(tl.int32), axis=0)
         if (grow > 0) | (new_unit != unit):
             m_new = tl.maximum(m_i, m_blk)
-            alpha = tl.math.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new)) * (unit / new_unit)
-            acc0 = acc0 * alpha[:, None]
-            acc1 = acc1 * alpha[:, None]
-            acc2 = acc2 * alpha[:, None]
-            acc3 = acc3 * alpha[:, None]
+            alpha = tl.math.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new))
+            # the accumulators count in units, the denominator l does not: only they take the unit's change
+            acc_alpha = alpha * (unit / new_unit)
+            acc0 = acc0 * acc_alpha[:, None]
+            acc1 = acc1 * acc_alpha[:, None]
+            acc2 = acc2 * acc_alpha[:, None]
+            acc3 = acc3 * acc_alpha[:, None]
             l_i = l_i * alpha
             m_i = m_new
             unit = new_unit
@@ -192,6 +202,43 @@ def _store_group(acc, unit_over_l, G: tl.constexpr, whole, o_ptrs, part_ptrs, ro
 
 
 @triton.jit
+def _load_q_fp8(q_rows_ptr, row_ok, qk_scale, BLOCK_H: tl.constexpr):
+    """Query rows (pointers to their first dim) as four float16 value groups and the rope part, with the factor
+    per row that brings their scores to log2 units."""
+    q_base = q_rows_ptr[:, None] + tl.arange(0, GROUP)[None, :]
+    q0 = tl.load(q_base, mask=row_ok[:, None], other=0.0)
+    q1 = tl.load(q_base + GROUP, mask=row_ok[:, None], other=0.0)
+    q2 = tl.load(q_base + 2 * GROUP, mask=row_ok[:, None], other=0.0)
+    q3 = tl.load(q_base + 3 * GROUP, mask=row_ok[:, None], other=0.0)
+    q_pe = tl.load(q_rows_ptr[:, None] + FP8_DV + tl.arange(0, ROPE)[None, :], mask=row_ok[:, None], other=0.0)
+    if q_rows_ptr.dtype.element_ty == tl.float16:
+        row_scale = tl.full([BLOCK_H], 1.0, dtype=tl.float32) * qk_scale
+    else:
+        # the value dots run in float16 (the tile's type): bf16 rows are scaled into its range
+        q0, q1, q2, q3, down = _to_f16_rows(q0, q1, q2, q3)
+        row_scale = down * qk_scale
+    return q0, q1, q2, q3, q_pe, row_scale
+
+
+@triton.jit
+def _store_rows_fp8(acc0, acc1, acc2, acc3, unit, m_i, l_i, whole, o_ptrs, lse_ptrs, part_ptrs, lse_part_ptrs,
+                    row_ok):
+    """Epilogue, as ``_decode_kernel``'s, one value group at a time: out and lse (natural log, +inf for a row
+    with no keys) where ``whole`` (the range is the sequence's all), else the partial row and its log2 lse."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
+    _store_group(acc0, unit / l_safe, 0, whole, o_ptrs, part_ptrs, row_ok)
+    _store_group(acc1, unit / l_safe, 1, whole, o_ptrs, part_ptrs, row_ok)
+    _store_group(acc2, unit / l_safe, 2, whole, o_ptrs, part_ptrs, row_ok)
+    _store_group(acc3, unit / l_safe, 3, whole, o_ptrs, part_ptrs, row_ok)
+    if whole:
+        tl.store(lse_ptrs, tl.where(empty, float("inf"), lse2 * LN2), mask=row_ok)
+    else:
+        tl.store(lse_part_ptrs, lse2, mask=row_ok)
+
+
+@triton.jit
 def _decode_fp8_kernel(
     q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
     stride_qb, stride_qs, stride_qh,
@@ -212,7 +259,6 @@ def _decode_fp8_kernel(
     rows_per_seq = s_q * h_q
     rows, row_ok, row_s, row_h = query_rows(row_block, s_q, h_q, BLOCK_H)
     offs_g = tl.arange(0, GROUP)
-    offs_r = tl.arange(0, ROPE)
     q_rows = row_s.to(tl.int64) * stride_qs + row_h.to(tl.int64) * stride_qh
 
     g = g_lo
@@ -222,57 +268,36 @@ def _decode_fp8_kernel(
         n = (length + BLOCK_N - 1) // BLOCK_N
         seg_hi = tl.minimum(g_hi, seq_g0 + n)
         if n > 0:
-            q_base = (q_ptr + seq.to(tl.int64) * stride_qb + q_rows)[:, None] + offs_g[None, :]
-            q0 = tl.load(q_base, mask=row_ok[:, None], other=0.0)
-            q1 = tl.load(q_base + GROUP, mask=row_ok[:, None], other=0.0)
-            q2 = tl.load(q_base + 2 * GROUP, mask=row_ok[:, None], other=0.0)
-            q3 = tl.load(q_base + 3 * GROUP, mask=row_ok[:, None], other=0.0)
-            q_pe = tl.load((q_ptr + seq.to(tl.int64) * stride_qb + q_rows)[:, None] + FP8_DV + offs_r[None, :],
-                           mask=row_ok[:, None], other=0.0)
-            if q_ptr.dtype.element_ty == tl.float16:
-                row_scale = tl.full([BLOCK_H], 1.0, dtype=tl.float32) * qk_scale
-            else:
-                # the value dots run in float16 (the tile's type): bf16 rows are scaled into its range
-                q0, q1, q2, q3, down = _to_f16_rows(q0, q1, q2, q3)
-                row_scale = down * qk_scale
+            q0, q1, q2, q3, q_pe, row_scale = _load_q_fp8(q_ptr + seq.to(tl.int64) * stride_qb + q_rows, row_ok,
+                                                          qk_scale, BLOCK_H)
             if CAUSAL:
                 row_limit = length - s_q + row_s + 1
             else:
                 row_limit = tl.zeros([BLOCK_H], dtype=tl.int32) + length
-            acc0 = tl.zeros([BLOCK_H, GROUP], dtype=tl.float32)
-            acc1 = tl.zeros([BLOCK_H, GROUP], dtype=tl.float32)
-            acc2 = tl.zeros([BLOCK_H, GROUP], dtype=tl.float32)
-            acc3 = tl.zeros([BLOCK_H, GROUP], dtype=tl.float32)
-            m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-            l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
             tok_lo = (g - seq_g0) * BLOCK_N
             tok_hi = tl.minimum((seg_hi - seq_g0) * BLOCK_N, length)
             acc0, acc1, acc2, acc3, unit, m_i, l_i = _attend_range_fp8(
-                acc0, acc1, acc2, acc3, tl.full([], 1.0, dtype=tl.float32), m_i, l_i, q0, q1, q2, q3, q_pe,
-                row_scale, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btb,
-                stride_btp, num_blocks, page_size, qk_scale, BLOCK_N, HW_CVT, SCALE_TILE, CVT_ONCE)
-            # -- epilogue: as _decode_kernel's, one value group at a time ---------------------------
-            empty = l_i == 0.0
-            l_safe = tl.where(empty, 1.0, l_i)
-            lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
+                q0, q1, q2, q3, q_pe, row_scale, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit, stride_kb,
+                stride_kt, stride_btb, stride_btp, num_blocks, page_size, qk_scale, BLOCK_H, BLOCK_N, HW_CVT,
+                SCALE_TILE, CVT_ONCE)
             whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
             o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_g, stride_ob, stride_os,
                                            stride_oh, stride_lb, stride_lh, stride_ls)
             # slot 0: the sequence this part starts in; slot 1: the one it ends in
             slot = part * 2 + tl.where(g == g_lo, 0, 1)
             part_rows = slot.to(tl.int64) * rows_per_seq + rows
-            part_ptrs = o_part_ptr + part_rows[:, None] * FP8_DV + offs_g[None, :]
-            _store_group(acc0, unit / l_safe, 0, whole, o_ptrs, part_ptrs, row_ok)
-            _store_group(acc1, unit / l_safe, 1, whole, o_ptrs, part_ptrs, row_ok)
-            _store_group(acc2, unit / l_safe, 2, whole, o_ptrs, part_ptrs, row_ok)
-            _store_group(acc3, unit / l_safe, 3, whole, o_ptrs, part_ptrs, row_ok)
-            if whole:
-                tl.store(lse_ptrs, tl.where(empty, float("inf"), lse2 * LN2), mask=row_ok)
-            else:
-                tl.store(lse_part_ptr + part_rows, lse2, mask=row_ok)
+            _store_rows_fp8(acc0, acc1, acc2, acc3, unit, m_i, l_i, whole, o_ptrs, lse_ptrs,
+                            o_part_ptr + part_rows[:, None] * FP8_DV + offs_g[None, :], lse_part_ptr + part_rows,
+                            row_ok)
         g = seg_hi
         seq_g0 += n
         seq += 1
+
+
+def read_variants(config):
+    """The key-tile read's variants (``_attend_range_fp8``'s constexprs) from a "decode_fp8" entry."""
+    return dict(HW_CVT=bool(config.get("HW_CVT", False)) and not interpreting(),  # the interpreter runs no PTX
+                SCALE_TILE=bool(config.get("SCALE_TILE", False)), CVT_ONCE=bool(config.get("CVT_ONCE", False)))
 
 
 def decode_splitkv_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse):
@@ -295,10 +320,7 @@ def decode_splitkv_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, ca
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         BLOCK_H=block_h, BLOCK_N=block_n, MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"],
-        CAUSAL=bool(causal and s_q > 1), CHUNK_B=128,
-        HW_CVT=bool(config.get("HW_CVT", False)) and not interpreting(),  # the interpreter runs no PTX
-        SCALE_TILE=bool(config.get("SCALE_TILE", False)), ROWS_FIRST=rows_first,
-        CVT_ONCE=bool(config.get("CVT_ONCE", False)),
+        CAUSAL=bool(causal and s_q > 1), CHUNK_B=128, ROWS_FIRST=rows_first, **read_variants(config),
         num_warps=config["num_warps"], num_stages=config["num_stages"],
     )
     common = dict(DV=FP8_DV.value, BLOCK_DV=FP8_DV.value, BLOCK_H=block_h, BLOCK_N=block_n,
@@ -320,6 +342,15 @@ def compile_specs(section, entry):
                       CVT_ONCE=bool(entry.get("CVT_ONCE", False)))
         yield f"decode_fp8(causal={causal})", _decode_fp8_kernel, types, consts, entry["num_warps"], entry["num_stages"]
     yield from combine_specs(types, FP8_DV.value, block_n, entry["MIN_BLOCKS_PER_PART"])
+    from . import decode_invariant as inv  # batch_invariant=True over the FP8 cache
+
+    chunk = max(1, inv.chunk_tokens(entry["max_rows"] or 128) // block_n)
+    yield ("invariant_fp8", inv._invariant_kernel, types,
+           dict(DV=FP8_DV.value, BLOCK_DV=FP8_DV.value, DR=ROPE, BLOCK_DR=ROPE, BLOCK_H=block_h, BLOCK_N=block_n,
+                CHUNK_BLOCKS=chunk, CAUSAL=True, DOT_PRECISION="tf32", FP8=True,
+                HW_CVT=bool(entry.get("HW_CVT", False)), SCALE_TILE=bool(entry.get("SCALE_TILE", False)),
+                CVT_ONCE=bool(entry.get("CVT_ONCE", False))),
+           entry["num_warps"], entry["num_stages"])
     if entry.get("WGMMA", False) and entry.get("KEYS_ON_M", False):
         # the Gluon kernel that serves this entry's bfloat16 calls on sm90 (<= 16 rows: kernels/decode_sm90_fp8.py)
         from . import decode_sm90_fp8

@@ -13,7 +13,9 @@ import triton
 import triton.language as tl
 
 from ._common import LN2, LOG2E, cdiv, next_pow2, output_ptrs, query_rows
+from ._fp8 import GROUP
 from .decode import _attend_range, launch_tensors
+from .decode_fp8 import _attend_range_fp8, _load_q_fp8, _store_rows_fp8, read_variants
 
 
 @triton.jit
@@ -29,7 +31,11 @@ def _invariant_kernel(
     DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_BLOCKS: tl.constexpr,
     CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FP8: tl.constexpr = False, HW_CVT: tl.constexpr = False, SCALE_TILE: tl.constexpr = False,
+    CVT_ONCE: tl.constexpr = False,
 ):
+    """One chunk of one sequence. ``FP8``: k_ptr is the FP8 layout (uint8, strides in bytes; DV = BLOCK_DV = 512)
+    read as ``decode_fp8`` reads it (``HW_CVT``, ``SCALE_TILE``, ``CVT_ONCE`` as there)."""
     pid = tl.program_id(0)
     row_block = tl.program_id(1)
     seq = pid // max_chunks
@@ -43,36 +49,49 @@ def _invariant_kernel(
     dv_ok = offs_dv < DV
     if chunk < chunks:
         q_base = q_ptr + seq.to(tl.int64) * stride_qb + row_s.to(tl.int64) * stride_qs + row_h.to(tl.int64) * stride_qh
-        q_nope = tl.load(q_base[:, None] + offs_dv[None, :], mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
-        q_pe = q_nope  # unused when DR == 0
-        if DR > 0:
-            q_pe = tl.load(q_base[:, None] + DV + offs_dr[None, :], mask=row_ok[:, None] & (offs_dr[None, :] < DR),
-                           other=0.0)
         if CAUSAL:
             row_limit = length - s_q + row_s + 1
         else:
             row_limit = tl.zeros([BLOCK_H], dtype=tl.int32) + length
-        acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
-        m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
         tok_lo = chunk * CHUNK_BLOCKS * BLOCK_N
         tok_hi = tl.minimum(tok_lo + CHUNK_BLOCKS * BLOCK_N, length)
-        acc, m_i, l_i = _attend_range(
-            acc, m_i, l_i, q_nope, q_pe, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit,
-            stride_kb, stride_kt, stride_btb, stride_btp, num_blocks, page_size, qk_scale,
-            DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, DOT_PRECISION)
-        empty = l_i == 0.0
-        o = acc / tl.where(empty, 1.0, l_i)[:, None]
-        lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
-        if chunks == 1:
-            o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_os,
+        part_rows = pid.to(tl.int64) * (s_q * h_q) + rows
+        if FP8:
+            q0, q1, q2, q3, q_pe, row_scale = _load_q_fp8(q_base, row_ok, qk_scale, BLOCK_H)
+            acc0, acc1, acc2, acc3, unit, m_i, l_i = _attend_range_fp8(
+                q0, q1, q2, q3, q_pe, row_scale, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit, stride_kb,
+                stride_kt, stride_btb, stride_btp, num_blocks, page_size, qk_scale, BLOCK_H, BLOCK_N, HW_CVT,
+                SCALE_TILE, CVT_ONCE)
+            offs_g = tl.arange(0, GROUP)
+            o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_g, stride_ob, stride_os,
                                            stride_oh, stride_lb, stride_lh, stride_ls)
-            tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
-            tl.store(lse_ptrs, tl.where(empty, float("inf"), lse2 * LN2), mask=row_ok)
+            _store_rows_fp8(acc0, acc1, acc2, acc3, unit, m_i, l_i, chunks == 1, o_ptrs, lse_ptrs,
+                            o_part_ptr + part_rows[:, None] * BLOCK_DV + offs_g[None, :], lse_part_ptr + part_rows,
+                            row_ok)
         else:
-            part_rows = pid.to(tl.int64) * (s_q * h_q) + rows
-            tl.store(o_part_ptr + part_rows[:, None] * BLOCK_DV + offs_dv[None, :], o, mask=row_ok[:, None])
-            tl.store(lse_part_ptr + part_rows, lse2, mask=row_ok)
+            q_nope = tl.load(q_base[:, None] + offs_dv[None, :], mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
+            q_pe = q_nope  # unused when DR == 0
+            if DR > 0:
+                q_pe = tl.load(q_base[:, None] + DV + offs_dr[None, :],
+                               mask=row_ok[:, None] & (offs_dr[None, :] < DR), other=0.0)
+            acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
+            m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+            l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+            acc, m_i, l_i = _attend_range(
+                acc, m_i, l_i, q_nope, q_pe, k_ptr, block_table_ptr, seq, tok_lo, tok_hi, row_limit,
+                stride_kb, stride_kt, stride_btb, stride_btp, num_blocks, page_size, qk_scale,
+                DV, DR, BLOCK_DV, BLOCK_DR, BLOCK_N, DOT_PRECISION)
+            empty = l_i == 0.0
+            o = acc / tl.where(empty, 1.0, l_i)[:, None]
+            lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+            if chunks == 1:
+                o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_os,
+                                               stride_oh, stride_lb, stride_lh, stride_ls)
+                tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+                tl.store(lse_ptrs, tl.where(empty, float("inf"), lse2 * LN2), mask=row_ok)
+            else:
+                tl.store(o_part_ptr + part_rows[:, None] * BLOCK_DV + offs_dv[None, :], o, mask=row_ok[:, None])
+                tl.store(lse_part_ptr + part_rows, lse2, mask=row_ok)
     elif (chunk == 0) & (chunks == 0):
         # no keys: out = 0, lse = +inf
         o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_os,
@@ -131,8 +150,10 @@ def chunk_tokens(rows: int) -> int:
     return 2048 if rows <= 32 else 4096
 
 
-def decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, config, out, lse):
-    """Launch; arguments are validated by ``triton_mla.api``. Shapes as ``decode.decode_splitkv``."""
+def decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, config, out, lse,
+                     fp8=False):
+    """Launch; arguments are validated by ``triton_mla.api``. Shapes as ``decode.decode_splitkv``; with ``fp8``,
+    k_cache is the FP8 layout as uint8 ([num_blocks, page_size, 1, 656]) and ``config`` a "decode_fp8" entry."""
     b, s_q, h_q, d = q.shape
     num_blocks, page_size = k_cache.shape[0], k_cache.shape[1]
     dv, dr = head_dim_v, d - head_dim_v
@@ -151,6 +172,7 @@ def decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax
         s_q, h_q, num_blocks, page_size, max_len, max_chunks, softmax_scale * LOG2E.value,
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr, BLOCK_H=block_h, BLOCK_N=block_n,
         CHUNK_BLOCKS=chunk_blocks, CAUSAL=bool(causal and s_q > 1), DOT_PRECISION=precision,
+        **(dict(FP8=True, **read_variants(config)) if fp8 else {}),
         num_warps=config["num_warps"], num_stages=config["num_stages"],
     )
     combine_h = min(block_h, 16)
