@@ -45,6 +45,26 @@ def test_write_kv_cache_strided_pages():
     assert torch.isnan(base[:, 16:].float()).all()
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_write_kv_cache_strided_slot_mapping(fp8):
+    """A slot_mapping that is a strided view (a column of a [T, 2] tensor, every other entry) is read by its
+    stride: each token lands in its own slot."""
+    r, dr = (512, 64) if fp8 else (64, 16)
+    width = 656 if fp8 else r + dr
+    fill = dict(dtype=torch.uint8) if fp8 else dict(dtype=torch.float16)
+    k_cache = torch.zeros(2, 4, 1, width, device=DEVICE, **fill)
+    kv_c = torch.randn(3, r, device=DEVICE).half()
+    k_pe = torch.randn(3, dr, device=DEVICE).half()
+    slots = torch.tensor([[7, 0], [2, 0], [4, 0]], device=DEVICE)[:, 0]  # stride 2
+    tm.write_kv_cache(k_cache, kv_c, k_pe, slots)
+    flat = k_cache.view(-1, width).cpu()
+    want = tm.quantize_latent(kv_c.cpu(), k_pe.cpu()) if fp8 else torch.cat([kv_c, k_pe], -1).cpu()
+    upto = 528 if fp8 else width  # the interpreter's bf16 rounding of the rope bytes is wrong
+    for t, s in enumerate(slots.tolist()):
+        assert torch.equal(flat[s, :upto], want[t, :upto])
+    assert (flat[[0, 1, 3, 5, 6]] == 0).all()
+
+
 def test_write_kv_cache_bad_input():
     k_cache = torch.zeros(2, 16, 1, 80, dtype=torch.float16, device=DEVICE)
     kv_c = torch.randn(3, 64, dtype=torch.float16, device=DEVICE)

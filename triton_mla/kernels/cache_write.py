@@ -15,12 +15,12 @@ from ._fp8 import GROUP, NOPE, ROPE, ROPE_BYTE, SCALE_BYTE, f32_to_e4m3, pow2_ce
 def _write_kv_kernel(
     cache_ptr, kv_c_ptr, k_pe_ptr, slot_ptr,
     stride_cb, stride_ct,
-    stride_kvt, stride_pet,
+    stride_kvt, stride_pet, stride_slot,
     num_slots, page_size,
     R: tl.constexpr, DR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_DR: tl.constexpr,
 ):
     tok = tl.program_id(0)
-    slot = tl.load(slot_ptr + tok).to(tl.int64)
+    slot = tl.load(slot_ptr + tok.to(tl.int64) * stride_slot).to(tl.int64)
     # -1 marks padding; a slot past the cache is dropped rather than written out of bounds
     if (slot >= 0) & (slot < num_slots):
         dst = cache_ptr + (slot // page_size) * stride_cb + (slot % page_size) * stride_ct
@@ -37,11 +37,11 @@ def _write_kv_kernel(
 def _write_kv_fp8_kernel(
     cache_ptr, kv_c_ptr, k_pe_ptr, slot_ptr,
     stride_cb, stride_ct,
-    stride_kvt, stride_pet,
+    stride_kvt, stride_pet, stride_slot,
     num_slots, page_size,
 ):
     tok = tl.program_id(0)
-    slot = tl.load(slot_ptr + tok).to(tl.int64)
+    slot = tl.load(slot_ptr + tok.to(tl.int64) * stride_slot).to(tl.int64)
     if (slot >= 0) & (slot < num_slots):
         dst = cache_ptr + (slot // page_size) * stride_cb + (slot % page_size) * stride_ct
         offs = tl.arange(0, 4)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [group, value]
@@ -69,7 +69,7 @@ def write_kv(k_cache, kv_c, k_pe, slot_mapping, fp8=False):
         return k_cache
     args = (k_cache, kv_c, k_pe, slot_mapping,
             k_cache.stride(0), k_cache.stride(1),
-            kv_c.stride(0), k_pe.stride(0),
+            kv_c.stride(0), k_pe.stride(0), slot_mapping.stride(0),  # slot_mapping may be a strided view
             num_blocks * page_size, page_size)
     if fp8:
         assert r == NOPE and dr == ROPE
