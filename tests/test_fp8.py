@@ -143,6 +143,20 @@ def test_dequantize_roundtrip():
     assert torch.equal(back[:, DV:], k_pe.to(torch.bfloat16).float())
 
 
+def test_memory_accounting():
+    assert tm.cache_bytes_per_token("fp8") == 656 and tm.cache_bytes_per_token("bf16") == 1152
+    assert tm.tokens_that_fit(1, 2, "fp8") == 2**30 // (2 * 656)
+    # bad arguments name themselves (an empty latent divided by zero, a float layer count gave a float)
+    for kwargs, exc, match in [(dict(kv_lora_rank=0, rope_dim=0), ValueError, "kv_lora_rank"),
+                               (dict(rope_dim=-1), ValueError, "rope_dim"),
+                               (dict(num_layers=1.5), TypeError, "num_layers"),
+                               (dict(num_layers=0), ValueError, "num_layers"),
+                               (dict(gib="1"), TypeError, "gib"),
+                               (dict(gib=-1.0), ValueError, "gib")]:
+        with pytest.raises(exc, match=match):
+            tm.tokens_that_fit(**{"gib": 1.0, **kwargs})
+
+
 # -- decode (CPU: interpreter, fp16) -----------------------------------------------------------------
 @pytest.mark.parametrize("lens", [[0], [1], [15], [16], [17], [1, 0, 31, 33, 100]])
 def test_lengths(lens):
@@ -168,6 +182,29 @@ def test_outliers_many_blocks(scale_tile):
     lazy max move many times; both ways of applying the scales."""
     with configs.overridden(BLOCK_N=16, SCALE_TILE=scale_tile, PARTS_PER_SM=1, MIN_BLOCKS_PER_PART=64):
         check_fp8_decode([200, 37], s_q=1, h_q=16, outliers=True, seed=11, q_scale=3.0)
+
+
+@pytest.mark.parametrize("scale_tile", [False, True])
+def test_unit_moves_after_the_first_block(scale_tile):
+    """Key blocks whose largest scales differ by far more than the lazy unit's band ([unit / 2**8, unit * 2**6]),
+    large first and small after, and back: the unit moves with rows already summed, which must rescale the
+    accumulators only, not the softmax denominator (it did: lse off by ln 2**10, out ~1000x too small)."""
+    g = torch.Generator().manual_seed(4)
+    n = 96
+    kv_c, k_pe = latents(n, g)
+    kv_c *= torch.tensor([1e3, 1e-3, 1.0, 1e4, 1e-4, 1.0]).repeat_interleave(16)[:, None]
+    k_cache = torch.full((2, 64, 1, F.BYTES_PER_TOKEN), 0xFF, dtype=torch.uint8, device=DEVICE)
+    tm.write_kv_cache(k_cache, kv_c.to(DEVICE), k_pe.to(DEVICE), torch.arange(n, device=DEVICE))
+    q = torch.randn(1, 1, 4, D, generator=g).half().to(DEVICE)
+    block_table = torch.tensor([[0, 1]], dtype=torch.int32, device=DEVICE)
+    lens = torch.tensor([n], dtype=torch.int32, device=DEVICE)
+    with configs.overridden(BLOCK_N=16, SCALE_TILE=scale_tile):
+        out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, lens, DV, softmax_scale=1e-4,
+                                             is_fp8_kvcache=True)
+    ref_out, ref_lse = decode_ref(q.cpu(), F.dequantize_latent(k_cache.cpu()).double(), block_table.cpu(), lens.cpu(),
+                                  DV, 1e-4, dtype=torch.float64)
+    assert_close(out, ref_out, torch.float16)
+    assert_close(lse, ref_lse, torch.float16, "lse")
 
 
 # launch variants the lead times on the GPU (.devrun/explore_fp8.py): each must give the same results

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import check_int
+
 NOPE_DIM = 512
 ROPE_DIM = 64
 GROUP = 128
@@ -85,6 +87,9 @@ def is_fp8_cache(cache: torch.Tensor) -> bool:
 
 def cache_bytes_per_token(dtype="bf16", kv_lora_rank: int = NOPE_DIM, rope_dim: int = ROPE_DIM) -> int:
     """Bytes one token takes in one layer's latent cache: "bf16"/"fp16" (2 per value), "fp32", or "fp8"."""
+    # as PagedLatentCache: a latent of 0 dims would take 0 bytes, and tokens_that_fit divide by zero
+    check_int(kv_lora_rank, "kv_lora_rank", low=1)
+    check_int(rope_dim, "rope_dim", low=0)
     if dtype in ("fp8", torch.float8_e4m3fn, torch.uint8):
         if (kv_lora_rank, rope_dim) != (NOPE_DIM, ROPE_DIM):
             raise ValueError("dtype: the FP8 layout is defined for kv_lora_rank 512 and rope_dim 64 only")
@@ -98,6 +103,9 @@ def cache_bytes_per_token(dtype="bf16", kv_lora_rank: int = NOPE_DIM, rope_dim: 
 def tokens_that_fit(gib: float, num_layers: int = 1, dtype="bf16", kv_lora_rank: int = NOPE_DIM,
                     rope_dim: int = ROPE_DIM) -> int:
     """How many tokens of latent cache fit in ``gib`` GiB for a model of ``num_layers`` MLA layers."""
-    if gib < 0 or num_layers < 1:
-        raise ValueError(f"gib/num_layers: need gib >= 0 and num_layers >= 1, got {gib}, {num_layers}")
+    if isinstance(gib, bool) or not isinstance(gib, (int, float)):
+        raise TypeError(f"gib: expected a number, got {type(gib).__name__}")
+    check_int(num_layers, "num_layers", low=1)  # a float count would make the result a float
+    if gib < 0:
+        raise ValueError(f"gib: need gib >= 0, got {gib}")
     return int(gib * 2**30) // (num_layers * cache_bytes_per_token(dtype, kv_lora_rank, rope_dim))
