@@ -101,6 +101,24 @@ def test_allocator_roundtrip_with_decode_layout():
     assert alloc.num_free_pages == 9
 
 
+def test_allocator_bad_input_names_the_argument():
+    alloc = tm.PageAllocator(num_blocks=4, page_size=4)
+    alloc.allocate("a", 5)
+    for call, match in [(lambda: alloc.free("x"), "seq_id"), (lambda: alloc.seqlen("x"), "seq_id"),
+                        (lambda: alloc.block_table(["a", "x"]), "seq_ids"),
+                        (lambda: alloc.cache_seqlens(["x"]), "seq_ids"),
+                        (lambda: alloc.block_table(["a"], max_pages=-1), "max_pages"),
+                        (lambda: alloc.slot_mapping("a", 0, 9), "end"),
+                        (lambda: alloc.slot_mapping("a", -1, 2), "start")]:
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert alloc.slot_mapping("a", 5, 8).tolist() == [alloc.pages("a")[1] * 4 + t for t in (1, 2, 3)]
+    alloc.free("a")
+    with pytest.raises(ValueError, match="seq_id"):
+        alloc.free("a")  # a second free returns no page twice
+    assert alloc.num_free_pages == 4
+
+
 def test_paged_cache_write_then_gather():
     cache = tm.PagedLatentCache(num_blocks=6, page_size=8, kv_lora_rank=32, rope_dim=16, num_layers=2,
                                 dtype=torch.float32, device=DEVICE)

@@ -98,11 +98,17 @@ class PageAllocator:
     def num_free_pages(self) -> int:
         return len(self._free)
 
+    def _pages_of(self, seq_id, name="seq_id") -> list[int]:
+        if seq_id not in self._pages:
+            raise ValueError(f"{name}: no sequence {seq_id!r} is allocated")
+        return self._pages[seq_id]
+
     def seqlen(self, seq_id) -> int:
+        self._pages_of(seq_id)
         return self._lengths[seq_id]
 
     def pages(self, seq_id) -> list[int]:
-        return list(self._pages[seq_id])
+        return list(self._pages_of(seq_id))
 
     def pages_needed(self, seq_id, num_tokens: int) -> int:
         length = self._lengths.get(seq_id, 0)
@@ -126,19 +132,23 @@ class PageAllocator:
         return self.slot_mapping(seq_id, start, start + num_tokens, device=device)
 
     def free(self, seq_id) -> None:
-        self._free.extend(self._pages.pop(seq_id))
-        del self._lengths[seq_id]
+        self._free.extend(self._pages_of(seq_id))
+        del self._pages[seq_id], self._lengths[seq_id]
 
     def slot_mapping(self, seq_id, start: int, end: int, device=None) -> torch.Tensor:
         """Slots of positions [start, end) of a sequence: (end - start,) int64."""
-        pages = torch.tensor(self._pages[seq_id], dtype=torch.int64)
+        pages = torch.tensor(self._pages_of(seq_id), dtype=torch.int64)
+        check_int(start, "start", low=0)
+        check_int(end, "end", low=start, high=len(pages) * self.page_size)  # positions its pages hold
         pos = torch.arange(start, end, dtype=torch.int64)
         slots = pages[pos // self.page_size] * self.page_size + pos % self.page_size
         return slots.to(device) if device is not None else slots
 
     def block_table(self, seq_ids, max_pages: int | None = None, device=None) -> torch.Tensor:
         """(len(seq_ids), max_pages) int32; entries past a sequence's pages are 0 (never read)."""
-        rows = [self._pages[s] for s in seq_ids]
+        rows = [self._pages_of(s, "seq_ids") for s in seq_ids]
+        if max_pages is not None:
+            check_int(max_pages, "max_pages", low=1)
         width = max([len(r) for r in rows] + [1]) if max_pages is None else max_pages
         table = torch.zeros(len(rows), width, dtype=torch.int32)
         for i, r in enumerate(rows):
@@ -148,6 +158,8 @@ class PageAllocator:
         return table.to(device) if device is not None else table
 
     def cache_seqlens(self, seq_ids, device=None) -> torch.Tensor:
+        for s in seq_ids:
+            self._pages_of(s, "seq_ids")
         lens = torch.tensor([self._lengths[s] for s in seq_ids], dtype=torch.int32)
         return lens.to(device) if device is not None else lens
 
