@@ -155,6 +155,13 @@ def test_memory_accounting():
                                (dict(gib=-1.0), ValueError, "gib")]:
         with pytest.raises(exc, match=match):
             tm.tokens_that_fit(**{"gib": 1.0, **kwargs})
+    with pytest.raises(TypeError, match="dtype"):
+        tm.cache_bytes_per_token(["fp8"])
+    for call, match in [(lambda: tm.quantize_latent([0.0] * 512, torch.zeros(64)), "kv_c"),
+                        (lambda: tm.quantize_latent(torch.zeros(512), None), "k_pe"),
+                        (lambda: tm.dequantize_latent(b"\0" * 656), "cache")]:
+        with pytest.raises(TypeError, match=match):
+            call()
 
 
 # -- decode (CPU: interpreter, fp16) -----------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_int
+from ._checks import check_int, check_tensor
 
 NOPE_DIM = 512
 ROPE_DIM = 64
@@ -45,6 +45,8 @@ def group_scales(kv_c: torch.Tensor) -> torch.Tensor:
 
 def quantize_latent(kv_c: torch.Tensor, k_pe: torch.Tensor) -> torch.Tensor:
     """Tokens' latent kv_c [..., 512] and rope key k_pe [..., 64] -> [..., 656] uint8 in the FP8 layout."""
+    check_tensor(kv_c, "kv_c")
+    check_tensor(k_pe, "k_pe")
     if kv_c.shape[-1] != NOPE_DIM or k_pe.shape[-1] != ROPE_DIM or kv_c.shape[:-1] != k_pe.shape[:-1]:
         raise ValueError(f"kv_c/k_pe: the FP8 layout needs [..., {NOPE_DIM}] and [..., {ROPE_DIM}], "
                          f"got {list(kv_c.shape)} and {list(k_pe.shape)}")
@@ -60,6 +62,7 @@ def quantize_latent(kv_c: torch.Tensor, k_pe: torch.Tensor) -> torch.Tensor:
 
 
 def _as_bytes(cache: torch.Tensor) -> torch.Tensor:
+    check_tensor(cache, "cache")
     if cache.dtype == torch.float8_e4m3fn:
         cache = cache.view(torch.uint8)
     if cache.dtype != torch.uint8 or cache.shape[-1] != BYTES_PER_TOKEN:
@@ -90,6 +93,9 @@ def cache_bytes_per_token(dtype="bf16", kv_lora_rank: int = NOPE_DIM, rope_dim: 
     # as PagedLatentCache: a latent of 0 dims would take 0 bytes, and tokens_that_fit divide by zero
     check_int(kv_lora_rank, "kv_lora_rank", low=1)
     check_int(rope_dim, "rope_dim", low=0)
+    if not isinstance(dtype, (str, torch.dtype)):
+        raise TypeError(f"dtype: expected a name ('bf16', 'fp16', 'fp32', 'fp8') or a torch.dtype, got "
+                        f"{type(dtype).__name__}")
     if dtype in ("fp8", torch.float8_e4m3fn, torch.uint8):
         if (kv_lora_rank, rope_dim) != (NOPE_DIM, ROPE_DIM):
             raise ValueError("dtype: the FP8 layout is defined for kv_lora_rank 512 and rope_dim 64 only")
