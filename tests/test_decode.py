@@ -8,6 +8,7 @@ page, a shuffled block table, the output poisoned with NaN before the call.
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 from conftest import CPU_DTYPES, DEVICE, HAS_GPU, assert_close, gpu
@@ -186,6 +187,7 @@ def test_batch_128():
 
 def test_softmax_scale():
     check_decode([50], s_q=1, h_q=2, softmax_scale=0.3)
+    check_decode([50], s_q=1, h_q=2, softmax_scale=np.float32(0.3))  # a NumPy scalar is a real number too
 
 
 def test_metadata_plan():
@@ -296,6 +298,9 @@ def _valid():
         (lambda a: a["block_table"].__setitem__((0, 0), 10**6), ValueError, "block_table"),
         (lambda a: a.update(num_splits=torch.zeros(7, dtype=torch.int32, device=a["q"].device)),
          ValueError, "num_splits"),
+        (lambda a: a.update(softmax_scale="0.1"), TypeError, "softmax_scale"),
+        (lambda a: a.update(softmax_scale=float("nan")), ValueError, "softmax_scale"),
+        (lambda a: a.update(softmax_scale=-float("inf")), ValueError, "softmax_scale"),
     ],
 )
 def test_bad_input(mutate, exc, match):

@@ -278,6 +278,7 @@ def _valid():
         (lambda a: a.update(head_dim_v=1000), ValueError, "head_dim_v"),
         (lambda a: a.update(head_dim_v=None), ValueError, "head_dim_v"),
         (lambda a: a.update(softmax_scale="x"), TypeError, "softmax_scale"),
+        (lambda a: a.update(softmax_scale=float("nan")), ValueError, "softmax_scale"),
         (lambda a: a.update(is_fp8_kvcache=True), TypeError, "k_cache"),
         (lambda a: a.update(out=torch.empty(1, 2, 64, dtype=a["q"].dtype)), ValueError, "out"),
         (lambda a: a.update(lse=torch.empty(2, 7, dtype=torch.float16)), TypeError, "lse"),

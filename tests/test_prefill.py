@@ -205,6 +205,7 @@ def _valid():
         (lambda a: a.update(cu_seqlens_q=a["cu_seqlens_q"].flip(0).contiguous()), ValueError, "cu_seqlens_q"),
         (lambda a: a.update(cu_seqlens_k=a["cu_seqlens_k"] + 5), ValueError, "cu_seqlens_k"),
         (lambda a: a.update(softmax_scale="0.1"), TypeError, "softmax_scale"),
+        (lambda a: a.update(softmax_scale=float("inf")), ValueError, "softmax_scale"),
         (lambda a: a.update(causal=1), TypeError, "causal"),
         (lambda a: a.update(out=torch.empty(30, 2, 16, dtype=a["q"].dtype)), ValueError, "out"),
         (lambda a: a.update(lse=torch.empty(30, 2)), ValueError, "lse"),

@@ -433,6 +433,7 @@ def _prefill_args():
         (lambda a: a.update(indices=a["indices"][:2]), ValueError, "indices"),
         (lambda a: a.update(indices=a["indices"].expand(-1, 2, -1)), ValueError, "indices"),
         (lambda a: a.update(sm_scale=None), TypeError, "sm_scale"),
+        (lambda a: a.update(sm_scale=float("nan")), ValueError, "sm_scale"),
         (lambda a: a.update(d_v=0), ValueError, "d_v"),
         (lambda a: a.update(d_v=600), ValueError, "d_v"),
         (lambda a: a.update(attn_sink=torch.zeros(5, device=a["q"].device)), ValueError, "attn_sink"),

@@ -6,6 +6,8 @@ Checks on values (lengths, page ids) need the host to read device memory; they r
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import torch
@@ -75,6 +77,17 @@ def check_grid_yz(count, name, what):
     if count > MAX_GRID_YZ:
         raise ValueError(f"{name}: at most {MAX_GRID_YZ} {what} a call (CUDA's grid limit), got {count}; "
                          "split the call")
+
+
+def check_scale(value, name, default=None) -> float:
+    """A softmax scale: ``default`` where None is given, else a finite real number (Python or NumPy), as a float."""
+    if value is None and default is not None:
+        return float(default)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite scale, got {value}")
+    return float(value)
 
 
 def check_int(value, name, *, low=None, high=None):

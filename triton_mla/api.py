@@ -13,6 +13,7 @@ from ._checks import (
     batch_invariant_default,
     check_int,
     check_runnable,
+    check_scale,
     check_tensor,
     value_checks_enabled,
 )
@@ -172,10 +173,7 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     if d - head_dim_v > MAX_ROPE_DIM:
         raise ValueError(f"head_dim_v: q's head dim {d} leaves {d - head_dim_v} rope dims; "
                          f"at most {MAX_ROPE_DIM} are supported")
-    if softmax_scale is None:
-        softmax_scale = d ** -0.5
-    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool):
-        raise TypeError(f"softmax_scale: expected a float, got {type(softmax_scale).__name__}")
+    softmax_scale = check_scale(softmax_scale, "softmax_scale", d ** -0.5)
     check_runnable(device)
 
     config = configs.kernel_config("decode_fp8" if fp8 else "decode", s_q * h_q, q.dtype, device)
@@ -204,17 +202,17 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
         batch_invariant = batch_invariant_default()
     if batch_invariant:
         return _invariant.decode_invariant(q, k_cache.view(torch.uint8) if fp8 else k_cache, block_table,
-                                           cache_seqlens, head_dim_v, float(softmax_scale), causal, config, out, lse,
+                                           cache_seqlens, head_dim_v, softmax_scale, causal, config, out, lse,
                                            fp8=fp8)
     use_sm90 = _decode_sm90 is not None and _decode_sm90.supports(q, k_cache, head_dim_v, config, fp8=fp8)
     if fp8 and use_sm90:
         return _decode_sm90.decode_sm90(q, k_cache.view(torch.uint8), block_table, cache_seqlens,
-                                        float(softmax_scale), causal, num_parts, config, out, lse, fp8=True)
+                                        softmax_scale, causal, num_parts, config, out, lse, fp8=True)
     if fp8:
         return _decode_fp8.decode_splitkv_fp8(q, k_cache.view(torch.uint8), block_table, cache_seqlens,
-                                          float(softmax_scale), causal, num_parts, config, out, lse)
+                                          softmax_scale, causal, num_parts, config, out, lse)
     if use_sm90:
-        return _decode_sm90.decode_sm90(q, k_cache, block_table, cache_seqlens, float(softmax_scale), causal,
+        return _decode_sm90.decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal,
                                         num_parts, config, out, lse)
-    return _decode.decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, float(softmax_scale),
+    return _decode.decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale,
                                   causal, num_parts, config, out, lse)

@@ -18,7 +18,15 @@ import torch
 
 from . import configs
 from . import fp8 as _fp8
-from ._checks import FLOAT_DTYPES, check_grid_yz, check_int, check_runnable, check_tensor, value_checks_enabled
+from ._checks import (
+    FLOAT_DTYPES,
+    check_grid_yz,
+    check_int,
+    check_runnable,
+    check_scale,
+    check_tensor,
+    value_checks_enabled,
+)
 from .kernels import extend as _extend
 
 MAX_HEAD_DIM_V = 512
@@ -152,10 +160,7 @@ def mla_extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_
         raise ValueError("cu_seqlens_q: expected shape [b + 1], got an empty tensor")
     _check_table(block_table, cache_seqlens, b, device)
     check_int(max_seqlen_q, "max_seqlen_q", low=0)
-    if softmax_scale is None:
-        softmax_scale = d ** -0.5
-    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool):
-        raise TypeError(f"softmax_scale: expected a float, got {type(softmax_scale).__name__}")
+    softmax_scale = check_scale(softmax_scale, "softmax_scale", d ** -0.5)
     if out is None:
         out = torch.empty(total_q, h_q, head_dim_v, dtype=q.dtype, device=device)
     else:
@@ -175,7 +180,7 @@ def mla_extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_
     config = configs.kernel_config("extend", max_seqlen_q * h_q, q.dtype, device)
     cache = k_cache.view(torch.uint8) if fp8 else k_cache
     return _extend.extend(q, cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, head_dim_v,
-                          float(softmax_scale), config, out, lse, fp8=fp8)
+                          softmax_scale, config, out, lse, fp8=fp8)
 
 
 class DecompressedKV(NamedTuple):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 
 from . import configs
-from ._checks import FLOAT_DTYPES, check_grid_yz, check_int, check_runnable, check_tensor, value_checks_enabled
+from ._checks import (
+    FLOAT_DTYPES,
+    check_grid_yz,
+    check_int,
+    check_runnable,
+    check_scale,
+    check_tensor,
+    value_checks_enabled,
+)
 from .kernels import prefill as _prefill
 
 MIN_HEAD_DIM_QK, MAX_HEAD_DIM = 16, 256
@@ -79,10 +87,7 @@ def mla_prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     check_tensor(cu_seqlens_k, "cu_seqlens_k", shape=(b + 1,), dtype=torch.int32, device=device)
     check_int(max_seqlen_q, "max_seqlen_q", low=0)
     check_int(max_seqlen_k, "max_seqlen_k", low=0)
-    if softmax_scale is None:
-        softmax_scale = d_qk ** -0.5
-    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool):
-        raise TypeError(f"softmax_scale: expected a float, got {type(softmax_scale).__name__}")
+    softmax_scale = check_scale(softmax_scale, "softmax_scale", d_qk ** -0.5)
     if not isinstance(causal, bool):
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
     if out is None:
@@ -109,5 +114,5 @@ def mla_prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     entry = configs.kernel_config("prefill", max_seqlen_q, q.dtype, device)
     config = _prefill.fit_config(entry, d_qk, d_v, q.element_size())
     use_tma = bool(config.get("TMA", False)) and _prefill.tma_usable(q, k, v, d_qk, d_v)
-    return _prefill.prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, float(softmax_scale), causal,
+    return _prefill.prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, softmax_scale, causal,
                                 config, use_tma, out, lse)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import configs
-from ._checks import FLOAT_DTYPES, batch_invariant_default, check_int, check_runnable, check_tensor
+from ._checks import FLOAT_DTYPES, batch_invariant_default, check_int, check_runnable, check_scale, check_tensor
 from .api import check_query_and_cache
 from .kernels import sparse as _sparse
 
@@ -22,12 +22,6 @@ __all__ = ["sparse_decode", "flash_mla_sparse_fwd"]
 
 MAX_HEAD_DIM_V = 512
 MAX_ROPE_DIM = 128
-
-
-def _check_scale(value, name):
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-    return float(value)
 
 
 def _check_dims(d, head_dim_v, name):
@@ -91,7 +85,7 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
     if tuple(indices.shape[:2]) != (b, s_q):
         raise ValueError(f"indices: expected shape [{b}, {s_q}, topk] (q's batch and s_q), got {list(indices.shape)}")
     _check_extras(attn_sink, topk_length, h_q, b, device)
-    softmax_scale = d ** -0.5 if softmax_scale is None else _check_scale(softmax_scale, "softmax_scale")
+    softmax_scale = check_scale(softmax_scale, "softmax_scale", d ** -0.5)
     check_runnable(device)
 
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=device)
@@ -145,7 +139,7 @@ def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk
     if indices.shape[0] != s_q or indices.shape[1] != 1:
         raise ValueError(f"indices: expected shape [{s_q}, 1, topk] (q's s_q, one KV head), got "
                          f"{list(indices.shape)}")
-    sm_scale = _check_scale(sm_scale, "sm_scale")
+    sm_scale = check_scale(sm_scale, "sm_scale")
     _check_dims(d, d_v, "d_v")
     _check_extras(attn_sink, topk_length, h_q, s_q, device)
     check_runnable(device)
