@@ -267,19 +267,15 @@ def decompress_kv(k_cache, block_table, cache_seqlens, w_kc, w_vc, start=None, e
     n = (hi - lo).clamp(min=0)
     cu = torch.zeros(b + 1, dtype=torch.int64, device=device)
     torch.cumsum(n, 0, out=cu[1:])
-    if total_k is None or max_seqlen_k is None:
+    if total_k is None or max_seqlen_k is None or value_checks_enabled():
         sizes = torch.stack([cu[-1], n.max() if b else cu[-1]]).cpu()  # the one host sync
-        given = (total_k, max_seqlen_k)
-        total_k = int(sizes[0]) if total_k is None else total_k
-        max_seqlen_k = int(sizes[1]) if max_seqlen_k is None else max_seqlen_k
-        # the one passed alone is checked too (the sizes are on the host already)
-        if (given[0] is not None and total_k != int(sizes[0])) or \
-                (given[1] is not None and max_seqlen_k < int(sizes[1])):
-            raise ValueError(f"total_k, max_seqlen_k: the ranges hold {int(sizes[0])} tokens, longest "
-                             f"{int(sizes[1])}; got {given[0]} and {given[1]}")
-    elif value_checks_enabled() and (int(cu[-1]) != total_k or (b and int(n.max()) > max_seqlen_k)):
-        raise ValueError(f"total_k, max_seqlen_k: the ranges hold {int(cu[-1])} tokens, longest "
-                         f"{int(n.max()) if b else 0}; got {total_k} and {max_seqlen_k}")
+        real_total, real_max = int(sizes[0]), int(sizes[1])
+        # what was passed is checked against the ranges (the sizes are on the host by now)
+        if (total_k is not None and total_k != real_total) or (max_seqlen_k is not None and max_seqlen_k < real_max):
+            raise ValueError(f"total_k, max_seqlen_k: the ranges hold {real_total} tokens, longest {real_max}; "
+                             f"got {total_k} and {max_seqlen_k}")
+        total_k = real_total if total_k is None else total_k
+        max_seqlen_k = real_max if max_seqlen_k is None else max_seqlen_k
 
     # -- gather: packed position -> (sequence, token) -> slot; indices clamped so nothing reads out of bounds
     pos = torch.arange(total_k, device=device)
