@@ -422,3 +422,25 @@ def test_gpu_fp8_cache(path):
 def test_gpu_matches_cpu_fp32():
     layer = make_layer(8, 24, torch.float32, device="cuda")
     run_case(layer, [0, 5, 17], [1, 1, 1], torch.float32, device="cuda")
+
+
+def test_bad_input_page_size_and_fp8_layout():
+    """A plan made for another page size addressed other tokens than attention read (rel err 0.15, no error even
+    with TRITON_MLA_CHECK=1); an FP8 cache with a float32 layer or non-DeepSeek latent dims failed inside the step
+    (naming the kernel's ``q`` or ``kv_c, k_pe``), after the cache had been written. All raise before any write."""
+    layer = make_layer(2, 24, torch.float32)
+    k_cache = torch.zeros(16, 4, 1, 48, device=DEVICE)
+    plan = MLABackend(4, 16, 16, page_size=8, device=DEVICE).plan([1], [5], [[1, 2]])
+    assert plan.page_size == 8
+    with pytest.raises(ValueError, match="k_cache: pages of 4 tokens.*page_size 8"):
+        layer(torch.randn(1, 64, device=DEVICE), plan, k_cache)
+    assert k_cache.abs().sum() == 0
+    k_fp8 = torch.zeros(8, 4, 1, 656, dtype=torch.uint8, device=DEVICE)
+    plan = MLABackend(4, 16, 8, page_size=4, device=DEVICE).plan([1], [0], [[0]])
+    with pytest.raises(ValueError, match="k_cache: the FP8 layout holds kv_lora_rank 512"):
+        layer(torch.randn(1, 64, device=DEVICE), plan, k_fp8)
+    dims = dict(hidden_size=64, kv_lora_rank=512, qk_nope_head_dim=16, qk_rope_head_dim=64, v_head_dim=16)
+    fp32 = make_layer(2, 24, torch.float32, dims=dims)
+    with pytest.raises(TypeError, match="k_cache: the FP8 layout is read with bfloat16/float16"):
+        fp32(torch.randn(1, 64, device=DEVICE), plan, k_fp8)
+    assert k_fp8.sum() == 0

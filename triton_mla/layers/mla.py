@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import flash_mla_with_kvcache
+from .. import fp8 as _fp8
 from ..cache import write_kv_cache
 from .rope import RotaryEmbedding, softmax_scale
 
@@ -217,6 +218,18 @@ class MLAAttention(nn.Module):
                              f"{list(k_cache.shape)}")
         if not fp8 and k_cache.dtype != hidden_states.dtype:
             raise TypeError(f"k_cache: expected dtype {hidden_states.dtype} (or the FP8 layout), got {k_cache.dtype}")
+        if fp8 and (self.kv_lora_rank, self.qk_rope_head_dim) != (_fp8.NOPE_DIM, _fp8.ROPE_DIM):
+            raise ValueError(f"k_cache: the FP8 layout holds kv_lora_rank {_fp8.NOPE_DIM} + qk_rope_head_dim "
+                             f"{_fp8.ROPE_DIM}, the layer has {self.kv_lora_rank} + {self.qk_rope_head_dim}")
+        if fp8 and hidden_states.dtype == torch.float32:
+            # checked here, before the step writes the cache: the kernels refuse float32 queries over it
+            raise TypeError("k_cache: the FP8 layout is read with bfloat16/float16 queries; the layer is float32 "
+                            "(run it in bfloat16 or float16, or use a float32 cache)")
+        page_size = getattr(plan, "page_size", None)
+        if page_size is not None and k_cache.shape[1] != page_size:
+            # slots and block-table pages would address other tokens than the ones attention reads
+            raise ValueError(f"k_cache: pages of {k_cache.shape[1]} tokens, but the plan was made for page_size "
+                             f"{page_size} (MLABackend's page_size must be the cache's k_cache.shape[1])")
         if k_cache.device != hidden_states.device:
             raise ValueError(f"k_cache: on {k_cache.device}, hidden_states on {hidden_states.device}")
         if plan.mode == "decode" and plan.num_tokens != plan.num_seqs:

@@ -196,7 +196,7 @@ class MLABackend:
             max_seqlen_k=max((x + y for x, y in zip(q, c, strict=True)), default=0),
             cu_seqlens_q=self.cu_seqlens_q[: b_pad + 1], cu_seqlens_k=self.cu_seqlens_k[: b_pad + 1],
             positions=self.positions[:T_pad], slot_mapping=self.slot_mapping[:T_pad],
-            block_table=self.block_table[:b_pad], cache_seqlens=self.cache_seqlens[:b_pad],
+            block_table=self.block_table[:b_pad], cache_seqlens=self.cache_seqlens[:b_pad], page_size=self.page_size,
         )
 
     # -- device side ----------------------------------------------------------------------------------------

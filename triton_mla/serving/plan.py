@@ -35,4 +35,5 @@ class AttentionPlan:
     slot_mapping: torch.Tensor  # (T,) int64: cache slot page * page_size + offset of each token, -1 for padding
     block_table: torch.Tensor  # (b, max_pages) int32: page ids of each sequence, in order
     cache_seqlens: torch.Tensor  # (b,) int32: context_len + q_len (0 for padding rows)
+    page_size: int | None = None  # tokens per page the slots were computed with (the cache's shape[1]); None: unknown
 
