@@ -129,3 +129,27 @@ def test_paged_cache_write_then_gather():
     assert torch.equal(got[:, 0], torch.cat([kv_c, k_pe], -1).cpu())
     assert cache.bytes_per_token == 48 * 4
     assert cache.k_cache(0).abs().sum() == 0
+
+
+def test_paged_cache_layer_index_and_allocator_ids_are_checked():
+    """A layer past the last raised a bare IndexError and a negative one silently gave another layer's cache; a
+    negative token count said 0 pages needed (can_allocate: True); an unhashable id raised 'unhashable type'."""
+    cache = tm.PagedLatentCache(num_blocks=4, page_size=4, kv_lora_rank=32, rope_dim=16, num_layers=2,
+                                dtype=torch.float32, device=DEVICE)
+    assert cache.k_cache(1).data_ptr() == cache.caches[1].data_ptr()
+    kv_c, k_pe = torch.zeros(1, 32, device=DEVICE), torch.zeros(1, 16, device=DEVICE)
+    slots = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    for call in (lambda: cache.k_cache(2), lambda: cache.k_cache(-1), lambda: cache.dequantized(2),
+                 lambda: cache.write(-1, kv_c, k_pe, slots)):
+        with pytest.raises(ValueError, match="layer"):
+            call()
+    with pytest.raises(TypeError, match="layer"):
+        cache.k_cache(1.0)
+    alloc = cache.allocator
+    for call in (lambda: alloc.pages_needed("a", -1), lambda: alloc.can_allocate("a", -5)):
+        with pytest.raises(ValueError, match="num_tokens"):
+            call()
+    for call in (lambda: alloc.allocate(["a"], 1), lambda: alloc.can_allocate({}, 1), lambda: alloc.free([1])):
+        with pytest.raises(TypeError, match="seq_id"):
+            call()
+    assert alloc.num_free_pages == 4

@@ -98,7 +98,16 @@ class PageAllocator:
     def num_free_pages(self) -> int:
         return len(self._free)
 
+    @staticmethod
+    def _check_id(seq_id, name="seq_id"):
+        try:
+            hash(seq_id)
+        except TypeError:
+            raise TypeError(f"{name}: expected a hashable sequence id (int, str, tuple), got "
+                            f"{type(seq_id).__name__}") from None
+
     def _pages_of(self, seq_id, name="seq_id") -> list[int]:
+        self._check_id(seq_id, name)
         if seq_id not in self._pages:
             raise ValueError(f"{name}: no sequence {seq_id!r} is allocated")
         return self._pages[seq_id]
@@ -111,6 +120,8 @@ class PageAllocator:
         return list(self._pages_of(seq_id))
 
     def pages_needed(self, seq_id, num_tokens: int) -> int:
+        self._check_id(seq_id)
+        check_int(num_tokens, "num_tokens", low=0)  # a negative count said 0 pages (can_allocate: True)
         length = self._lengths.get(seq_id, 0)
         have = len(self._pages.get(seq_id, ()))
         return max(0, -(-(length + num_tokens) // self.page_size) - have)
@@ -193,11 +204,15 @@ class PagedLatentCache:
         self.dtype = dtype
         self.caches = torch.zeros(num_layers, num_blocks, page_size, 1, width, dtype=dtype, device=device)
 
+    def _layer(self, layer) -> int:
+        # a negative index would silently pick another layer's cache, one past the end raised a bare IndexError
+        return check_int(layer, "layer", low=0, high=self.caches.shape[0] - 1)
+
     def k_cache(self, layer: int = 0) -> torch.Tensor:
-        return self.caches[layer]
+        return self.caches[self._layer(layer)]
 
     def write(self, layer: int, kv_c, k_pe, slot_mapping) -> None:
-        write_kv_cache(self.caches[layer], kv_c, k_pe, slot_mapping)
+        write_kv_cache(self.caches[self._layer(layer)], kv_c, k_pe, slot_mapping)
 
     @property
     def bytes_per_token(self) -> int:
@@ -206,6 +221,7 @@ class PagedLatentCache:
 
     def dequantized(self, layer: int = 0, dtype=torch.float32) -> torch.Tensor:
         """The layer's cache as (num_blocks, page_size, 1, kv_lora_rank + rope_dim) floats (for tests)."""
+        layer = self._layer(layer)
         if self.is_fp8:
             return _fp8.dequantize_latent(self.caches[layer], dtype)
         return self.caches[layer].to(dtype)
