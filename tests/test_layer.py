@@ -444,3 +444,18 @@ def test_bad_input_page_size_and_fp8_layout():
     with pytest.raises(TypeError, match="k_cache: the FP8 layout is read with bfloat16/float16"):
         fp32(torch.randn(1, 64, device=DEVICE), plan, k_fp8)
     assert k_fp8.sum() == 0
+
+
+def test_yarn_without_factor_derives_it_everywhere():
+    """YaRN with no 'factor': the rope derived it from max_position_embeddings / original_max_position_embeddings,
+    but the softmax scale read params['factor'] (KeyError when the layer was built); with neither, a bare TypeError."""
+    params = {k: v for k, v in YARN.items() if k != "factor"}
+    layer = MLAAttention(num_heads=2, rope_parameters=params, max_position_embeddings=256, **TINY)
+    want = MLAAttention(num_heads=2, rope_parameters=dict(params, factor=4.0), max_position_embeddings=256, **TINY)
+    assert layer.scaling == want.scaling != layer.qk_head_dim ** -0.5
+    assert layer.rotary_emb.attention_factor == want.rotary_emb.attention_factor
+    torch.testing.assert_close(layer.rotary_emb.inv_freq, want.rotary_emb.inv_freq, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rope_parameters"):
+        softmax_scale(32, params)
+    with pytest.raises(ValueError, match="rope_parameters"):
+        rope_frequencies(16, params)

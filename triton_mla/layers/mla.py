@@ -126,7 +126,7 @@ class MLAAttention(nn.Module):
         self.layer_idx, self.prefill_mode = layer_idx, prefill_mode
         self.rope_parameters = dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
         self.max_position_embeddings = max_position_embeddings
-        self.scaling = softmax_scale(self.qk_head_dim, self.rope_parameters)
+        self.scaling = softmax_scale(self.qk_head_dim, self.rope_parameters, max_position_embeddings)
         # tensor parallelism (triton_mla.layers.tp.shard_heads): this rank's heads, o_proj summed over the group
         self.tp_size, self.tp_rank, self.tp_group = 1, 0, None
 

@@ -33,17 +33,30 @@ def yarn_get_mscale(scale: float = 1.0, mscale: float = 1.0) -> float:
     return 0.1 * mscale * math.log(scale) + 1.0
 
 
-def softmax_scale(qk_head_dim: int, rope_parameters: dict | None) -> float:
+def _yarn_factor(params: dict, max_position_embeddings: int | None) -> float:
+    """YaRN's ``factor``, or max_position_embeddings / original_max_position_embeddings where it is absent."""
+    factor = params.get("factor")
+    if factor is not None:
+        return factor
+    original = params.get("original_max_position_embeddings") or max_position_embeddings
+    if not original or not max_position_embeddings:
+        raise ValueError("rope_parameters: YaRN needs 'factor', or max_position_embeddings and "
+                         "'original_max_position_embeddings' to derive it")
+    return max_position_embeddings / original
+
+
+def softmax_scale(qk_head_dim: int, rope_parameters: dict | None, max_position_embeddings: int | None = None) -> float:
     """qk_head_dim ** -0.5, times mscale(factor, mscale_all_dim) ** 2 under YaRN (DeepSeek's correction).
 
     qk_head_dim is the naive head dim (qk_nope + qk_rope, 192); absorbed attention keeps this scale.
+    max_position_embeddings: derives YaRN's factor where ``factor`` is absent, as :func:`rope_frequencies` does.
     """
     scale = qk_head_dim ** -0.5
     params = rope_parameters or {}
     if params.get("rope_type", params.get("type", "default")) != "default":
         mscale_all_dim = params.get("mscale_all_dim", 0)
         if mscale_all_dim:
-            m = yarn_get_mscale(params["factor"], mscale_all_dim)
+            m = yarn_get_mscale(_yarn_factor(params, max_position_embeddings), mscale_all_dim)
             scale = scale * m * m
     return scale
 
@@ -63,12 +76,10 @@ def rope_frequencies(dim: int, rope_parameters: dict | None, max_position_embedd
         return 1.0 / pos_freqs, 1.0
     if rope_type != "yarn":
         raise NotImplementedError(f"rope_parameters: rope_type {rope_type!r} is not supported (default, yarn)")
-    factor = params.get("factor")
     original = params.get("original_max_position_embeddings") or max_position_embeddings
     if original is None:
         raise ValueError("rope_parameters: YaRN needs original_max_position_embeddings")
-    if factor is None:
-        factor = max_position_embeddings / original
+    factor = _yarn_factor(params, max_position_embeddings)
     attention_factor = params.get("attention_factor")
     if attention_factor is None:
         mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
