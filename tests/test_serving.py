@@ -125,6 +125,16 @@ def test_plan_bad_input():
         MLABackend(8, 8, 2, 0, device=DEVICE)
 
 
+def test_plan_negative_page_id_without_num_blocks():
+    """With num_blocks unknown, a negative page id was planned: page -1 of page_size 1 gave slot -1, so the token
+    was silently never written (and attention read a clamped page)."""
+    backend = MLABackend(4, 16, 4, 1, device=DEVICE)
+    for q, rows in (([1], [[-1]]), ([2], [[3, -2]])):
+        with pytest.raises(ValueError, match="block_tables: page id -"):
+            backend.plan(q, [0], rows)
+    assert backend.plan([2], [0], [[3, 0, -5]]).slot_mapping.tolist() == [3, 0]  # entries past the need: unread
+
+
 def test_default_batch_sizes():
     assert default_batch_sizes(1) == [1]
     assert default_batch_sizes(20) == [1, 2, 4, 8, 16, 20]

@@ -122,9 +122,11 @@ class MLABackend:
             if len(row) > P:
                 raise ValueError(f"block_tables: sequence {i} lists {len(row)} pages, more than max_pages_per_seq "
                                  f"{P}")
-            if self.num_blocks is not None and any(not 0 <= p < self.num_blocks for p in row[:need]):
-                bad = next(p for p in row[:need] if not 0 <= p < self.num_blocks)
-                raise ValueError(f"block_tables: page id {bad} of sequence {i} out of range [0, {self.num_blocks})")
+            high = self.num_blocks if self.num_blocks is not None else float("inf")
+            if any(not 0 <= p < high for p in row[:need]):
+                # checked even with num_blocks unknown: a negative page gives negative slots (-1: never written)
+                bad = next(p for p in row[:need] if not 0 <= p < high)
+                raise ValueError(f"block_tables: page id {bad} of sequence {i} out of range [0, {high})")
 
     def plan(self, query_lens, context_lens, block_tables, *, pad_to: int | None = None,
              mode: str | None = None) -> AttentionPlan:
