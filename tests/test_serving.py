@@ -104,6 +104,9 @@ def test_plan_bad_input():
         (([2], [0], [[0]]), dict(pad_to=2), ValueError, "pad_to"),
         (([1, 1], [0, 0], [[0], [1]]), dict(pad_to=1), ValueError, "pad_to"),
         (([2], [0], [[0]]), dict(mode="decode"), ValueError, "mode"),
+        # padding rows under a forced extend failed in mla_extend's checks ('cu_seqlens_q: ... cache_seqlens is 0')
+        (([1], [2], [[0]]), dict(pad_to=2, mode="extend"), ValueError, "pad_to"),
+        (([1], [0], [[0]]), dict(pad_to=2, mode="prefill"), ValueError, "pad_to"),
         (([1], [3], [[0]]), dict(mode="prefill"), ValueError, "mode"),
         (([1], [0], [[0]]), dict(mode="fast"), ValueError, "mode"),
         (([1.0], [0], [[0]]), {}, TypeError, "query_lens"),

@@ -95,6 +95,9 @@ class MLABackend:
             check_int(pad_to, "pad_to", low=b, high=self.max_batch_size)
             if any(v != 1 for v in q):
                 raise ValueError("pad_to: only decode steps (every query_len 1) are padded to a batch bucket")
+            if mode not in (None, "decode"):
+                # extend's checks refuse the padding rows (a token, no key); prefill gives them non-zero output
+                raise ValueError(f"pad_to: only decode steps are padded to a batch bucket, got mode {mode!r}")
         total = sum(q) + ((pad_to or b) - b)
         if total > self.max_num_tokens:
             raise ValueError(f"query_lens: {total} tokens, more than max_num_tokens {self.max_num_tokens}")
@@ -137,7 +140,8 @@ class MLABackend:
         context_lens: (b,) tokens each sequence already has in the cache (its prefix).
         block_tables: b lists of page ids (each covering context_len + query_len tokens), or a (b, w) int32
         tensor with w <= max_pages_per_seq (on the device: copied as is, not checked).
-        pad_to: decode steps only: pad the batch with empty rows up to this bucket size (CUDA graphs).
+        pad_to: decode steps only (mode None or "decode"): pad the batch with empty rows up to this bucket size
+        (CUDA graphs).
         Padding rows have one token each, cache_seqlens 0 (their attention output is 0) and slot -1.
         mode: None picks "decode" when every query_len is 1, "prefill" when every context_len is 0,
         "extend" otherwise; "extend" can be forced (it handles every batch).
