@@ -459,3 +459,18 @@ def test_yarn_without_factor_derives_it_everywhere():
         softmax_scale(32, params)
     with pytest.raises(ValueError, match="rope_parameters"):
         rope_frequencies(16, params)
+
+
+def test_latents_checks_positions():
+    """A (T, 1) positions tensor broadcast into (T, 1, d) rope keys, float positions were taken as is."""
+    layer = make_layer(2, 24, torch.float32)
+    x = torch.randn(3, 64, device=DEVICE)
+    kv_c, k_pe = layer.latents(x, torch.arange(3, device=DEVICE))
+    assert kv_c.shape == (3, 32) and k_pe.shape == (3, 16)
+    for pos in (torch.zeros(3, 1, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.zeros(3)):
+        with pytest.raises(ValueError, match="positions"):
+            layer.latents(x, pos.to(DEVICE))
+    with pytest.raises(TypeError, match="positions"):
+        layer.latents(x, [0, 1, 2])
+    with pytest.raises(ValueError, match="hidden_states"):
+        layer.latents(torch.randn(3, 65, device=DEVICE), torch.arange(3, device=DEVICE))

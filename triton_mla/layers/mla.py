@@ -304,6 +304,15 @@ class MLAAttention(nn.Module):
 
         hidden_states: (T, hidden_size); positions: (T,) int. For filling a cache outside a step.
         """
+        for name, x in (("hidden_states", hidden_states), ("positions", positions)):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        if hidden_states.dim() != 2 or hidden_states.shape[1] != self.hidden_size:
+            raise ValueError(f"hidden_states: expected shape [T, {self.hidden_size}], got {list(hidden_states.shape)}")
+        # a (T, 1) or float tensor broadcast into wrong latents without an error
+        if positions.is_floating_point() or positions.is_complex() or positions.shape != (hidden_states.shape[0],):
+            raise ValueError(f"positions: expected an integer tensor of shape [{hidden_states.shape[0]}], got "
+                             f"{positions.dtype} {list(positions.shape)}")
         cos, sin = self.rotary_emb(positions)
         return self._latents(hidden_states, cos, sin)
 
