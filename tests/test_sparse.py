@@ -325,8 +325,9 @@ def test_prefill(h_q, dtype):
 @pytest.mark.parametrize("split", [False, True])
 def test_prefill_topk_length_sink(split):
     with configs.overridden(**(SPLIT_HEAVY if split else {})):
-        assert (splits_of(6, 4, 60, "sparse_prefill") > 1) == split
-        out, max_logits, lse = check_prefill(s_q=6, h_q=4, topk=60, topk_length=[60, 0, 1, 33, 500, -1],
+        # topk 150: several chunks under every config (a GPU's 64-key chunks too), so the split can happen
+        assert (splits_of(6, 4, 150, "sparse_prefill") > 1) == split
+        out, max_logits, lse = check_prefill(s_q=6, h_q=4, topk=150, topk_length=[150, 0, 1, 33, 500, -1],
                                              sink=[0.5, float("inf"), float("-inf"), -3.0])
     assert torch.all(max_logits[1] == float("-inf")) and torch.all(lse[1] == float("inf"))
 
