@@ -138,6 +138,24 @@ def test_plan_negative_page_id_without_num_blocks():
     assert backend.plan([2], [0], [[3, 0, -5]]).slot_mapping.tolist() == [3, 0]  # entries past the need: unread
 
 
+def test_plan_takes_numpy_integers():
+    """A scheduler's NumPy arrays hand out np.int64 (and np.int32) values: plan() took only Python ints."""
+    np = pytest.importorskip("numpy")
+    backend = MLABackend(4, 16, 4, 4, device=DEVICE)
+    ref = backend.plan([2, 1], [3, 0], [[1, 2], [0]]).slot_mapping.tolist()
+    plan = backend.plan(np.array([2, 1]), [np.int32(3), np.int64(0)], [np.array([1, 2]), [np.int64(0)]])
+    assert plan.slot_mapping.tolist() == ref == [1 * 4 + 3, 2 * 4 + 0, 0]
+    with pytest.raises(TypeError, match="query_lens"):
+        backend.plan(np.array([2.0]), [0], [[0]])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for a torch without CUDA")
+def test_backend_on_cuda_without_a_gpu_names_device():
+    """MLABackend's default device is 'cuda': a CPU-only torch raised its own AssertionError from torch.zeros."""
+    with pytest.raises(ValueError, match="device"):
+        MLABackend(2, 4, 1, 4)
+
+
 def test_default_batch_sizes():
     assert default_batch_sizes(1) == [1]
     assert default_batch_sizes(20) == [1, 2, 4, 8, 16, 20]

@@ -10,6 +10,8 @@ the :class:`AttentionPlan` it returns.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .._checks import check_int, check_tensor
@@ -28,9 +30,10 @@ def _as_int_list(values, name):
         raise TypeError(f"{name}: expected a sequence of ints, got {type(values).__name__}")
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int):
+        # numbers.Integral: Python and NumPy integers alike (a scheduler's arrays hand out np.int64)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{name}: expected ints, got {type(v).__name__}")
-        out.append(v)
+        out.append(int(v))
     return out
 
 
@@ -61,6 +64,9 @@ class MLABackend:
         self.max_batch_size, self.max_num_tokens = max_batch_size, max_num_tokens
         self.max_pages_per_seq, self.page_size, self.num_blocks = max_pages_per_seq, page_size, num_blocks
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r}, but this torch sees no CUDA GPU (on a machine without one, "
+                             "pass device='cpu')")
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         B, T, P = max_batch_size, max_num_tokens, max_pages_per_seq
