@@ -15,6 +15,7 @@ import torch
 from conftest import DEVICE, assert_close, gpu
 from test_layer import DSV3, FAR, Harness, make_layer, reference_step, run_case
 
+from triton_mla import PagedLatentCache
 from triton_mla.serving import DecodeGraphs, MLABackend, compiled_kernel_count
 from triton_mla.serving.graphs import default_batch_sizes
 
@@ -154,6 +155,15 @@ def test_backend_on_cuda_without_a_gpu_names_device():
     """MLABackend's default device is 'cuda': a CPU-only torch raised its own AssertionError from torch.zeros."""
     with pytest.raises(ValueError, match="device"):
         MLABackend(2, 4, 1, 4)
+    with pytest.raises(ValueError, match="device"):
+        PagedLatentCache(4, 4, 16, 8)
+
+
+def test_backend_and_cache_reject_a_device_string_torch_cannot_parse():
+    with pytest.raises(ValueError, match="device"):
+        MLABackend(2, 4, 1, 4, device="gpu0")
+    with pytest.raises(ValueError, match="device"):
+        PagedLatentCache(4, 4, 16, 8, device="gpu0")
 
 
 def test_default_batch_sizes():

@@ -72,6 +72,19 @@ def check_runnable(device: torch.device, name="q"):
     )
 
 
+def check_device(device, name="device") -> torch.device:
+    """A device argument as torch.device: a string torch cannot parse, or CUDA on a torch that sees no GPU, raises
+    ValueError naming ``name`` (torch's own errors were a RuntimeError and an AssertionError)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name}: not a device: {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}: {device!r}, but this torch sees no CUDA GPU (on a machine without one, pass "
+                         "device='cpu')")
+    return dev
+
+
 def check_grid_yz(count, name, what):
     """A count that a kernel puts on grid axis 1 or 2: past CUDA's limit the launch would fail, so say so here."""
     if count > MAX_GRID_YZ:

@@ -16,7 +16,7 @@ from collections import deque
 import torch
 
 from . import fp8 as _fp8
-from ._checks import FLOAT_DTYPES, check_int, check_runnable, check_tensor, value_checks_enabled
+from ._checks import FLOAT_DTYPES, check_device, check_int, check_runnable, check_tensor, value_checks_enabled
 from .kernels import cache_write as _cache_write
 
 __all__ = ["PageAllocator", "PagedLatentCache", "write_kv_cache"]
@@ -202,7 +202,8 @@ class PagedLatentCache:
         self.kv_lora_rank, self.rope_dim = kv_lora_rank, rope_dim
         self.page_size = page_size
         self.dtype = dtype
-        self.caches = torch.zeros(num_layers, num_blocks, page_size, 1, width, dtype=dtype, device=device)
+        self.caches = torch.zeros(num_layers, num_blocks, page_size, 1, width, dtype=dtype,
+                                  device=check_device(device))
 
     def _layer(self, layer) -> int:
         # a negative index would silently pick another layer's cache, one past the end raised a bare IndexError

@@ -14,7 +14,7 @@ import numbers
 
 import torch
 
-from .._checks import check_int, check_tensor
+from .._checks import check_device, check_int, check_tensor
 from .plan import MODES, AttentionPlan
 
 __all__ = ["MLABackend"]
@@ -63,10 +63,7 @@ class MLABackend:
             check_int(num_blocks, "num_blocks", low=1)
         self.max_batch_size, self.max_num_tokens = max_batch_size, max_num_tokens
         self.max_pages_per_seq, self.page_size, self.num_blocks = max_pages_per_seq, page_size, num_blocks
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device: {device!r}, but this torch sees no CUDA GPU (on a machine without one, "
-                             "pass device='cpu')")
+        self.device = check_device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         B, T, P = max_batch_size, max_num_tokens, max_pages_per_seq
