@@ -160,6 +160,27 @@ def test_bad_use():
         patch_model(llama)
 
 
+def test_out_of_pages_leaves_no_half_grown_sequences():
+    """A step that ran out of cache pages part-way grew the first rows' sequences and advanced the patch's count,
+    so the next call with that cache raised the misleading 'cropping' error; now the step's pages are all freed
+    and that cache is refused with 'start the generation over', while a new generation runs."""
+    model = make_model("v3-plain")
+    patched = patch_model(copy.deepcopy(model), max_batch_size=2, max_seq_len=16, page_size=4, num_blocks=3)
+    alloc = patched.triton_mla.cache.allocator
+    ids = torch.randint(0, 128, (2, 13), generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="out of cache pages"):
+            patched(ids[:, :5], use_cache=True)  # 2 pages a row, 3 in all: the second row runs out
+        assert alloc.num_free_pages == 3
+        out = patched(ids[:1, :8], use_cache=True)  # a new generation, 2 pages
+        assert_close(out.logits, model(ids[:1, :8]).logits, torch.float32, "prefill after the failed step")
+        with pytest.raises(RuntimeError, match="out of cache pages"):
+            patched(ids[:1, 8:13], **with_cache(getattr(out, CACHE)))  # 13 tokens: 4 pages
+        assert alloc.num_free_pages == 3
+        with pytest.raises(NotImplementedError, match="start the generation over"):
+            patched(ids[:1, 8:9], **with_cache(getattr(out, CACHE)))
+
+
 @gpu
 @pytest.mark.parametrize("name", ["v3-qlora", "v2"])
 def test_gpu_bf16_generate(name):

@@ -87,14 +87,13 @@ class PagedMLARuntime:
         if past_len == 0 or not known or b != len(self.seq_ids):
             if past_len:
                 raise NotImplementedError("patch_model: the model was given a cache filled without the patch (or "
-                                          "reordered): start the generation over")
+                                          "reordered, or after a step that failed): start the generation over")
             self.reset(b)
             self._session = weakref.ref(past) if past is not None else None
             self._pending_session = past is None and use_cache  # the model makes its cache: adopt it in a layer
         elif past_len != self._hf_len:
             raise NotImplementedError(f"patch_model: the cache holds {past_len} tokens, the patch expected "
                                       f"{self._hf_len}; cropping or editing the cache is not supported")
-        self._hf_len = past_len + s
         valid = None
         if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and s > 0:
             new = attention_mask[:, -s:]
@@ -103,10 +102,19 @@ class PagedMLARuntime:
         q_lens = [s] * b if valid is None else valid.sum(1).tolist()
         alloc = self.cache.allocator
         ctx = [alloc.seqlen(sid) for sid in self.seq_ids]
-        for sid, n in zip(self.seq_ids, q_lens, strict=True):
-            alloc.allocate(sid, n)
-        tables = [alloc.pages(sid) for sid in self.seq_ids]
-        self.plan = self.backend.plan(q_lens, ctx, tables)
+        try:
+            for sid, n in zip(self.seq_ids, q_lens, strict=True):
+                alloc.allocate(sid, n)
+            tables = [alloc.pages(sid) for sid in self.seq_ids]
+            self.plan = self.backend.plan(q_lens, ctx, tables)
+        except Exception:
+            # out of pages or past the planner's limits part-way: no half-grown sequences stay behind, and the
+            # cache the model holds is no longer the patch's (its next use says to start the generation over)
+            self.reset(0)
+            self._session = None
+            self._pending_session = False
+            raise
+        self._hf_len = past_len + s
         self.index = None
         if valid is not None:
             idx = torch.nonzero(valid.reshape(-1)).reshape(-1)
