@@ -202,6 +202,20 @@ def test_metadata_plan():
     assert md.shape[1] == 8 and md.dtype == torch.int32
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_metadata_plan_empty_batch(fp8):
+    """An empty batch (b = 0) plans nothing: num_splits [0], every part marked one-in-use and empty, and decode
+    takes the plan back. The plan kernel read cache_seqlens[-1] and divided by the batch size (a segfault under the
+    interpreter, an out-of-bounds read on the GPU)."""
+    lens = torch.zeros(0, dtype=torch.int32, device=DEVICE)
+    md, num_splits = tm.get_mla_metadata(lens, 16, 1, is_fp8_kvcache=fp8)
+    assert num_splits.tolist() == [0] and md.dtype == torch.int32 and md.shape[1] == 8 and md.shape[0] >= 1
+    assert md[:, 6].tolist() == [1] * md.shape[0] and not md[:, :6].any() and not md[:, 7].any()
+    q, k_cache, block_table, _ = make_case([5], 1, 16)
+    out, lse = tm.flash_mla_with_kvcache(q[:0], k_cache, block_table[:0], lens, 64, md, num_splits)
+    assert out.shape == (0, 1, 16, 64) and lse.shape == (0, 16, 1)
+
+
 @pytest.mark.parametrize("lens,num_parts,used", [
     ([320] * 16, 66, 64),  # 4 parts a sequence (the batch divides 64)
     ([320] * 12, 13, 13),  # no count within 1/16 below 13 fits 12: unchanged

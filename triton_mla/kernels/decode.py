@@ -420,6 +420,11 @@ def plan(cache_seqlens, max_len, num_parts, config):
     part_info = torch.empty(num_parts, TILE_SCHEDULER_METADATA_SIZE, dtype=torch.int32,
                             device=cache_seqlens.device)
     splits = torch.zeros(b + 1, dtype=torch.int32, device=cache_seqlens.device)
+    if b == 0:
+        # an empty batch: one part in use, holding nothing (the kernel would read cache_seqlens[-1] and divide
+        # by the batch size)
+        part_info.zero_()[:, 6] = 1
+        return part_info, splits
     _plan_kernel[(max(num_parts, b),)](
         cache_seqlens, cache_seqlens.stride(0), part_info, splits[1:], b, max_len, num_parts,
         BLOCK_N=config["BLOCK_N"], MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128,
