@@ -85,7 +85,8 @@ class MLABackend:
         self._pin = self.device.type == "cuda"
 
     # -- host side ------------------------------------------------------------------------------------------
-    def _check(self, q, c, rows, b, pad_to, mode):
+    def _check(self, q, c, rows, b, pad_to, mode, table_width=None):
+        """``rows``: the block tables as lists, or None for a tensor table of ``table_width`` columns."""
         if len(c) != b:
             raise ValueError(f"context_lens: expected {b} values (one per sequence of query_lens), got {len(c)}")
         if any(v < 0 for v in q):
@@ -117,6 +118,11 @@ class MLABackend:
                 raise ValueError(f"context_lens: sequence {i} holds {q[i] + c[i]} tokens, more than "
                                  f"max_pages_per_seq * page_size = {P * ps}")
         if rows is None:
+            # columns past the tensor's are zeroed: a token there would get a slot in page 0
+            for i in range(b):
+                if q[i] + c[i] > table_width * ps:
+                    raise ValueError(f"block_tables: sequence {i} holds {q[i] + c[i]} tokens, more than the "
+                                     f"table's {table_width} pages of {ps}")
             return
         if len(rows) != b:
             raise ValueError(f"block_tables: expected {b} rows (one per sequence), got {len(rows)}")
@@ -166,14 +172,7 @@ class MLABackend:
                 raise TypeError(f"block_tables: expected b lists of page ids or a tensor, got "
                                 f"{type(block_tables).__name__}")
             rows = [_as_int_list(r, "block_tables") for r in block_tables]
-        self._check(q, c, rows, b, pad_to, mode)
-        if table_tensor:
-            # columns past the tensor's are zeroed: a token there would get a slot in page 0
-            w = block_tables.shape[1]
-            for i in range(b):
-                if q[i] + c[i] > w * self.page_size:
-                    raise ValueError(f"block_tables: sequence {i} holds {q[i] + c[i]} tokens, more than the "
-                                     f"table's {w} pages of {self.page_size}")
+        self._check(q, c, rows, b, pad_to, mode, block_tables.shape[1] if table_tensor else None)
         if mode is None:
             mode = "decode" if all(v == 1 for v in q) else "prefill" if all(v == 0 for v in c) else "extend"
         b_pad = b if pad_to is None else pad_to
