@@ -117,8 +117,11 @@ class MLAAttention(nn.Module):
         if qk_rope_head_dim > MAX_ROPE_DIM:
             raise ValueError(f"qk_rope_head_dim: at most {MAX_ROPE_DIM} is supported, got {qk_rope_head_dim}")
         if prefill_mode == "mha" and not _mha_dims_ok(qk_nope_head_dim + qk_rope_head_dim, v_head_dim):
-            raise ValueError(f"prefill_mode: 'mha' takes qk_nope_head_dim + qk_rope_head_dim in [16, 256] and "
-                             f"v_head_dim <= 256, got {qk_nope_head_dim + qk_rope_head_dim} and {v_head_dim}")
+            from ..prefill import MAX_HEAD_DIM, MIN_HEAD_DIM_QK
+
+            raise ValueError(f"prefill_mode: 'mha' takes qk_nope_head_dim + qk_rope_head_dim in [{MIN_HEAD_DIM_QK}, "
+                             f"{MAX_HEAD_DIM}] and v_head_dim <= {MAX_HEAD_DIM}, got "
+                             f"{qk_nope_head_dim + qk_rope_head_dim} and {v_head_dim}")
         self.hidden_size, self.num_heads = hidden_size, num_heads
         self.kv_lora_rank, self.q_lora_rank = kv_lora_rank, q_lora_rank
         self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim = qk_nope_head_dim, qk_rope_head_dim, v_head_dim
