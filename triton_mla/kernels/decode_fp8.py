@@ -294,10 +294,12 @@ def _decode_fp8_kernel(
         seq += 1
 
 
-def read_variants(config):
-    """The key-tile read's variants (``_attend_range_fp8``'s constexprs) from a "decode_fp8" entry."""
-    return dict(HW_CVT=bool(config.get("HW_CVT", False)) and not interpreting(),  # the interpreter runs no PTX
-                SCALE_TILE=bool(config.get("SCALE_TILE", False)), CVT_ONCE=bool(config.get("CVT_ONCE", False)))
+def read_variants(config, for_gpu_target=False):
+    """The key-tile read's variants (``_attend_range_fp8``'s constexprs) from a "decode_fp8" entry. HW_CVT is off
+    under the interpreter, which runs no PTX, unless ``for_gpu_target`` (check-configs compiles for a GPU)."""
+    hw_cvt = bool(config.get("HW_CVT", False)) and (for_gpu_target or not interpreting())
+    return dict(HW_CVT=hw_cvt, SCALE_TILE=bool(config.get("SCALE_TILE", False)),
+                CVT_ONCE=bool(config.get("CVT_ONCE", False)))
 
 
 def decode_splitkv_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse):
@@ -337,9 +339,8 @@ def compile_specs(section, entry):
     block_h, block_n = entry["BLOCK_H"], entry["BLOCK_N"]
     for causal in (False, True):
         consts = dict(BLOCK_H=block_h, BLOCK_N=block_n, MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"],
-                      CAUSAL=causal, CHUNK_B=128, HW_CVT=bool(entry.get("HW_CVT", False)),
-                      SCALE_TILE=bool(entry.get("SCALE_TILE", False)), ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)),
-                      CVT_ONCE=bool(entry.get("CVT_ONCE", False)))
+                      CAUSAL=causal, CHUNK_B=128, ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)),
+                      **read_variants(entry, for_gpu_target=True))
         yield f"decode_fp8(causal={causal})", _decode_fp8_kernel, types, consts, entry["num_warps"], entry["num_stages"]
     yield from combine_specs(types, FP8_DV.value, block_n, entry["MIN_BLOCKS_PER_PART"])
     from . import decode_invariant as inv  # batch_invariant=True over the FP8 cache
@@ -348,8 +349,7 @@ def compile_specs(section, entry):
     yield ("invariant_fp8", inv._invariant_kernel, types,
            dict(DV=FP8_DV.value, BLOCK_DV=FP8_DV.value, DR=ROPE, BLOCK_DR=ROPE, BLOCK_H=block_h, BLOCK_N=block_n,
                 CHUNK_BLOCKS=chunk, CAUSAL=True, DOT_PRECISION="tf32", FP8=True,
-                HW_CVT=bool(entry.get("HW_CVT", False)), SCALE_TILE=bool(entry.get("SCALE_TILE", False)),
-                CVT_ONCE=bool(entry.get("CVT_ONCE", False))),
+                **read_variants(entry, for_gpu_target=True)),
            entry["num_warps"], entry["num_stages"])
     if entry.get("WGMMA", False) and entry.get("KEYS_ON_M", False):
         # the Gluon kernel that serves this entry's bfloat16 calls on sm90 (<= 16 rows: kernels/decode_sm90_fp8.py)
