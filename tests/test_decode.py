@@ -305,6 +305,11 @@ def _valid():
         (lambda a: a.update(head_dim_v=1000), ValueError, "head_dim_v"),
         (lambda a: a.update(head_dim_v=0), ValueError, "head_dim_v"),
         (lambda a: a.update(head_dim_v=64.0), TypeError, "head_dim_v"),
+        (lambda a: a.update(head_dim_v=True), TypeError, "head_dim_v"),
+        (lambda a: a.update(causal="yes"), TypeError, "causal"),
+        (lambda a: a.update(causal=1), TypeError, "causal"),
+        (lambda a: a.update(is_fp8_kvcache="no"), TypeError, "is_fp8_kvcache"),
+        (lambda a: a.update(batch_invariant=0), TypeError, "batch_invariant"),
         (lambda a: a.update(q=a["q"].transpose(-1, -2).contiguous().transpose(-1, -2)), ValueError, "q"),
         (lambda a: a.update(q=a["q"][:, :0]), ValueError, "q"),
         (lambda a: a.update(cache_seqlens=a["cache_seqlens"] * 0 - 1), ValueError, "cache_seqlens"),
@@ -323,6 +328,18 @@ def test_bad_input(mutate, exc, match):
     mutate(args)
     with pytest.raises(exc, match=match):
         tm.flash_mla_with_kvcache(**args)
+
+
+def test_numpy_scalars_taken():
+    """NumPy integers and bools (an engine's config often holds them) work as Python's do."""
+    q, k_cache, block_table, cache_seqlens = make_case([10, 20], s_q=2, h_q=2)
+    want = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, causal=True)
+    got = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, np.int64(64), causal=np.bool_(True))
+    assert got[0].shape[-1] == 64 and isinstance(got[0].shape[-1], int)
+    assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+    md, ns = tm.get_mla_metadata(cache_seqlens, np.int32(4), np.int64(1), is_fp8_kvcache=np.bool_(False))
+    assert torch.equal(tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, md, ns, causal=True)[0],
+                       want[0])
 
 
 def test_bad_device():

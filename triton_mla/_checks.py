@@ -103,9 +103,19 @@ def check_scale(value, name, default=None) -> float:
     return float(value)
 
 
-def check_int(value, name, *, low=None, high=None):
-    if isinstance(value, bool) or not isinstance(value, int):
+def check_int(value, name, *, low=None, high=None) -> int:
+    """An integer (Python or NumPy; not a bool) within [low, high], as a Python int (what kernels are launched
+    with): callers keep the returned value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # (NumPy's bool is not Integral)
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{name}: expected a value in [{low}, {high}], got {value}")
     return value
+
+
+def check_bool(value, name) -> bool:
+    """A flag: a Python or NumPy bool (not an int, a string or a tensor, whose truth would be taken silently)."""
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        return bool(value)
+    raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")

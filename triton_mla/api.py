@@ -11,6 +11,7 @@ from . import fp8 as _fp8
 from ._checks import (
     FLOAT_DTYPES,
     batch_invariant_default,
+    check_bool,
     check_int,
     check_runnable,
     check_scale,
@@ -66,15 +67,16 @@ def get_mla_metadata(cache_seqlens=None, num_q_tokens_per_head_k=None, num_heads
     and a CUDA graph replayed with new lengths stays correct.
     """
     if topk is not None:
-        check_int(topk, "topk", low=1)
+        topk = check_int(topk, "topk", low=1)
     if cache_seqlens is None:
         return MLASchedMeta(), None
     check_tensor(cache_seqlens, "cache_seqlens", ndim=1, dtype=torch.int32)
-    check_int(num_q_tokens_per_head_k, "num_q_tokens_per_head_k", low=1)
-    check_int(num_heads_k, "num_heads_k", low=1)
+    num_q_tokens_per_head_k = check_int(num_q_tokens_per_head_k, "num_q_tokens_per_head_k", low=1)
+    num_heads_k = check_int(num_heads_k, "num_heads_k", low=1)
     if num_heads_k != 1:
         raise ValueError(f"num_heads_k: MLA decode has one KV head, got {num_heads_k}")
     check_runnable(cache_seqlens.device, "cache_seqlens")
+    is_fp8_kvcache = check_bool(is_fp8_kvcache, "is_fp8_kvcache")
     config = configs.kernel_config("decode_fp8" if is_fp8_kvcache else "decode", num_q_tokens_per_head_k,
                                    torch.bfloat16, cache_seqlens.device)
     num_parts = _num_parts(num_q_tokens_per_head_k, config, cache_seqlens.device)
@@ -148,6 +150,10 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     Returns out (b, s_q, h_q, head_dim_v) in q's dtype, softmax_lse (b, h_q, s_q) float32 (natural log;
     +inf for a query with no keys, whose out is 0). Semantics: ``triton_mla.reference.decode_ref``.
     """
+    causal = check_bool(causal, "causal")
+    is_fp8_kvcache = check_bool(is_fp8_kvcache, "is_fp8_kvcache")
+    if batch_invariant is not None:
+        batch_invariant = check_bool(batch_invariant, "batch_invariant")
     if indices is not None:
         from .sparse import sparse_decode
 
@@ -169,7 +175,7 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     if block_table.shape[0] != b:
         raise ValueError(f"block_table: expected {b} rows (q's batch), got {block_table.shape[0]}")
     check_tensor(cache_seqlens, "cache_seqlens", shape=(b,), dtype=torch.int32, device=device)
-    check_int(head_dim_v, "head_dim_v", low=1, high=min(d, MAX_HEAD_DIM_V))
+    head_dim_v = check_int(head_dim_v, "head_dim_v", low=1, high=min(d, MAX_HEAD_DIM_V))
     if d - head_dim_v > MAX_ROPE_DIM:
         raise ValueError(f"head_dim_v: q's head dim {d} leaves {d - head_dim_v} rope dims; "
                          f"at most {MAX_ROPE_DIM} are supported")

@@ -86,8 +86,8 @@ class PageAllocator:
     """Hands out and frees pages per sequence (host-side bookkeeping; the kernels never see it)."""
 
     def __init__(self, num_blocks: int, page_size: int = 64):
-        check_int(num_blocks, "num_blocks", low=1)
-        check_int(page_size, "page_size", low=1)
+        num_blocks = check_int(num_blocks, "num_blocks", low=1)
+        page_size = check_int(page_size, "page_size", low=1)
         self.num_blocks = num_blocks
         self.page_size = page_size
         self._free = deque(range(num_blocks))
@@ -121,7 +121,7 @@ class PageAllocator:
 
     def pages_needed(self, seq_id, num_tokens: int) -> int:
         self._check_id(seq_id)
-        check_int(num_tokens, "num_tokens", low=0)  # a negative count said 0 pages (can_allocate: True)
+        num_tokens = check_int(num_tokens, "num_tokens", low=0)  # a negative count said 0 pages (can_allocate: True)
         length = self._lengths.get(seq_id, 0)
         have = len(self._pages.get(seq_id, ()))
         return max(0, -(-(length + num_tokens) // self.page_size) - have)
@@ -131,7 +131,7 @@ class PageAllocator:
 
     def allocate(self, seq_id, num_tokens: int, device=None) -> torch.Tensor:
         """Grow ``seq_id`` (new or known) by ``num_tokens``; returns their slots, (num_tokens,) int64."""
-        check_int(num_tokens, "num_tokens", low=0)
+        num_tokens = check_int(num_tokens, "num_tokens", low=0)
         need = self.pages_needed(seq_id, num_tokens)
         if need > len(self._free):
             raise RuntimeError(f"out of cache pages: sequence {seq_id!r} needs {need}, "
@@ -149,8 +149,8 @@ class PageAllocator:
     def slot_mapping(self, seq_id, start: int, end: int, device=None) -> torch.Tensor:
         """Slots of positions [start, end) of a sequence: (end - start,) int64."""
         pages = torch.tensor(self._pages_of(seq_id), dtype=torch.int64)
-        check_int(start, "start", low=0)
-        check_int(end, "end", low=start, high=len(pages) * self.page_size)  # positions its pages hold
+        start = check_int(start, "start", low=0)
+        end = check_int(end, "end", low=start, high=len(pages) * self.page_size)  # positions its pages hold
         pos = torch.arange(start, end, dtype=torch.int64)
         slots = pages[pos // self.page_size] * self.page_size + pos % self.page_size
         return slots.to(device) if device is not None else slots
@@ -159,7 +159,7 @@ class PageAllocator:
         """(len(seq_ids), max_pages) int32; entries past a sequence's pages are 0 (never read)."""
         rows = [self._pages_of(s, "seq_ids") for s in seq_ids]
         if max_pages is not None:
-            check_int(max_pages, "max_pages", low=1)
+            max_pages = check_int(max_pages, "max_pages", low=1)
         width = max([len(r) for r in rows] + [1]) if max_pages is None else max_pages
         table = torch.zeros(len(rows), width, dtype=torch.int32)
         for i, r in enumerate(rows):
@@ -185,9 +185,9 @@ class PagedLatentCache:
 
     def __init__(self, num_blocks: int, page_size: int = 64, kv_lora_rank: int = 512, rope_dim: int = 64,
                  num_layers: int = 1, dtype=torch.bfloat16, device="cuda"):
-        check_int(kv_lora_rank, "kv_lora_rank", low=1)
-        check_int(rope_dim, "rope_dim", low=0)
-        check_int(num_layers, "num_layers", low=1)
+        kv_lora_rank = check_int(kv_lora_rank, "kv_lora_rank", low=1)
+        rope_dim = check_int(rope_dim, "rope_dim", low=0)
+        num_layers = check_int(num_layers, "num_layers", low=1)
         self.is_fp8 = dtype in ("fp8", torch.float8_e4m3fn, torch.uint8)
         if self.is_fp8:
             if (kv_lora_rank, rope_dim) != (_fp8.NOPE_DIM, _fp8.ROPE_DIM):

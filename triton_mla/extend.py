@@ -140,7 +140,7 @@ def mla_extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_
         if d < MAX_HEAD_DIM_V:
             raise ValueError(f"head_dim_v: q's head dim {d} is not DeepSeek's 576: pass head_dim_v")
         head_dim_v = MAX_HEAD_DIM_V
-    check_int(head_dim_v, "head_dim_v", low=1, high=min(d, MAX_HEAD_DIM_V))
+    head_dim_v = check_int(head_dim_v, "head_dim_v", low=1, high=min(d, MAX_HEAD_DIM_V))
     if d - head_dim_v > MAX_ROPE_DIM:
         raise ValueError(f"head_dim_v: q's head dim {d} leaves {d - head_dim_v} rope dims; "
                          f"at most {MAX_ROPE_DIM} are supported")
@@ -159,7 +159,7 @@ def mla_extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_
     if b < 0:
         raise ValueError("cu_seqlens_q: expected shape [b + 1], got an empty tensor")
     _check_table(block_table, cache_seqlens, b, device)
-    check_int(max_seqlen_q, "max_seqlen_q", low=0)
+    max_seqlen_q = check_int(max_seqlen_q, "max_seqlen_q", low=0)
     softmax_scale = check_scale(softmax_scale, "softmax_scale", d ** -0.5)
     if out is None:
         out = torch.empty(total_q, h_q, head_dim_v, dtype=q.dtype, device=device)
@@ -253,9 +253,9 @@ def decompress_kv(k_cache, block_table, cache_seqlens, w_kc, w_vc, start=None, e
     _check_table(block_table, cache_seqlens, None, device)
     b = block_table.shape[0]
     if total_k is not None:
-        check_int(total_k, "total_k", low=0)
+        total_k = check_int(total_k, "total_k", low=0)
     if max_seqlen_k is not None:
-        check_int(max_seqlen_k, "max_seqlen_k", low=0)
+        max_seqlen_k = check_int(max_seqlen_k, "max_seqlen_k", low=0)
     if value_checks_enabled():
         _check_cache_values(k_cache, block_table, cache_seqlens)
 

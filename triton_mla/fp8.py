@@ -91,8 +91,8 @@ def is_fp8_cache(cache: torch.Tensor) -> bool:
 def cache_bytes_per_token(dtype="bf16", kv_lora_rank: int = NOPE_DIM, rope_dim: int = ROPE_DIM) -> int:
     """Bytes one token takes in one layer's latent cache: "bf16"/"fp16" (2 per value), "fp32", or "fp8"."""
     # as PagedLatentCache: a latent of 0 dims would take 0 bytes, and tokens_that_fit divide by zero
-    check_int(kv_lora_rank, "kv_lora_rank", low=1)
-    check_int(rope_dim, "rope_dim", low=0)
+    kv_lora_rank = check_int(kv_lora_rank, "kv_lora_rank", low=1)
+    rope_dim = check_int(rope_dim, "rope_dim", low=0)
     if not isinstance(dtype, (str, torch.dtype)):
         raise TypeError(f"dtype: expected a name ('bf16', 'fp16', 'fp32', 'fp8') or a torch.dtype, got "
                         f"{type(dtype).__name__}")
@@ -111,7 +111,7 @@ def tokens_that_fit(gib: float, num_layers: int = 1, dtype="bf16", kv_lora_rank:
     """How many tokens of latent cache fit in ``gib`` GiB for a model of ``num_layers`` MLA layers."""
     if isinstance(gib, bool) or not isinstance(gib, (int, float)):
         raise TypeError(f"gib: expected a number, got {type(gib).__name__}")
-    check_int(num_layers, "num_layers", low=1)  # a float count would make the result a float
+    num_layers = check_int(num_layers, "num_layers", low=1)  # a float count would make the result a float
     if gib < 0:
         raise ValueError(f"gib: need gib >= 0, got {gib}")
     return int(gib * 2**30) // (num_layers * cache_bytes_per_token(dtype, kv_lora_rank, rope_dim))

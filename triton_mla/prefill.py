@@ -85,8 +85,8 @@ def mla_prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     if b < 0:
         raise ValueError("cu_seqlens_q: expected shape [b + 1], got an empty tensor")
     check_tensor(cu_seqlens_k, "cu_seqlens_k", shape=(b + 1,), dtype=torch.int32, device=device)
-    check_int(max_seqlen_q, "max_seqlen_q", low=0)
-    check_int(max_seqlen_k, "max_seqlen_k", low=0)
+    max_seqlen_q = check_int(max_seqlen_q, "max_seqlen_q", low=0)
+    max_seqlen_k = check_int(max_seqlen_k, "max_seqlen_k", low=0)
     softmax_scale = check_scale(softmax_scale, "softmax_scale", d_qk ** -0.5)
     if not isinstance(causal, bool):
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")

@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 
 from . import configs
-from ._checks import FLOAT_DTYPES, batch_invariant_default, check_int, check_runnable, check_scale, check_tensor
+from ._checks import (
+    FLOAT_DTYPES,
+    batch_invariant_default,
+    check_bool,
+    check_int,
+    check_runnable,
+    check_scale,
+    check_tensor,
+)
 from .api import check_query_and_cache
 from .kernels import sparse as _sparse
 
@@ -25,10 +33,11 @@ MAX_ROPE_DIM = 128
 
 
 def _check_dims(d, head_dim_v, name):
-    check_int(head_dim_v, name, low=1, high=min(d, MAX_HEAD_DIM_V))
+    head_dim_v = check_int(head_dim_v, name, low=1, high=min(d, MAX_HEAD_DIM_V))
     if d - head_dim_v > MAX_ROPE_DIM:
         raise ValueError(f"{name}: q's head dim {d} leaves {d - head_dim_v} rope dims; at most {MAX_ROPE_DIM} "
                          "are supported")
+    return head_dim_v
 
 
 def _check_extras(attn_sink, topk_length, h_q, rows, device):
@@ -71,14 +80,17 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
         out, lse = tm.flash_mla_with_kvcache(q, k_cache, None, None, 512, tm.get_mla_metadata()[0], None,
                                              is_fp8_kvcache=True, indices=indices)
     """
-    if causal:
+    is_fp8_kvcache = check_bool(is_fp8_kvcache, "is_fp8_kvcache")
+    if batch_invariant is not None:
+        batch_invariant = check_bool(batch_invariant, "batch_invariant")
+    if check_bool(causal, "causal"):
         raise ValueError("causal: sparse decode has no causal mask (indices choose the keys); pass causal=False")
     b, s_q, h_q, d, fp8 = check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache)
     device = q.device
     if not fp8 and k_cache.shape[3] != d:
         raise ValueError(f"k_cache: head dim {k_cache.shape[3]} differs from q's {d}")
     # for FP8 too: check_query_and_cache compares head_dim_v with 512, which 512.0 passes
-    _check_dims(d, head_dim_v, "head_dim_v")
+    head_dim_v = _check_dims(d, head_dim_v, "head_dim_v")
     if k_cache.shape[2] != 1:
         raise ValueError(f"k_cache: MLA has one KV head (k_cache.shape[2] == 1), got {k_cache.shape[2]}")
     check_tensor(indices, "indices", ndim=3, dtype=torch.int32, device=device)
@@ -140,7 +152,7 @@ def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk
         raise ValueError(f"indices: expected shape [{s_q}, 1, topk] (q's s_q, one KV head), got "
                          f"{list(indices.shape)}")
     sm_scale = check_scale(sm_scale, "sm_scale")
-    _check_dims(d, d_v, "d_v")
+    d_v = _check_dims(d, d_v, "d_v")
     _check_extras(attn_sink, topk_length, h_q, s_q, device)
     check_runnable(device)
 

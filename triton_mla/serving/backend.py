@@ -55,12 +55,12 @@ class MLABackend:
 
     def __init__(self, max_batch_size: int, max_num_tokens: int, max_pages_per_seq: int, page_size: int = 64,
                  device="cuda", num_blocks: int | None = None):
-        check_int(max_batch_size, "max_batch_size", low=1)
-        check_int(max_num_tokens, "max_num_tokens", low=max_batch_size)
-        check_int(max_pages_per_seq, "max_pages_per_seq", low=1)
-        check_int(page_size, "page_size", low=1)
+        max_batch_size = check_int(max_batch_size, "max_batch_size", low=1)
+        max_num_tokens = check_int(max_num_tokens, "max_num_tokens", low=max_batch_size)
+        max_pages_per_seq = check_int(max_pages_per_seq, "max_pages_per_seq", low=1)
+        page_size = check_int(page_size, "page_size", low=1)
         if num_blocks is not None:
-            check_int(num_blocks, "num_blocks", low=1)
+            num_blocks = check_int(num_blocks, "num_blocks", low=1)
         self.max_batch_size, self.max_num_tokens = max_batch_size, max_num_tokens
         self.max_pages_per_seq, self.page_size, self.num_blocks = max_pages_per_seq, page_size, num_blocks
         self.device = check_device(device)
@@ -96,7 +96,7 @@ class MLABackend:
         if b > self.max_batch_size:
             raise ValueError(f"query_lens: {b} sequences, more than max_batch_size {self.max_batch_size}")
         if pad_to is not None:
-            check_int(pad_to, "pad_to", low=b, high=self.max_batch_size)
+            pad_to = check_int(pad_to, "pad_to", low=b, high=self.max_batch_size)
             if any(v != 1 for v in q):
                 raise ValueError("pad_to: only decode steps (every query_len 1) are padded to a batch bucket")
             if mode not in (None, "decode"):

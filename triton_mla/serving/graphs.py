@@ -90,8 +90,7 @@ class DecodeGraphs:
         if backend.device.type != "cuda":
             raise ValueError(f"backend: CUDA graphs need a CUDA device, the backend is on {backend.device}")
         sizes = default_batch_sizes(backend.max_batch_size) if batch_sizes is None else sorted(set(batch_sizes))
-        for s in sizes:
-            check_int(s, "batch_sizes", low=1, high=backend.max_batch_size)
+        sizes = [check_int(s, "batch_sizes", low=1, high=backend.max_batch_size) for s in sizes]
         for name, buf in inputs.items():
             if not isinstance(buf, torch.Tensor) or buf.shape[0] < sizes[-1]:
                 raise ValueError(f"inputs: {name!r} must be a tensor with at least {sizes[-1]} rows (the largest "
