@@ -203,6 +203,13 @@ def test_decode_strided_inputs():
     ref_out, ref_lse = sparse_decode_ref(q, k_cache, indices, 64, 0.2)
     assert_close(out, ref_out, torch.float16)
     assert_close(lse, ref_lse, torch.float16, "lse")
+    # attn_sink as a strided view (every other entry of a longer vector) counts as the same sink
+    sinks = torch.tensor([0.5, 9.0, -1.0, 9.0, 2.0, 9.0, float("inf"), 9.0, -3.0, 9.0])
+    got, _ = sparse_decode(q.to(DEVICE), k_cache.to(DEVICE), indices.to(DEVICE), 64, softmax_scale=0.2,
+                           attn_sink=sinks.to(DEVICE)[::2])
+    want, _ = sparse_decode(q.to(DEVICE), k_cache.to(DEVICE), indices.to(DEVICE), 64, softmax_scale=0.2,
+                            attn_sink=sinks[::2].contiguous().to(DEVICE))
+    assert torch.equal(got, want) and not torch.equal(got, out)
 
 
 @pytest.mark.parametrize("dv,dr,split", [(512, 64, False), (512, 64, True), (512, 0, False), (96, 32, True),

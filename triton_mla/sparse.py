@@ -41,11 +41,14 @@ def _check_dims(d, head_dim_v, name):
 
 
 def _check_extras(attn_sink, topk_length, h_q, rows, device):
+    """The checked attn_sink, made contiguous (the kernels read it densely; h_q floats, a strided view is
+    valid input), and topk_length (read with its stride)."""
     if attn_sink is not None:
-        check_tensor(attn_sink, "attn_sink", shape=(h_q,), dtype=torch.float32, device=device,
-                     last_contiguous=True)
+        check_tensor(attn_sink, "attn_sink", shape=(h_q,), dtype=torch.float32, device=device)
+        attn_sink = attn_sink.contiguous()
     if topk_length is not None:
         check_tensor(topk_length, "topk_length", shape=(rows,), dtype=torch.int32, device=device)
+    return attn_sink, topk_length
 
 
 def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kvcache=False, attn_sink=None,
@@ -96,7 +99,7 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
     check_tensor(indices, "indices", ndim=3, dtype=torch.int32, device=device)
     if tuple(indices.shape[:2]) != (b, s_q):
         raise ValueError(f"indices: expected shape [{b}, {s_q}, topk] (q's batch and s_q), got {list(indices.shape)}")
-    _check_extras(attn_sink, topk_length, h_q, b, device)
+    attn_sink, topk_length = _check_extras(attn_sink, topk_length, h_q, b, device)
     softmax_scale = check_scale(softmax_scale, "softmax_scale", d ** -0.5)
     check_runnable(device)
 
@@ -153,7 +156,7 @@ def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk
                          f"{list(indices.shape)}")
     sm_scale = check_scale(sm_scale, "sm_scale")
     d_v = _check_dims(d, d_v, "d_v")
-    _check_extras(attn_sink, topk_length, h_q, s_q, device)
+    attn_sink, topk_length = _check_extras(attn_sink, topk_length, h_q, s_q, device)
     check_runnable(device)
 
     out = torch.empty(s_q, h_q, d_v, dtype=q.dtype, device=device)
