@@ -246,6 +246,40 @@ def test_softmax_scale_and_sharp_attention():
     check_fp8_decode([80], s_q=1, h_q=2, softmax_scale=0.3, q_scale=4.0)
 
 
+@pytest.mark.parametrize("amax", [3e4, 6e4, 2e5])
+def test_large_latents_sparse_and_extend(amax):
+    """Latent groups far beyond a model's (a channel up to ``amax``; scales 128, 256, 1024, which 448 * 128 ends):
+    the float16 P V operands of sparse decode and extend (float16 queries) stay in range; rows compared with the
+    reference over the dequantized cache, one by one. Tokens of both kinds share each key tile."""
+    from triton_mla.extend import mla_extend
+    from triton_mla.reference import extend_ref, sparse_decode_ref
+
+    g = torch.Generator().manual_seed(int(amax))
+    kv_c = torch.randn(40, 512, generator=g)
+    kv_c[::2, 5] *= amax / kv_c[::2, 5].abs().max()  # every other token: one channel up to amax
+    cache = torch.zeros(3, 16, 1, 656, dtype=torch.uint8, device=DEVICE)
+    tm.write_kv_cache(cache, kv_c.to(DEVICE), torch.randn(40, 64, generator=g).to(DEVICE),
+                      torch.arange(40, device=DEVICE))
+    deq = F.dequantize_latent(cache.cpu())
+    q = (torch.randn(2, 1, 3, 576, generator=g) * 0.1).half()
+    q[..., 5] = 0  # the outlier channel out of the scores: attention stays spread, outputs within float16
+    idx = torch.randperm(40, generator=g)[:37].to(torch.int32).view(1, 1, 37).expand(2, 1, 37).contiguous()
+    out, lse = tm.flash_mla_with_kvcache(q.to(DEVICE), cache, None, None, 512, None, None, softmax_scale=0.05,
+                                         is_fp8_kvcache=True, indices=idx.to(DEVICE))
+    ref, ref_lse = sparse_decode_ref(q, deq, idx, 512, softmax_scale=0.05)
+    assert 1e3 < ref.abs().max() < 6e4
+    for r in range(3):
+        assert_close(out[:, :, r].cpu(), ref[:, :, r], torch.float16)
+    assert_close(lse.cpu(), ref_lse, torch.float16, "lse")
+    bt = torch.arange(3, dtype=torch.int32)[None]
+    lens, cu = torch.tensor([40], dtype=torch.int32), torch.tensor([0, 2], dtype=torch.int32)
+    out, _ = mla_extend(q[:, 0].to(DEVICE), cache, bt.to(DEVICE), lens.to(DEVICE), cu.to(DEVICE), 2, 0.05,
+                        is_fp8_kvcache=True)
+    ref, _ = extend_ref(q[:, 0], cache.cpu(), bt, lens, cu, 512, softmax_scale=0.05)
+    for t in range(2):
+        assert_close(out[t].cpu(), ref[t], torch.float16)
+
+
 @pytest.mark.parametrize("q_scale", [1.0, 3e4, 1e-5])
 def test_row_scaling_of_bf16_queries(q_scale):
     """bf16 queries run the value dots in float16 after scaling each row by a power of two; the

@@ -40,6 +40,16 @@ def load_fp8_group(k_ptr, tok_off, tok_ok, G: tl.constexpr, DTYPE: tl.constexpr)
 
 
 @triton.jit
+def pv_excess(factor):
+    """The factor e >= 1 by which P V's float16 operand P * factor must be divided so that it stays within
+    2**14 (then dot(P * (factor / e), tile) * e is the product): max(factor) / 2**14 where the [BLOCK_N] factors
+    pass 2**14, else 1. With the factors these helpers return (scale * 256), e is 1 for every latent group below
+    448 * 64 = 28672 in magnitude; above 57344 the operand would overflow float16 without it. Scales are powers
+    of two (FlashMLA's quantizer), so e is one too and dividing by it is exact."""
+    return tl.maximum(tl.max(factor, axis=0) * (1.0 / 16384.0), 1.0)
+
+
+@triton.jit
 def load_fp8_rope(k_ptr, tok_off, tok_ok, DTYPE: tl.constexpr):
     """The 64 bf16 rope values of each token: [BLOCK_N, 64] in DTYPE (masked tokens give 0)."""
     offs = tl.arange(0, ROPE)

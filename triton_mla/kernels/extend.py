@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._common import LN2, LOG2E, cdiv, next_pow2
-from ._fp8 import load_fp8_group, load_fp8_nope, load_fp8_rope
+from ._fp8 import load_fp8_group, load_fp8_nope, load_fp8_rope, pv_excess
 
 try:  # the Gluon kernel for sm90 (64 rows a program, warpgroup MMA); needs triton.experimental.gluon
     from . import decode_sm90 as _gluon
@@ -185,14 +185,30 @@ def _attend_fp8(acc0, acc1, acc2, acc3, m_i, l_i, q0, q1, q2, q3, q_pe, k_ptr, b
         m_i = m_new
         # -- PV: the factor scales P's columns, so each group's raw tile is the B operand ----
         lazy: tl.constexpr = LAZY_RESCALE > 0
-        p0, acc0 = _unchain(p * f0[None, :], acc0, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-        p1, acc1 = _unchain(p * f1[None, :], acc1, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-        p2, acc2 = _unchain(p * f2[None, :], acc2, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-        p3, acc3 = _unchain(p * f3[None, :], acc3, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-        acc0 = tl.dot(p0, x0, acc0)
-        acc1 = tl.dot(p1, x1, acc1)
-        acc2 = tl.dot(p2, x2, acc2)
-        acc3 = tl.dot(p3, x3, acc3)
+        if dt == tl.float16:
+            # float16's range: P * factor passes 65504 for latent groups above 57344 in magnitude, so a tile's
+            # factors are divided by e (pv_excess: 1 for any smaller latent), and acc by e around the dot
+            e0 = pv_excess(f0)
+            e1 = pv_excess(f1)
+            e2 = pv_excess(f2)
+            e3 = pv_excess(f3)
+            p0, acc0 = _unchain(p * (f0 / e0)[None, :], acc0, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+            p1, acc1 = _unchain(p * (f1 / e1)[None, :], acc1, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+            p2, acc2 = _unchain(p * (f2 / e2)[None, :], acc2, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+            p3, acc3 = _unchain(p * (f3 / e3)[None, :], acc3, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+            acc0 = tl.dot(p0, x0, acc0 / e0) * e0
+            acc1 = tl.dot(p1, x1, acc1 / e1) * e1
+            acc2 = tl.dot(p2, x2, acc2 / e2) * e2
+            acc3 = tl.dot(p3, x3, acc3 / e3) * e3
+        else:
+            p0, acc0 = _unchain(p * f0[None, :], acc0, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+            p1, acc1 = _unchain(p * f1[None, :], acc1, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+            p2, acc2 = _unchain(p * f2[None, :], acc2, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+            p3, acc3 = _unchain(p * f3[None, :], acc3, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+            acc0 = tl.dot(p0, x0, acc0)
+            acc1 = tl.dot(p1, x1, acc1)
+            acc2 = tl.dot(p2, x2, acc2)
+            acc3 = tl.dot(p3, x3, acc3)
     return acc0, acc1, acc2, acc3, m_i, l_i
 
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._common import LN2, LOG2E, cdiv, next_pow2
-from ._fp8 import GROUP, ROPE, SCALE_BYTE, fp8_to_f16, load_fp8_rope
+from ._fp8 import GROUP, ROPE, SCALE_BYTE, fp8_to_f16, load_fp8_rope, pv_excess
 
 try:  # the Gluon kernel for sm90 (64 heads a program, warpgroup MMA); needs triton.experimental.gluon
     from . import decode_sm90 as _gluon
@@ -229,6 +229,14 @@ def _fp8_group(k_ptr, tok_off, tok_ok, G: tl.constexpr, NATIVE_FP8: tl.constexpr
 
 
 @triton.jit
+def _pv_fp8(acc, alpha, p, factor, tile):
+    """acc * alpha + P V of one value group, P's columns times the keys' ``factor`` in float16 (divided by
+    ``pv_excess`` where latents are so large that the product would overflow)."""
+    e = pv_excess(factor)
+    return acc * alpha[:, None] + tl.dot((p * (factor / e)[None, :]).to(tl.float16), tile) * e
+
+
+@triton.jit
 def _fp8_qk_tile(k_ptr, tok_off, tok_ok, G: tl.constexpr, NATIVE_FP8: tl.constexpr):
     """Group G's tile again (as ``_fp8_group``'s, in float16), read by a load of its own for QK^T (DUAL_LOAD)."""
     offs = G * GROUP + tl.arange(0, GROUP)
@@ -353,10 +361,10 @@ def _sparse_fp8_kernel(
         nope += tl.dot(q3, tl.trans(u3)) * f3[None, :]
         qk = nope * nope_scale[:, None] + tl.dot(q_pe, tl.trans(rope)) * qk_scale
         p, alpha, m_i, l_i = _softmax_step(qk, ok, m_i, l_i)
-        acc0 = acc0 * alpha[:, None] + tl.dot((p * (f0 * PV_LIFT)[None, :]).to(tl.float16), t0)
-        acc1 = acc1 * alpha[:, None] + tl.dot((p * (f1 * PV_LIFT)[None, :]).to(tl.float16), t1)
-        acc2 = acc2 * alpha[:, None] + tl.dot((p * (f2 * PV_LIFT)[None, :]).to(tl.float16), t2)
-        acc3 = acc3 * alpha[:, None] + tl.dot((p * (f3 * PV_LIFT)[None, :]).to(tl.float16), t3)
+        acc0 = _pv_fp8(acc0, alpha, p, f0 * PV_LIFT, t0)
+        acc1 = _pv_fp8(acc1, alpha, p, f1 * PV_LIFT, t1)
+        acc2 = _pv_fp8(acc2, alpha, p, f2 * PV_LIFT, t2)
+        acc3 = _pv_fp8(acc3, alpha, p, f3 * PV_LIFT, t3)
 
     # -- epilogue ------------------------------------------------------------------------------------
     empty, lse2 = _lse2(m_i, l_i)
