@@ -320,6 +320,7 @@ def _valid():
         (lambda a: a.update(softmax_scale="0.1"), TypeError, "softmax_scale"),
         (lambda a: a.update(softmax_scale=float("nan")), ValueError, "softmax_scale"),
         (lambda a: a.update(softmax_scale=-float("inf")), ValueError, "softmax_scale"),
+        (lambda a: a.update(softmax_scale=3e38), ValueError, "softmax_scale"),
     ],
 )
 def test_bad_input(mutate, exc, match):

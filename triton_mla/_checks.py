@@ -100,6 +100,8 @@ def check_scale(value, name, default=None) -> float:
         raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
     if not math.isfinite(value):
         raise ValueError(f"{name}: expected a finite scale, got {value}")
+    if abs(value) * 1.4426950408889634 > 3.4028234663852886e38:  # the kernels take scale * log2(e) as float32
+        raise ValueError(f"{name}: {value} overflows float32 in the kernels (|scale| must be below 2.35e38)")
     return float(value)
 
 
