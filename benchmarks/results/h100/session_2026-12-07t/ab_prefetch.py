@@ -45,23 +45,28 @@ def rel_err(out, case, s_q, sub):
     return ((out[:sub].float() - ref).norm() / ref.norm()).item()
 
 
+def stress_case(page, h, s_q, seed, b=96):
+    """A batch of b sequences of random lengths 0..700 (some 0 and 1), pages in random order."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    lens = torch.randint(0, 700, (b,), generator=g, device="cuda", dtype=torch.int32)
+    lens[torch.randint(0, b, (8,), generator=g, device="cuda")] = 0
+    lens[torch.randint(0, b, (8,), generator=g, device="cuda")] = 1
+    pages = (int(lens.max()) + page - 1) // page
+    nb = b * pages + 3
+    bt = torch.randperm(nb, generator=g, device="cuda")[: b * pages].to(torch.int32).view(b, pages)
+    kc = torch.randn(nb, page, 1, D, generator=g, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(b, s_q, h, D, generator=g, device="cuda", dtype=torch.bfloat16)
+    return q, kc, bt, lens
+
+
 def stress(old, new):
     """Many short segments: random lengths 0..700 (some 0), so parts cross several sequences."""
     ok = True
     for page in (64, 32):
         for h, s_q in ((128, 1), (48, 2), (128, 2)):
             for seed in range(3):
-                g = torch.Generator(device="cuda").manual_seed(seed)
                 b = 96
-                lens = torch.randint(0, 700, (b,), generator=g, device="cuda", dtype=torch.int32)
-                lens[torch.randint(0, b, (8,), generator=g, device="cuda")] = 0
-                lens[torch.randint(0, b, (8,), generator=g, device="cuda")] = 1
-                pages = (int(lens.max()) + page - 1) // page
-                nb = b * pages + 3
-                bt = torch.randperm(nb, generator=g, device="cuda")[: b * pages].to(torch.int32).view(b, pages)
-                kc = torch.randn(nb, page, 1, D, generator=g, device="cuda", dtype=torch.bfloat16)
-                q = torch.randn(b, s_q, h, D, generator=g, device="cuda", dtype=torch.bfloat16)
-                case = (q, kc, bt, lens)
+                case = stress_case(page, h, s_q, seed, b)
                 outs = []
                 for kern in (old, new):
                     run, md = call(kern, case, s_q, h)

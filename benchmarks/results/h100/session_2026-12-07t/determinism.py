@@ -6,44 +6,22 @@ relative error against the float32 reference, and rows with NaN.
 
     PYTHONPATH=. python3 benchmarks/results/h100/session_2026-12-07t/determinism.py [PREFETCH_FILE.py]
 """
-import importlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
 import triton_mla as tm
-import triton_mla.kernels as kernels_pkg
 from triton_mla import configs
 from triton_mla.bench import DV, D, make_decode_case
 from triton_mla.kernels import decode_sm90, decode_sm90_ws
 from triton_mla.reference import decode_ref
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ab_prefetch import kernel_from, stress_case  # noqa: E402
+
 REPS = 4
-
-
-def kernel_from(path):
-    dst = Path(kernels_pkg.__file__).parent / "decode_sm90_ws_variant.py"
-    shutil.copy(path, dst)
-    try:
-        return importlib.import_module("triton_mla.kernels.decode_sm90_ws_variant")._decode_ws_kernel
-    finally:
-        dst.unlink()
-
-
-def stress_case(page, h, s_q, seed, b=96):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    lens = torch.randint(0, 700, (b,), generator=g, device="cuda", dtype=torch.int32)
-    lens[torch.randint(0, b, (8,), generator=g, device="cuda")] = 0
-    lens[torch.randint(0, b, (8,), generator=g, device="cuda")] = 1
-    pages = (int(lens.max()) + page - 1) // page
-    nb = b * pages + 3
-    bt = torch.randperm(nb, generator=g, device="cuda")[: b * pages].to(torch.int32).view(b, pages)
-    kc = torch.randn(nb, page, 1, D, generator=g, device="cuda", dtype=torch.bfloat16)
-    q = torch.randn(b, s_q, h, D, generator=g, device="cuda", dtype=torch.bfloat16)
-    return q, kc, bt, lens
 
 
 def runs(kern, case, s_q, h, ws=True):
