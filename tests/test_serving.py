@@ -166,6 +166,15 @@ def test_backend_and_cache_reject_a_device_string_torch_cannot_parse():
         PagedLatentCache(4, 4, 16, 8, device="gpu0")
 
 
+@pytest.mark.parametrize("sizes,exc", [([], ValueError), (5, TypeError), ("12", TypeError), ([1, "2"], TypeError),
+                                       ([0, 2], ValueError), ([1, 9], ValueError)])
+def test_graph_batch_sizes_checked(sizes, exc):
+    """batch_sizes: checked before anything else (here on any device), each error naming it."""
+    backend = MLABackend(8, 64, 4, 4, device=DEVICE)
+    with pytest.raises(exc, match="batch_sizes"):
+        DecodeGraphs(backend, lambda plan, x: None, {}, batch_sizes=sizes)
+
+
 def test_default_batch_sizes():
     assert default_batch_sizes(1) == [1]
     assert default_batch_sizes(20) == [1, 2, 4, 8, 16, 20]

@@ -87,10 +87,16 @@ class DecodeGraphs:
     def __init__(self, backend: MLABackend, step, inputs: dict, batch_sizes=None):
         if not isinstance(backend, MLABackend):
             raise TypeError(f"backend: expected an MLABackend, got {type(backend).__name__}")
+        if batch_sizes is None:
+            sizes = default_batch_sizes(backend.max_batch_size)
+        else:
+            if isinstance(batch_sizes, (str, bytes)) or not hasattr(batch_sizes, "__iter__"):
+                raise TypeError(f"batch_sizes: expected a sequence of ints, got {type(batch_sizes).__name__}")
+            sizes = sorted({check_int(s, "batch_sizes", low=1, high=backend.max_batch_size) for s in batch_sizes})
+            if not sizes:
+                raise ValueError("batch_sizes: expected at least one batch size")
         if backend.device.type != "cuda":
             raise ValueError(f"backend: CUDA graphs need a CUDA device, the backend is on {backend.device}")
-        sizes = default_batch_sizes(backend.max_batch_size) if batch_sizes is None else sorted(set(batch_sizes))
-        sizes = [check_int(s, "batch_sizes", low=1, high=backend.max_batch_size) for s in sizes]
         for name, buf in inputs.items():
             if not isinstance(buf, torch.Tensor) or buf.shape[0] < sizes[-1]:
                 raise ValueError(f"inputs: {name!r} must be a tensor with at least {sizes[-1]} rows (the largest "
