@@ -25,6 +25,32 @@ def test_metadata_with_no_arguments_is_accepted():
     assert_close(out, ref_out, q.dtype)
 
 
+def test_flashmla_names_and_keywords():
+    """Names and keywords of FlashMLA's releases that engines and FlashMLA's own test helpers use: a
+    caller-built FlashMLASchedMeta, the first release's num_heads_per_head_k, the newer enable_batch_invariant,
+    and the extra_* cache keywords passed as None (a tensor there is refused, naming it)."""
+    q, k_cache, block_table, cache_seqlens = make_case([5, 17], 2, 3)
+    want = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, causal=True)
+    got = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, tm.FlashMLASchedMeta(), None,
+                                    causal=True, extra_k_cache=None, extra_indices_in_kvcache=None,
+                                    extra_topk_length=None, enable_batch_invariant=False)
+    assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+    md, ns = tm.get_mla_metadata(cache_seqlens, num_heads_per_head_k=6, num_heads_k=1)
+    got = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, md, ns, causal=True)
+    assert torch.equal(want[0], got[0])
+    inv = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, causal=True,
+                                    enable_batch_invariant=True)
+    assert torch.equal(inv[0], tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, causal=True,
+                                                         batch_invariant=True)[0])
+    with pytest.raises(ValueError, match="extra_k_cache"):
+        tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, extra_k_cache=k_cache)
+    with pytest.raises(TypeError, match="enable_batch_invariant"):
+        tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, batch_invariant=True,
+                                  enable_batch_invariant=True)
+    with pytest.raises(TypeError, match="num_heads_per_head_k"):
+        tm.get_mla_metadata(cache_seqlens, 6, num_heads_per_head_k=6)
+
+
 def test_metadata_of_a_wrong_type_is_rejected():
     q, k_cache, block_table, cache_seqlens = make_case([5], 1, 2)
     with pytest.raises(TypeError, match="tile_scheduler_metadata"):

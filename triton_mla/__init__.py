@@ -12,7 +12,7 @@ Public API (FlashMLA-compatible where FlashMLA has the function):
 Hugging Face: ``triton_mla.integrations.transformers.patch_model`` (needs transformers).
 """
 
-from .api import flash_mla_with_kvcache, get_mla_metadata
+from .api import FlashMLASchedMeta, MLASchedMeta, flash_mla_with_kvcache, get_mla_metadata
 from .cache import PageAllocator, PagedLatentCache, write_kv_cache
 from .extend import DecompressedKV, decompress_kv, mla_extend
 from .fp8 import cache_bytes_per_token, dequantize_latent, quantize_latent, tokens_that_fit
@@ -26,6 +26,8 @@ __version__ = "0.2.0"
 __all__ = [
     "get_mla_metadata",
     "flash_mla_with_kvcache",
+    "FlashMLASchedMeta",
+    "MLASchedMeta",
     "flash_mla_sparse_fwd",
     "sparse_decode",
     "mla_prefill_mha",

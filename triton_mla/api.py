@@ -44,12 +44,16 @@ class MLASchedMeta:
     """What ``get_mla_metadata()`` returns when called with no batch (newest FlashMLA's calling style).
 
     FlashMLA fills its scheduler object on the first decode call; our kernels derive their plan from
-    ``cache_seqlens`` at every launch, so this is only a token to pass back: it holds nothing.
+    ``cache_seqlens`` at every launch, so this is only a token to pass back: it holds nothing. Also exported as
+    ``FlashMLASchedMeta`` (FlashMLA's name: engines build one themselves and pass it).
     """
 
 
+FlashMLASchedMeta = MLASchedMeta
+
+
 def get_mla_metadata(cache_seqlens=None, num_q_tokens_per_head_k=None, num_heads_k=1, num_heads_q=None,
-                     is_fp8_kvcache=False, topk=None):
+                     is_fp8_kvcache=False, topk=None, *, num_heads_per_head_k=None):
     """Plan the split of a decode batch over the GPU, FlashMLA's way of calling.
 
     Called with no ``cache_seqlens`` (newest FlashMLA, and sparse decode), returns
@@ -57,7 +61,8 @@ def get_mla_metadata(cache_seqlens=None, num_q_tokens_per_head_k=None, num_heads
 
     cache_seqlens: (b,) int32, on the GPU. num_q_tokens_per_head_k: s_q * h_q // h_kv.
     num_heads_k: h_kv (1 for MLA). num_heads_q, is_fp8_kvcache, topk: accepted for FlashMLA
-    compatibility (the plan does not depend on them).
+    compatibility (the plan does not depend on them). num_heads_per_head_k: the first FlashMLA's keyword
+    for num_q_tokens_per_head_k (give one of the two).
 
     Returns ``(tile_scheduler_metadata, num_splits)``: (num_parts, 8) int32, per part
     [first seq, first token, last seq, end token, first block, end block, parts in use, 0], and
@@ -66,6 +71,10 @@ def get_mla_metadata(cache_seqlens=None, num_q_tokens_per_head_k=None, num_heads
     so passing these back (older FlashMLA) and passing ``num_splits=None`` (newest FlashMLA) both work,
     and a CUDA graph replayed with new lengths stays correct.
     """
+    if num_heads_per_head_k is not None:
+        if num_q_tokens_per_head_k is not None:
+            raise TypeError("num_heads_per_head_k: the older name of num_q_tokens_per_head_k; give only one")
+        num_q_tokens_per_head_k = num_heads_per_head_k
     if topk is not None:
         topk = check_int(topk, "topk", low=1)
     if cache_seqlens is None:
@@ -128,7 +137,9 @@ def check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache):
 
 def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata=None,
                            num_splits=None, softmax_scale=None, causal=False, is_fp8_kvcache=False,
-                           indices=None, attn_sink=None, topk_length=None, batch_invariant=None):
+                           indices=None, attn_sink=None, topk_length=None, batch_invariant=None, *,
+                           extra_k_cache=None, extra_indices_in_kvcache=None, extra_topk_length=None,
+                           enable_batch_invariant=None):
     """MLA decode over a paged latent cache (MQA with one KV head, V = the first head_dim_v dims of K).
 
     q: (b, s_q, h_q, d) bfloat16/float16/float32, d = head_dim_v + rope dims (576 for DeepSeek).
@@ -146,10 +157,21 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     same whatever else is in the batch (for RL rollouts, reproducible evals); default: the environment
     variable TRITON_MLA_BATCH_INVARIANT=1. Costs parallelism on small batches. Sparse decode: see
     ``sparse_decode``.
+    extra_k_cache, extra_indices_in_kvcache, extra_topk_length: newer FlashMLA's second (extra) cache for
+    sparse decode; accepted as None (its test helpers and engines pass them so), a tensor is not supported.
+    enable_batch_invariant: newer FlashMLA's name for ``batch_invariant`` (give one of the two).
 
     Returns out (b, s_q, h_q, head_dim_v) in q's dtype, softmax_lse (b, h_q, s_q) float32 (natural log;
     +inf for a query with no keys, whose out is 0). Semantics: ``triton_mla.reference.decode_ref``.
     """
+    for name, extra in (("extra_k_cache", extra_k_cache), ("extra_indices_in_kvcache", extra_indices_in_kvcache),
+                        ("extra_topk_length", extra_topk_length)):
+        if extra is not None:
+            raise ValueError(f"{name}: a second (extra) cache is not supported; pass None")
+    if enable_batch_invariant is not None:
+        if batch_invariant is not None:
+            raise TypeError("enable_batch_invariant: newer FlashMLA's name for batch_invariant; give only one")
+        batch_invariant = enable_batch_invariant
     causal = check_bool(causal, "causal")
     is_fp8_kvcache = check_bool(is_fp8_kvcache, "is_fp8_kvcache")
     if batch_invariant is not None:

@@ -135,6 +135,8 @@ def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk
     float32 in natural-log units of the scaled logits (max_logits = max over valid keys of
     q.k * sm_scale, lse = logsumexp of the same). A query with no valid index: out = 0, lse = +inf,
     max_logits = -inf. Semantics: ``triton_mla.reference.sparse_prefill_ref`` (FlashMLA's tests/ref.py).
+    FlashMLA's first sparse release (and its README's PyTorch equivalent) gave both in base-2 units; divide
+    by ln 2 (``/ math.log(2)``) where code expects those.
 
     Example::
 
