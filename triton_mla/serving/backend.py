@@ -10,8 +10,6 @@ the :class:`AttentionPlan` it returns.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from .._checks import check_device, check_int, check_tensor
@@ -28,13 +26,8 @@ def _as_int_list(values, name):
         return [int(v) for v in values.tolist()]
     if not hasattr(values, "__iter__"):
         raise TypeError(f"{name}: expected a sequence of ints, got {type(values).__name__}")
-    out = []
-    for v in values:
-        # numbers.Integral: Python and NumPy integers alike (a scheduler's arrays hand out np.int64)
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name}: expected ints, got {type(v).__name__}")
-        out.append(int(v))
-    return out
+    # Python and NumPy integers alike (a scheduler's arrays hand out np.int64), as Python ints
+    return [check_int(v, name) for v in values]
 
 
 class MLABackend:
