@@ -156,6 +156,15 @@ def _attend(acc, m_i, l_i, q_nope, q_pe, k_ptr, bt_row, tok_lo, tok_hi, row_limi
 
 
 @triton.jit
+def _pv_excess(factor, DT: tl.constexpr):
+    """``pv_excess`` where P is formed in float16; 1.0 (a constant) for bfloat16/float32, which have the range."""
+    if DT == tl.float16:
+        return pv_excess(factor)
+    else:
+        return 1.0
+
+
+@triton.jit
 def _attend_fp8(acc0, acc1, acc2, acc3, m_i, l_i, q0, q1, q2, q3, q_pe, k_ptr, bt_row, tok_lo, tok_hi,
                 row_limit, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale,
                 BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, UNCHAIN: tl.constexpr, LAZY_RESCALE: tl.constexpr):
@@ -185,30 +194,21 @@ def _attend_fp8(acc0, acc1, acc2, acc3, m_i, l_i, q0, q1, q2, q3, q_pe, k_ptr, b
         m_i = m_new
         # -- PV: the factor scales P's columns, so each group's raw tile is the B operand ----
         lazy: tl.constexpr = LAZY_RESCALE > 0
-        if dt == tl.float16:
-            # float16's range: P * factor passes 65504 for latent groups above 57344 in magnitude, so a tile's
-            # factors are divided by e (pv_excess: 1 for any smaller latent), and acc by e around the dot
-            e0 = pv_excess(f0)
-            e1 = pv_excess(f1)
-            e2 = pv_excess(f2)
-            e3 = pv_excess(f3)
-            p0, acc0 = _unchain(p * (f0 / e0)[None, :], acc0, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-            p1, acc1 = _unchain(p * (f1 / e1)[None, :], acc1, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-            p2, acc2 = _unchain(p * (f2 / e2)[None, :], acc2, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-            p3, acc3 = _unchain(p * (f3 / e3)[None, :], acc3, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-            acc0 = tl.dot(p0, x0, acc0 / e0) * e0
-            acc1 = tl.dot(p1, x1, acc1 / e1) * e1
-            acc2 = tl.dot(p2, x2, acc2 / e2) * e2
-            acc3 = tl.dot(p3, x3, acc3 / e3) * e3
-        else:
-            p0, acc0 = _unchain(p * f0[None, :], acc0, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-            p1, acc1 = _unchain(p * f1[None, :], acc1, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-            p2, acc2 = _unchain(p * f2[None, :], acc2, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-            p3, acc3 = _unchain(p * f3[None, :], acc3, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
-            acc0 = tl.dot(p0, x0, acc0)
-            acc1 = tl.dot(p1, x1, acc1)
-            acc2 = tl.dot(p2, x2, acc2)
-            acc3 = tl.dot(p3, x3, acc3)
+        # float16's range: P * factor passes 65504 for latent groups above 57344 in magnitude, so a tile's
+        # factors are divided by e and acc by e around the dot (_pv_excess: 1 for any smaller latent, and the
+        # constant 1.0 for other dtypes, whose divisions and products by it fold away)
+        e0 = _pv_excess(f0, dt)
+        e1 = _pv_excess(f1, dt)
+        e2 = _pv_excess(f2, dt)
+        e3 = _pv_excess(f3, dt)
+        p0, acc0 = _unchain(p * (f0 / e0)[None, :], acc0, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+        p1, acc1 = _unchain(p * (f1 / e1)[None, :], acc1, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+        p2, acc2 = _unchain(p * (f2 / e2)[None, :], acc2, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+        p3, acc3 = _unchain(p * (f3 / e3)[None, :], acc3, alpha, qk_scale > 0, rescale, dt, UNCHAIN, lazy)
+        acc0 = tl.dot(p0, x0, acc0 / e0) * e0
+        acc1 = tl.dot(p1, x1, acc1 / e1) * e1
+        acc2 = tl.dot(p2, x2, acc2 / e2) * e2
+        acc3 = tl.dot(p3, x3, acc3 / e3) * e3
     return acc0, acc1, acc2, acc3, m_i, l_i
 
 
