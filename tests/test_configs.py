@@ -224,3 +224,28 @@ def test_host_launch_arithmetic_matches_triton():
 
     assert all(cdiv(a, b) == triton.cdiv(a, b) for a in range(0, 200) for b in (1, 3, 16, 64))
     assert all(next_pow2(n) == triton.next_power_of_2(n) for n in range(1, 3000))
+
+
+def test_fp8_keys_on_m_entries_compile_what_they_serve():
+    """check-configs compiles the FP8 kernels an sm90 ``decode_fp8`` entry can launch: with KEYS_ON_M, the keys-on-M
+    programs (8, 16, 32 rows) for the rows it serves up to 32, and the 64-row kernel for rows past 32."""
+    from triton_mla.kernels import decode_fp8
+
+    def names(**entry):
+        base = dict(dtype="16bit", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=2, PARTS_PER_SM=1,
+                    MIN_BLOCKS_PER_PART=4, WGMMA=True, HW_CVT=True)
+        return [spec[0] for spec in decode_fp8.compile_specs("decode_fp8", dict(base, **entry))]
+
+    def rows_of(ns):
+        return {n.split("rows=")[1].split(",")[0] for n in ns if "keys_on_m" in n}
+
+    def lockstep(ns):
+        return any(n.startswith("decode_sm90_fp8(") for n in ns)
+
+    assert rows_of(names(max_rows=16, KEYS_ON_M=True)) == {"8", "16"}
+    assert not lockstep(names(max_rows=16, KEYS_ON_M=True))
+    assert rows_of(names(max_rows=32, KEYS_ON_M=True)) == {"8", "16", "32"}
+    both = names(max_rows=None, KEYS_ON_M=True)
+    assert rows_of(both) == {"8", "16", "32"} and lockstep(both)
+    only = names(max_rows=32)
+    assert not rows_of(only) and lockstep(only)

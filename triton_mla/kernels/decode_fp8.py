@@ -351,13 +351,14 @@ def compile_specs(section, entry):
                 CHUNK_BLOCKS=chunk, CAUSAL=True, DOT_PRECISION="tf32", FP8=True,
                 **read_variants(entry, for_gpu_target=True)),
            entry["num_warps"], entry["num_stages"])
-    if entry.get("WGMMA", False) and entry.get("KEYS_ON_M", False):
-        # the Gluon kernel that serves this entry's bfloat16 calls on sm90 (<= 16 rows: kernels/decode_sm90_fp8.py)
-        from . import decode_sm90_fp8
+    if not entry.get("WGMMA", False):
+        return
+    # the Gluon kernels that serve this entry's bfloat16 calls on sm90: with KEYS_ON_M, kernels/decode_sm90_fp8.py
+    # up to its MAX_ROWS rows, kernels/decode_sm90.py past them (or for all rows without it)
+    from . import decode_sm90, decode_sm90_fp8
 
+    keys_on_m = entry.get("KEYS_ON_M", False)
+    if keys_on_m:
         yield from decode_sm90_fp8.compile_specs(entry)
-    elif entry.get("WGMMA", False):
-        # the Gluon kernel that serves this entry's bfloat16 calls on sm90 (kernels/decode_sm90.py)
-        from . import decode_sm90
-
+    if not keys_on_m or (entry["max_rows"] or 1 << 30) > decode_sm90_fp8.MAX_ROWS:
         yield from decode_sm90.compile_specs(entry, fp8=True)

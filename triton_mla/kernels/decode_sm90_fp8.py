@@ -1,4 +1,4 @@
-"""FP8-cache decode for few query rows (h_q * s_q <= 16) on Hopper, keys on the MMA's M side (Gluon).
+"""FP8-cache decode for few query rows (h_q * s_q <= 32) on Hopper, keys on the MMA's M side (Gluon).
 
 Why: at 16 rows decode is memory-bound, and the FP8 cache (656 bytes a token against 1152) could be read in
 0.57x the bf16 time. ``decode_fp8`` (tl.dot) and ``decode_sm90`` (64 rows a program) both made it slower than
@@ -23,6 +23,8 @@ of bank conflicts.
 Scales: the QK^T of each 128-dim group has its own accumulator, multiplied by the keys' scales in fp32. For
 P V the scales multiply the register operand, V^T * scale, in float16, exact for every dequantized value within
 float16's range (|value| < 65504; the cache's values come from bf16 latents, which a model keeps far smaller).
+Programs of 32 rows (``FOLD_SCALES``) multiply K's operand by the scales the same way, so one score accumulator
+serves the four groups: four of them next to O^T's 128 registers a thread would spill.
 
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
@@ -31,7 +33,12 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 
 from ._common import LOG2E, cdiv
 from .decode import _combine, launch_tensors
@@ -57,6 +64,7 @@ WARPS = gl.constexpr(4)
 # renamed between Triton 3.6 (_reinterpret) and 3.9 (reinterpret)
 _PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
 BLOCK_N = gl.constexpr(64)  # keys a tile: the MMA's M for one warpgroup
+MAX_ROWS = 32  # query rows the dense decode sends here at most (programs of 8, 16 or 32 rows)
 GROUP = gl.constexpr(128)  # dims a scale covers
 
 # wgmma's register-operand layout for one warpgroup (``gl.to_linear_layout`` of DotOperandLayout(0, ..., 2)):
@@ -205,6 +213,45 @@ def _group_keys(view, G: gl.constexpr, a_l: gl.constexpr):
 
 
 @gluon.jit
+def _group_keys_scaled(view, sc, G: gl.constexpr, a_l: gl.constexpr):
+    """Group G's keys times their scales ``sc`` [64, 4] (``_scale_qk_layout``) in float16, as the MMA's register
+    operand (the same range as ``_values``: exact below 65504)."""
+    ld_l: gl.constexpr = _qk_load_layout()
+    raw = view.slice(G * GROUP, GROUP, dim=1).load(ld_l)
+    g = gl.arange(0, 4, layout=gl.SliceLayout(0, sc.type.layout))
+    # (the scale layout spreads keys over threads as ld_l does: the conversion moves no data)
+    c = gl.convert_layout(gl.sum(gl.where(g[None, :] == G, sc, 0.0), axis=1), gl.SliceLayout(1, ld_l))
+    return gl.convert_layout(_e4m3_to_f16(raw) * c.to(gl.float16)[:, None], a_l)
+
+
+@gluon.jit
+def _scores_folded(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, ROWS: gl.constexpr,
+                   s_l: gl.constexpr, QK_WAVES: gl.constexpr):
+    """``_scores`` with the scales multiplied into the keys (float16, as ``_values`` does for V): the four group
+    MMAs accumulate into one S^T, so one accumulator is live instead of four (at 32 rows, 48 registers a
+    thread fewer, which ``_scores`` would spill)."""
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_l, k_width=2)
+    view = _view(stg, gl.uint8, [BLOCK_N, DV], _qk_view())
+    zero = gl.zeros([BLOCK_N, ROWS], gl.float32, layout=s_l)
+    sc = sc_buf.load(_scale_qk_layout())
+    spe = warpgroup_mma(pe_buf, qpe_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
+    k0 = _group_keys_scaled(view, sc, 0, a_l)
+    s = warpgroup_mma(k0, q_smem.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
+    k1 = _group_keys_scaled(view, sc, 1, a_l)
+    s = warpgroup_mma(k1, q_smem.index(1).permute((1, 0)), s, is_async=True)
+    if QK_WAVES == 2:  # (the rope's MMA and k0's have finished; k1's may run on)
+        k0 = warpgroup_mma_wait(1, deps=[k0])
+    k2 = _group_keys_scaled(view, sc, 2, a_l)
+    s = warpgroup_mma(k2, q_smem.index(2).permute((1, 0)), s, is_async=True)
+    if QK_WAVES == 2:
+        k1 = warpgroup_mma_wait(1, deps=[k1])
+    k3 = _group_keys_scaled(view, sc, 3, a_l)
+    s = warpgroup_mma(k3, q_smem.index(3).permute((1, 0)), s, is_async=True)
+    s, spe, k0, k1, k2, k3 = warpgroup_mma_wait(0, deps=[s, spe, k0, k1, k2, k3])
+    return s * row_scale[None, :] + spe * qk_scale
+
+
+@gluon.jit
 def _scores(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, ROWS: gl.constexpr, s_l: gl.constexpr,
             QK_WAVES: gl.constexpr):
     """S^T [64 keys, ROWS] of one tile in log2 units: four float16 group MMAs on the raw tile's values, each
@@ -318,27 +365,32 @@ def _buffers_t(ROWS: gl.constexpr, STAGES: gl.constexpr):
 def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit, row_scale,
               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, INDEXED: gl.constexpr,
               ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
-              s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False, PAGE_TILE: gl.constexpr = False):
+              s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False, PAGE_TILE: gl.constexpr = False,
+              FOLD_SCALES: gl.constexpr = False, STEP: gl.constexpr = 1):
     """Keys [lo, hi) against the ROWS query rows in ``q_smem`` / ``qpe_smem`` (``_load_q``, its copies committed):
     raw tiles copied STAGES - 1 ahead, online softmax in log2 units. Keys are ``decode_sm90._key_offsets``'s
     (paged positions, or top-k entries with ``INDEXED``); key c counts for row r below ``row_limit[r]``.
     IDS_AHEAD (with INDEXED): each tile's entries are loaded an iteration before its copy is issued; PAGE_TILE
     (paged, pages a whole number of tiles): the tile's one page look-up is (``decode_sm90._tile_page``).
+    FOLD_SCALES: the scores by ``_scores_folded`` (one accumulator). STEP: every STEP-th tile from ``lo`` on
+    (``_dual_wg``: two warpgroups on alternate tiles).
     Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
     cp.commit_group()
     tile_page = None  # (with PAGE_TILE: the page of the next tile to copy)
+    gl.static_assert(STEP == 1 or not IDS_AHEAD, "entries are loaded ahead for consecutive tiles")
+    TILE: gl.constexpr = STEP * BLOCK_N  # keys from one of this loop's tiles to the next
     for i in gl.static_range(STAGES - 1):
         if PAGE_TILE:
-            tile_page = _tile_page(table_row, lo + i * BLOCK_N, hi, stride_table, limit, page_size)
+            tile_page = _tile_page(table_row, lo + i * TILE, hi, stride_table, limit, page_size)
         # a tile past hi is all masked: its copy only zero-fills
         _issue_fp8_tile(stage.index(i), stage_scale.index(i), pe_bufs.index(i), k_ptr, table_row,
-                        lo + i * BLOCK_N, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
+                        lo + i * TILE, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
                         BLOCK_N, WARPS, 8, None, tile_page)
         cp.commit_group()
     if PAGE_TILE:
-        tile_page = _tile_page(table_row, lo + (STAGES - 1) * BLOCK_N, hi, stride_table, limit, page_size)
+        tile_page = _tile_page(table_row, lo + (STAGES - 1) * TILE, hi, stride_table, limit, page_size)
     ids_cp = None  # (with IDS_AHEAD: the entries of the next tile to copy, else looked up at the copy)
     if IDS_AHEAD:
         # top-k entries read an iteration before their use, so no copy waits on an index load: those of the next
@@ -353,20 +405,20 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     acc3 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
     m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=col_l)
     l_t = gl.zeros([BLOCK_N, ROWS], gl.float32, layout=s_l)  # row sums, reduced over keys at the end
-    for j in range((hi - lo + BLOCK_N - 1) // BLOCK_N):
-        start = lo + j * BLOCK_N
+    for j in range((hi - lo + TILE - 1) // TILE):
+        start = lo + j * TILE
         cp.wait_group(STAGES - 2)
         fence_async_shared()
         # tile j has landed for every thread, and every warp is done with tile j - 1 (its slot, P)
         _cta_barrier()
-        nxt = start + (STAGES - 1) * BLOCK_N
+        nxt = start + (STAGES - 1) * TILE
         if nxt < hi:
             slot = (j + STAGES - 1) % STAGES
             _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
                             table_row, nxt, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                             INDEXED, BLOCK_N, WARPS, 8, ids_cp, tile_page)
         if PAGE_TILE:
-            tile_page = _tile_page(table_row, nxt + BLOCK_N, hi, stride_table, limit, page_size)
+            tile_page = _tile_page(table_row, nxt + TILE, hi, stride_table, limit, page_size)
         if IDS_AHEAD:
             ids_cp = _entries(table_row, nxt + BLOCK_N, hi, stride_table, BLOCK_N, cp_keys)
             _, key_ok = _id_offsets(ids_key, stride_kb, stride_kt, limit, page_size)
@@ -374,8 +426,12 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         cp.commit_group()
         stg = stage.index(j % STAGES)
         sc_buf = stage_scale.index(j % STAGES)
-        qk = _scores(stg, sc_buf, pe_bufs.index(j % STAGES), q_smem, qpe_smem, row_scale, qk_scale, ROWS,
-                     s_l, QK_WAVES)
+        if FOLD_SCALES:
+            qk = _scores_folded(stg, sc_buf, pe_bufs.index(j % STAGES), q_smem, qpe_smem, row_scale, qk_scale, ROWS,
+                                s_l, QK_WAVES)
+        else:
+            qk = _scores(stg, sc_buf, pe_bufs.index(j % STAGES), q_smem, qpe_smem, row_scale, qk_scale, ROWS,
+                         s_l, QK_WAVES)
         key_pos = start + gl.arange(0, BLOCK_N, layout=key_l)
         if not IDS_AHEAD:  # (else key_ok came with the entries loaded ahead)
             if INDEXED:
@@ -430,9 +486,10 @@ def _decode_sm90_fp8_kernel(
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False,
+    FOLD_SCALES: gl.constexpr = False,
 ):
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
-    ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
+    ROWS (8, 16 or 32) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
     s_l: gl.constexpr = _mma_layout(ROWS)
     q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES)
 
@@ -458,7 +515,7 @@ def _decode_sm90_fp8_kernel(
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
                 q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit,
                 row_scale, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, False, ROWS, STAGES,
-                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE)
+                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE, FOLD_SCALES)
             first = g == g_lo
             whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
             _store_part(acc0, 0, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
@@ -479,6 +536,147 @@ def _decode_sm90_fp8_kernel(
         seq += 1
 
 
+# -- 32 rows, two warpgroups on alternate tiles ----------------------------------------------------------------------
+# mbarriers of the dual program
+MERGED = gl.constexpr(0)  # warpgroup 1's state of a segment is in shared memory (1 arrival)
+QREADY = gl.constexpr(1)  # warpgroup 0 has put a segment's Q in shared memory (1 arrival)
+DUAL_REGS = gl.constexpr(256)
+
+
+@gluon.jit
+def _dual_wg(W: gl.constexpr, args):
+    """Warpgroup W of a dual program: tiles W, W + 2, ... of each segment (``_attend_t`` with STEP 2), each
+    warpgroup with its own raw-tile stages, P^T and softmax state, Q shared. Warpgroup 0 copies Q and passes each
+    row's scale on (``stats`` row 0, mbarrier QREADY); at the segment's end warpgroup 1 leaves its max, sum and O^T
+    in shared memory (its max and sum in ``stats`` rows 1, 2, O^T over its own stages, which it no longer reads;
+    MERGED), and warpgroup 0 adds them to its own, relative to the larger max, and stores the segment. Warpgroup 0
+    copies the next Q (then QREADY) only after reading them, so QREADY also tells warpgroup 1 its stages are free."""
+    (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb, stride_qs,
+     stride_qh, stride_kb, stride_kt, stride_btb, stride_btp, stride_seqlens, stride_ob, stride_os, stride_oh,
+     stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, part, row_block, g_lo,
+     g_hi, seq, seq_g0, q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, stats, bars, CAUSAL,
+     PAGE_TILE) = args
+    ROWS: gl.constexpr = q_smem.shape[1]
+    STAGES: gl.constexpr = stage.shape[0] // 2
+    s_l: gl.constexpr = _mma_layout(ROWS)
+    col_l: gl.constexpr = gl.SliceLayout(0, s_l)
+    rows_per_seq = s_q * h_q
+    rows_s = row_block * ROWS + gl.arange(0, ROWS, layout=col_l)
+    # warpgroup 1's O^T, when it hands it over: [2 parts, 256, ROWS] fp32 over its stages (64 KB at 32 rows)
+    o_sl: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+    o_other = _view(stage.slice(STAGES, STAGES), gl.float32, [2, DV // 2, ROWS], o_sl)
+    segs = 0
+    g = g_lo
+    while g < g_hi:
+        n, seg_hi, lo, hi, row_limit = _segment(seqlens_ptr, stride_seqlens, seq, g, g_hi, seq_g0, max_len, rows_s,
+                                                s_q, h_q, BLOCK_N, CAUSAL)
+        if n > 0:
+            table_row = block_table_ptr + seq.to(gl.int64) * stride_btb
+            if W == 0:
+                # warpgroup 1 finished reading the previous Q before it arrived on MERGED, which this one awaited
+                down = _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh,
+                               ROWS, s_l)
+                stats.slice(0 * ROWS, ROWS).store(down)
+                cp.commit_group()
+                cp.wait_group(0)
+                fence_async_shared()
+                _cta_barrier()
+                mbarrier.arrive(bars.index(QREADY))
+            else:
+                mbarrier.wait(bars.index(QREADY), segs & 1)
+                down = stats.slice(0 * ROWS, ROWS).load(col_l)
+            acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
+                q_smem, qpe_smem, p_smem.index(W), stage.slice(W * STAGES, STAGES),
+                stage_scale.slice(W * STAGES, STAGES), pe_bufs.slice(W * STAGES, STAGES), k_ptr, table_row,
+                lo + W * BLOCK_N, hi, row_limit, down * qk_scale, stride_kb, stride_kt, stride_btp, num_blocks,
+                page_size, qk_scale, False, ROWS, STAGES, 2, 1, s_l, False, PAGE_TILE, True, 2)
+            if W == 1:
+                stats.slice(1 * ROWS, ROWS).store(m_i)
+                stats.slice(2 * ROWS, ROWS).store(l_i)
+                o_other.index(0).store(acc0)
+                o_other.index(1).store(acc1)
+                _cta_barrier()
+                mbarrier.arrive(bars.index(MERGED))
+            else:
+                mbarrier.wait(bars.index(MERGED), segs & 1)
+                m_1 = stats.slice(1 * ROWS, ROWS).load(col_l)
+                l_1 = stats.slice(2 * ROWS, ROWS).load(col_l)
+                m_new = gl.maximum(m_i, m_1)
+                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+                f_0 = gl.exp2(m_i - m_safe)
+                f_1 = gl.exp2(m_1 - m_safe)
+                acc0 = acc0 * f_0[None, :] + o_other.index(0).load(s_l) * f_1[None, :]
+                acc1 = acc1 * f_0[None, :] + o_other.index(1).load(s_l) * f_1[None, :]
+                l_i = l_i * f_0 + l_1 * f_1
+                first = g == g_lo
+                whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
+                _store_part(acc0, 0, 2, m_new, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q, out_ptr,
+                            lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                            stride_lh, stride_ls, ROWS)
+                _store_part(acc1, 1, 2, m_new, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q, out_ptr,
+                            lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb,
+                            stride_lh, stride_ls, ROWS)
+                # every thread of this warpgroup has read warpgroup 1's state before the next Q's QREADY
+                _cta_barrier()
+            segs += 1
+        g = seg_hi
+        seq_g0 += n
+        seq += 1
+
+
+@gluon.jit
+def _dual_wg0(args):
+    _dual_wg(0, args)
+
+
+@gluon.jit
+def _dual_wg1(args):
+    _dual_wg(1, args)
+
+
+@gluon.jit
+def _decode_sm90_fp8_dual_kernel(
+    q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt,
+    stride_btb, stride_btp,
+    stride_seqlens,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
+    ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
+    PAGE_TILE: gl.constexpr = False,
+):
+    """``_decode_sm90_fp8_kernel``'s program with two warpgroups on alternate tiles (``_dual_wg``): at 32 rows
+    one program fills an SM's shared memory (Q 36 KB once, STAGES raw tiles a warpgroup), and one warpgroup's
+    conversions and MMAs run while the other's do."""
+    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    q_smem = gl.allocate_shared_memory(gl.float16, [4, ROWS, GROUP], wide_sl)
+    qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
+    p_smem = gl.allocate_shared_memory(gl.float16, [2, ROWS, BLOCK_N], wide_sl)
+    stage = gl.allocate_shared_memory(gl.uint8, [2 * STAGES, BLOCK_N, DV],
+                                      gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0]))
+    stage_scale = gl.allocate_shared_memory(gl.float32, [2 * STAGES, BLOCK_N, 4],
+                                            gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
+    pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, BLOCK_N, DR], wide_sl)
+    stats = gl.allocate_shared_memory(gl.float32, [4 * ROWS], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(bars.index(MERGED), count=1)
+    mbarrier.init(bars.index(QREADY), count=1)
+
+    part = gl.program_id(0)
+    row_block = gl.program_id(1)
+    g_lo, g_hi, seq, seq_g0 = _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part,
+                                          MIN_BLOCKS_PER_PART, BLOCK_N, WARPS)
+    _cta_barrier()  # the mbarriers are initialized before either warpgroup uses them
+    args = (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
+            stride_qs, stride_qh, stride_kb, stride_kt, stride_btb, stride_btp, stride_seqlens, stride_ob, stride_os,
+            stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, part,
+            row_block, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, stats, bars,
+            CAUSAL, PAGE_TILE)
+    gl.warp_specialize([(_dual_wg0, (args,)), (_dual_wg1, (args,))], [WARPS], [DUAL_REGS])
+
+
 def _stages(config):
     """Raw tiles in shared memory (``RAW_STAGES``, at least 2: the next tile is copied while one computes)."""
     return max(2, config.get("RAW_STAGES", 2))
@@ -491,14 +689,38 @@ def _parts(config, rows_blk):
                 QK_WAVES=config.get(f"QK_WAVES_{rows_blk}", 2 if rows_blk <= 8 else 1))
 
 
+def fold_scales(config, rows_blk) -> bool:
+    """Whether the dense decode's scores come from ``_scores_folded`` (config key ``FOLD_SCALES_<rows>``; on at
+    32 rows, whose four group accumulators would spill)."""
+    return bool(config.get(f"FOLD_SCALES_{rows_blk}", rows_blk == 32))
+
+
 def tile_constexprs(config, rows_blk):
     """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike)."""
     return dict(ROWS=rows_blk, STAGES=_stages(config), **_parts(config, rows_blk))
 
 
+def decode_constexprs(config, rows_blk):
+    """``_decode_sm90_fp8_kernel``'s: the tile loop's and ``FOLD_SCALES``."""
+    return dict(tile_constexprs(config, rows_blk), FOLD_SCALES=fold_scales(config, rows_blk))
+
+
+def use_dual(config, rows_blk) -> bool:
+    """Whether a 32-row program is the dual one (config key ``DUAL_32``; two warpgroups on alternate tiles), where
+    this Triton builds warp-specialized kernels (3.7+, as ``decode_sm90_ws``)."""
+    from .decode_sm90_ws import ws_supported
+
+    return rows_blk == 32 and bool(config.get("DUAL_32", False)) and ws_supported()
+
+
+def dual_constexprs(rows_blk):
+    """``_decode_sm90_fp8_dual_kernel``'s tile constexprs: two raw tiles a warpgroup (all that fits beside Q)."""
+    return dict(ROWS=rows_blk, STAGES=2)
+
+
 def block_rows(rows: int) -> int:
-    """Query rows a program: 8 or 16 (the MMA's N)."""
-    return 8 if rows <= 8 else 16
+    """Query rows a program: 8, 16 or 32 (the MMA's N)."""
+    return 8 if rows <= 8 else 16 if rows <= 16 else 32
 
 
 def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse):
@@ -511,11 +733,14 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
     o_part = torch.empty(2 * num_parts, rows, DV.value, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
     rows_blk = block_rows(rows)
-    _decode_sm90_fp8_kernel[(num_parts, cdiv(rows, rows_blk))](
+    dual = use_dual(config, rows_blk)
+    kernel = _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel
+    kernel[(num_parts, cdiv(rows, rows_blk))](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
-        PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config), **tile_constexprs(config, rows_blk),
+        PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config),
+        **(dual_constexprs(rows_blk) if dual else decode_constexprs(config, rows_blk)),
         num_warps=WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=16, BLOCK_N=BLOCK_N.value,
@@ -528,9 +753,16 @@ def compile_specs(entry):
     """(name, fn, types, constexprs, warps, stages) for check-configs (a ``KEYS_ON_M`` decode_fp8 entry)."""
     ptrs = dict(q_ptr="*bf16", k_ptr="*u8", out_ptr="*bf16", lse_ptr="*fp32", o_part_ptr="*fp32",
                 lse_part_ptr="*fp32")
-    for rows in (8, 16):
+    # the program sizes of the rows this entry serves (up to MAX_ROWS; more go to decode_sm90's kernel)
+    top = min(entry["max_rows"] or MAX_ROWS, MAX_ROWS)
+    for rows in sorted({block_rows(r) for r in range(1, top + 1)}):
         for causal, page in ((False, False), (True, False), (False, True), (True, True)):
             yield (f"decode_sm90_fp8_keys_on_m(rows={rows}, causal={causal}, page_tile={page})",
                    _decode_sm90_fp8_kernel, ptrs,
                    dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
-                        **tile_constexprs(entry, rows)), WARPS.value, 1)
+                        **decode_constexprs(entry, rows)), WARPS.value, 1)
+            if use_dual(entry, rows):
+                yield (f"decode_sm90_fp8_keys_on_m_dual(rows={rows}, causal={causal}, page_tile={page})",
+                       _decode_sm90_fp8_dual_kernel, ptrs,
+                       dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
+                            **dual_constexprs(rows)), WARPS.value, 1)

@@ -1,0 +1,80 @@
+"""FP8 dense decode at 17-32 query rows on sm90: the keys-on-M kernel with 32-row programs (decode_sm90_fp8,
+scales folded into the keys) against what shipped before (the 64-row lockstep kernel dequantizing in shared memory)
+and the bf16 kernel, on the same cache.
+
+    PYTHONPATH=. python benchmarks/results/h100/session_2026-12-07u/fp8_32rows.py [--quick]
+
+Each variant is first checked on a small fresh case (relative error against the float64 reference on the
+dequantized cache, NaN fails), then timed at b = 128 (do_bench median of the call, and replayed as a CUDA graph).
+"""
+import functools
+import sys
+import time
+
+import torch
+import triton
+
+import triton_mla as tm
+from triton_mla import bench, configs
+
+B = 128
+SHAPES = [(32, 1, 4096), (32, 1, 8192), (16, 2, 8192), (24, 1, 8192)]  # (h_q, s_q, s_k)
+KOM = dict(KEYS_ON_M=True, BLOCK_H=32)
+VARIANTS = {
+    "lockstep (shipped)": dict(KEYS_ON_M=False),
+    "kom s2 pv2": dict(KOM, RAW_STAGES=2, PV_PARTS_32=2),
+    "kom s3 pv2": dict(KOM, RAW_STAGES=3, PV_PARTS_32=2),
+    "kom s4 pv2": dict(KOM, RAW_STAGES=4, PV_PARTS_32=2),
+    "kom s3 pv4": dict(KOM, RAW_STAGES=3, PV_PARTS_32=4, QK_WAVES_32=1),
+    "kom s3 pv2 nofold": dict(KOM, RAW_STAGES=3, PV_PARTS_32=2, FOLD_SCALES_32=False),
+    "kom s3 pv2 2/SM": dict(KOM, RAW_STAGES=3, PV_PARTS_32=2, PARTS_PER_SM=2),
+    "kom dual": dict(KOM, DUAL_32=True),
+    "kom dual 2/SM": dict(KOM, DUAL_32=True, PARTS_PER_SM=2),
+}
+
+
+def check(var, h_q, s_q):
+    q, kc, bt, lens = bench.make_decode_case(8, 1000, h_q, s_q, True, seed=h_q + s_q)
+    lens[0] = 0
+    lens[1] = 1
+    f = bench.fp8_cache_of(kc)
+    with configs.overridden(**var):
+        out, _ = tm.flash_mla_with_kvcache(q, f, bt, lens, 512, causal=s_q > 1, is_fp8_kvcache=True)
+    if not torch.isfinite(out.float()).all():
+        raise RuntimeError("non-finite output")
+    return bench.fp8_rel_err(out, q, f, bt, lens, s_q > 1, 576 ** -0.5, 8)
+
+
+def main(quick):
+    t0 = time.perf_counter()
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  "
+          f"commit {bench.git_commit()}  b={B}", flush=True)
+    shapes = SHAPES[:2] if quick else SHAPES
+    for h_q, s_q, s_k in shapes:
+        q, kc, bt, lens = bench.make_decode_case(B, s_k, h_q, s_q, False)
+        total = int(lens.sum())
+
+        bf_ms, bf_graph = bench._time(functools.partial(tm.flash_mla_with_kvcache, q, kc, bt, lens, 512,
+                                                        causal=s_q > 1))
+        f = bench.fp8_cache_of(kc)
+        del kc
+        print(f"h={h_q} s_q={s_q} s_k={s_k}: bf16 {bf_ms * 1e3:7.1f} us, graph {bf_graph * 1e3:7.1f} us", flush=True)
+        for name, var in VARIANTS.items():
+            try:
+                err = check(var, h_q, s_q)
+                with configs.overridden(**var):
+                    ms, graph = bench._time(functools.partial(tm.flash_mla_with_kvcache, q, f, bt, lens, 512,
+                                                              causal=s_q > 1, is_fp8_kvcache=True))
+            except Exception as e:  # noqa: BLE001 - report and go on
+                print(f"  {name:<20} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                continue
+            gbs = bench.decode_bytes(B, s_q, h_q, total, cache_bytes_per_token=656) / graph / 1e6
+            print(f"  {name:<20} err {err:.1e}  {ms * 1e3:7.1f} us  graph {graph * 1e3:7.1f} us  {gbs:5.0f} GB/s  "
+                  f"{graph / bf_graph:5.2f}x bf16", flush=True)
+        del f
+        torch.cuda.empty_cache()
+    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main("--quick" in sys.argv)
