@@ -591,6 +591,8 @@ def _dual_wg(W: gl.constexpr, args):
                 lo + W * BLOCK_N, hi, row_limit, down * qk_scale, stride_kb, stride_kt, stride_btp, num_blocks,
                 page_size, qk_scale, False, ROWS, STAGES, 2, 1, s_l, False, PAGE_TILE, True, 2)
             if W == 1:
+                # every warp is done reading the last tile out of the stages that O^T is about to overwrite
+                _cta_barrier()
                 stats.slice(1 * ROWS, ROWS).store(m_i)
                 stats.slice(2 * ROWS, ROWS).store(l_i)
                 o_other.index(0).store(acc0)

@@ -2,12 +2,13 @@
 scales folded into the keys) against what shipped before (the 64-row lockstep kernel dequantizing in shared memory)
 and the bf16 kernel, on the same cache.
 
-    PYTHONPATH=. python benchmarks/results/h100/session_2026-12-07u/fp8_32rows.py [--quick]
+    PYTHONPATH=. [VARIANTS=name,name] python benchmarks/results/h100/session_2026-12-07u/fp8_32rows.py [--quick]
 
 Each variant is first checked on a small fresh case (relative error against the float64 reference on the
 dequantized cache, NaN fails), then timed at b = 128 (do_bench median of the call, and replayed as a CUDA graph).
 """
 import functools
+import os
 import sys
 import time
 
@@ -31,6 +32,10 @@ VARIANTS = {
     "kom dual": dict(KOM, DUAL_32=True),
     "kom dual 2/SM": dict(KOM, DUAL_32=True, PARTS_PER_SM=2),
 }
+
+
+if os.environ.get("VARIANTS"):  # a comma-separated subset of the names above
+    VARIANTS = {k: VARIANTS[k] for k in os.environ["VARIANTS"].split(",")}
 
 
 def check(var, h_q, s_q):
