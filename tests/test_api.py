@@ -160,3 +160,66 @@ def test_gpu_batch_invariant_fp8_deepseek(h_q, s_q):
         o, l_ = tm.flash_mla_with_kvcache(q[i], k_cache, block_table[i], lens[i], 512, causal=True,
                                           is_fp8_kvcache=True, batch_invariant=True)
         assert torch.equal(o, out[i]) and torch.equal(l_, lse[i])
+
+
+ENTRY_POINTS = [  # (function, the argument whose GPU the kernels must launch on, its position)
+    (tm.get_mla_metadata, "cache_seqlens", 0),
+    (tm.flash_mla_with_kvcache, "q", 0),
+    (tm.sparse_decode, "q", 0),
+    (tm.flash_mla_sparse_fwd, "q", 0),
+    (tm.mla_prefill_mha, "q", 0),
+    (tm.mla_extend, "q", 0),
+    (tm.decompress_kv, "k_cache", 0),
+    (tm.write_kv_cache, "k_cache", 0),
+]
+
+
+@pytest.mark.parametrize("fn, name, position", ENTRY_POINTS, ids=[f[0].__name__ for f in ENTRY_POINTS])
+@pytest.mark.parametrize("by_keyword", [False, True])
+def test_kernels_launch_on_the_tensors_gpu(fn, name, position, by_keyword, monkeypatch):
+    """Triton launches on the current CUDA device, so each entry point first makes its tensors' GPU current
+    (a model spread over GPUs in one process calls layers on cuda:1 while cuda:0 is current). Faked here: the
+    tensors count as on GPU 1 while GPU 0 is current; the call itself fails on its other (missing) arguments,
+    after the switch; with GPU 1 current there is no switch."""
+    from triton_mla import _checks
+
+    entered = []
+
+    class FakeDeviceContext:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            entered.append(self.index)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(_checks, "_cuda_index", lambda t: 1 if isinstance(t, torch.Tensor) else None)
+    monkeypatch.setattr(torch.cuda, "device", FakeDeviceContext)
+    t = torch.zeros(2, dtype=torch.int32)
+    args, kwargs = ((None,) * position + (t,), {}) if not by_keyword else ((), {name: t})
+    for current, want in ((0, [1]), (1, [])):
+        entered.clear()
+        monkeypatch.setattr(torch.cuda, "current_device", lambda current=current: current)
+        with pytest.raises((TypeError, ValueError)):
+            fn(*args, **kwargs)
+        assert entered[:1] == want, (current, entered)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_tensors_on_another_gpu_than_the_current_one():
+    """Decode, its plan and a cache write on cuda:1 while cuda:0 is current: right answers, and nothing runs on
+    cuda:0 (the kernels would read cuda:1's pointers there)."""
+    torch.cuda.set_device(0)
+    q, k_cache, block_table, cache_seqlens = make_case([5, 70, 300], 2, 16, device="cuda:1", dtype=torch.bfloat16)
+    slots = block_table[1, :2].long() * k_cache.shape[1]  # tokens 0 and 16 of sequence 1
+    tm.write_kv_cache(k_cache, torch.randn(2, 64, device="cuda:1", dtype=q.dtype),
+                      torch.randn(2, 16, device="cuda:1", dtype=q.dtype), slots)
+    md, ns = tm.get_mla_metadata(cache_seqlens, 2 * 16, 1)
+    out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 64, md, ns, causal=True)
+    assert torch.cuda.current_device() == 0 and out.device == torch.device("cuda:1")
+    ref_out, ref_lse = decode_ref(q.cpu(), k_cache.cpu(), block_table.cpu(), cache_seqlens.cpu(), 64, causal=True,
+                                  dtype=torch.float64)
+    assert_close(out, ref_out, q.dtype)
+    assert_close(lse, ref_lse, q.dtype, "lse")

@@ -6,6 +6,7 @@ Checks on values (lengths, page ids) need the host to read device memory; they r
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -14,6 +15,31 @@ import torch
 
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_GRID_YZ = 65535  # CUDA's limit on a launch grid's second and third dimensions
+
+
+def on_tensor_device(name: str, position: int):
+    """Decorate a public function so that its kernels launch on the GPU of its argument ``name`` (at
+    ``position`` when passed positionally). Triton launches on the *current* CUDA device and its current stream,
+    whatever device the pointers are on; a model spread over GPUs in one process (``device_map="auto"``) calls
+    layers on cuda:1 while cuda:0 is current, which would run the kernels on the wrong GPU. Where the tensor's GPU
+    is already current (every engine's one-process-a-GPU case) or the tensor is not on a GPU, the call goes straight
+    through."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            t = args[position] if len(args) > position else kwargs.get(name)
+            index = _cuda_index(t)
+            if index is not None and index != torch.cuda.current_device():
+                with torch.cuda.device(index):
+                    return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
+        return call
+    return decorate
+
+
+def _cuda_index(t):
+    """The GPU index of a CUDA tensor, else None."""
+    return t.get_device() if isinstance(t, torch.Tensor) and t.is_cuda else None
 
 
 def value_checks_enabled() -> bool:

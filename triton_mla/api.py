@@ -16,6 +16,7 @@ from ._checks import (
     check_runnable,
     check_scale,
     check_tensor,
+    on_tensor_device,
     value_checks_enabled,
 )
 from .cache import check_fp8_cache
@@ -52,6 +53,7 @@ class MLASchedMeta:
 FlashMLASchedMeta = MLASchedMeta
 
 
+@on_tensor_device("cache_seqlens", 0)
 def get_mla_metadata(cache_seqlens=None, num_q_tokens_per_head_k=None, num_heads_k=1, num_heads_q=None,
                      is_fp8_kvcache=False, topk=None, *, num_heads_per_head_k=None):
     """Plan the split of a decode batch over the GPU, FlashMLA's way of calling.
@@ -135,6 +137,7 @@ def check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache):
     return b, s_q, h_q, d, fp8
 
 
+@on_tensor_device("q", 0)
 def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata=None,
                            num_splits=None, softmax_scale=None, causal=False, is_fp8_kvcache=False,
                            indices=None, attn_sink=None, topk_length=None, batch_invariant=None, *,

@@ -16,12 +16,21 @@ from collections import deque
 import torch
 
 from . import fp8 as _fp8
-from ._checks import FLOAT_DTYPES, check_device, check_int, check_runnable, check_tensor, value_checks_enabled
+from ._checks import (
+    FLOAT_DTYPES,
+    check_device,
+    check_int,
+    check_runnable,
+    check_tensor,
+    on_tensor_device,
+    value_checks_enabled,
+)
 from .kernels import cache_write as _cache_write
 
 __all__ = ["PageAllocator", "PagedLatentCache", "write_kv_cache"]
 
 
+@on_tensor_device("k_cache", 0)
 def write_kv_cache(k_cache, kv_c, k_pe, slot_mapping):
     """Write tokens into a paged latent cache (in place) and return it.
 

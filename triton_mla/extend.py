@@ -25,6 +25,7 @@ from ._checks import (
     check_runnable,
     check_scale,
     check_tensor,
+    on_tensor_device,
     value_checks_enabled,
 )
 from .kernels import extend as _extend
@@ -99,6 +100,7 @@ def _check_chunks(cu_seqlens_q, cache_seqlens, total_q, max_seqlen_q):
                          f"{int(cache_seqlens[i])}: write the chunk to the cache first")
 
 
+@on_tensor_device("q", 0)
 def mla_extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, softmax_scale=None,
                is_fp8_kvcache=False, *, head_dim_v=None, out=None, lse=None):
     """Absorbed-mode extend (chunked prefill): new tokens attend causally to their sequence's paged latent cache.
@@ -214,6 +216,7 @@ def _kv_b_proj(w_kc, w_vc):
     return torch.cat([w_kc, w_vc], dim=1).reshape(h * rows, r)
 
 
+@on_tensor_device("k_cache", 0)
 def decompress_kv(k_cache, block_table, cache_seqlens, w_kc, w_vc, start=None, end=None, *, total_k=None,
                   max_seqlen_k=None, is_fp8_kvcache=False):
     """Decompress a range of each sequence's latent cache into per-head K and V for MHA-mode prefill.

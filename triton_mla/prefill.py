@@ -12,6 +12,7 @@ from ._checks import (
     check_runnable,
     check_scale,
     check_tensor,
+    on_tensor_device,
     value_checks_enabled,
 )
 from .kernels import prefill as _prefill
@@ -33,6 +34,7 @@ def _check_cu_seqlens(cu, name, total, max_seqlen, max_name):
         raise ValueError(f"{max_name}: a sequence has {int(lens.max())} tokens, more than {max_name}={max_seqlen}")
 
 
+@on_tensor_device("q", 0)
 def mla_prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
                     causal=True, *, out=None, lse=None):
     """Varlen (packed) attention for MLA prefill in MHA mode: d_qk != d_v, K/V possibly longer than Q.

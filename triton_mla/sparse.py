@@ -22,6 +22,7 @@ from ._checks import (
     check_runnable,
     check_scale,
     check_tensor,
+    on_tensor_device,
 )
 from .api import check_query_and_cache
 from .kernels import sparse as _sparse
@@ -51,6 +52,7 @@ def _check_extras(attn_sink, topk_length, h_q, rows, device):
     return attn_sink, topk_length
 
 
+@on_tensor_device("q", 0)
 def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kvcache=False, attn_sink=None,
                   topk_length=None, causal=False, batch_invariant=None):
     """Token-level sparse MLA decode (DSA): each query token attends to its own top-k cache tokens.
@@ -119,6 +121,7 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
     return out, lse
 
 
+@on_tensor_device("q", 0)
 def flash_mla_sparse_fwd(q, kv, indices, sm_scale, d_v=512, attn_sink=None, topk_length=None):
     """Sparse MLA prefill (FlashMLA's ``flash_mla_sparse_fwd``): each query token attends to its top-k kv tokens.
 

@@ -117,20 +117,22 @@ class DecodeGraphs:
         which sync, are off while capturing.
         """
         start = time.perf_counter()
-        self.pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(self.backend.device)
-        for bs in reversed(self.batch_sizes):
-            plan = self._plan([], [], bs)  # all padding rows: nothing read, nothing written
-            views = {k: v[:bs] for k, v in self.inputs.items()}
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # compiles the kernels and warms the libraries outside the capture
-                self.step(plan, views)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with _value_checks_off(), torch.cuda.graph(graph, pool=self.pool):
-                out = self.step(plan, views)
-            self.graphs[bs] = (graph, out)
-        torch.cuda.synchronize(self.backend.device)
+        # the backend's GPU current throughout: graphs capture (and Triton launches) on the current device
+        with torch.cuda.device(self.backend.device):
+            self.pool = torch.cuda.graph_pool_handle()
+            side = torch.cuda.Stream(self.backend.device)
+            for bs in reversed(self.batch_sizes):
+                plan = self._plan([], [], bs)  # all padding rows: nothing read, nothing written
+                views = {k: v[:bs] for k, v in self.inputs.items()}
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # compiles the kernels and warms the libraries outside the capture
+                    self.step(plan, views)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with _value_checks_off(), torch.cuda.graph(graph, pool=self.pool):
+                    out = self.step(plan, views)
+                self.graphs[bs] = (graph, out)
+            torch.cuda.synchronize(self.backend.device)
         return time.perf_counter() - start
 
     def bucket(self, batch_size: int) -> int:
@@ -160,5 +162,6 @@ class DecodeGraphs:
                 raise ValueError(f"inputs: {name!r} has {value.shape[0]} rows for {b} sequences")
             self.inputs[name][:b].copy_(value, non_blocking=True)
         graph, out = self.graphs[bs]
-        graph.replay()
+        with torch.cuda.device(self.backend.device):  # (replayed on the current stream of the backend's GPU)
+            graph.replay()
         return out[:b]
