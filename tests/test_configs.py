@@ -226,10 +226,11 @@ def test_host_launch_arithmetic_matches_triton():
     assert all(next_pow2(n) == triton.next_power_of_2(n) for n in range(1, 3000))
 
 
-def test_fp8_keys_on_m_entries_compile_what_they_serve():
-    """check-configs compiles the FP8 kernels an sm90 ``decode_fp8`` entry can launch: with KEYS_ON_M, the keys-on-M
-    programs (8, 16, 32 rows) for the rows it serves up to 32, and the 64-row kernel for rows past 32."""
-    from triton_mla.kernels import decode_fp8
+def test_fp8_keys_on_m_entries_compile_what_they_serve(monkeypatch):
+    """check-configs compiles the FP8 kernels an sm90 ``decode_fp8`` entry can launch: with KEYS_ON_M, the
+    keys-on-M programs for the rows it serves (8 and 16 rows, and the 32-row dual program with DUAL_32 where Triton
+    builds it), and the 64-row kernel for the rows past them."""
+    from triton_mla.kernels import decode_fp8, decode_sm90_ws
 
     def names(**entry):
         base = dict(dtype="16bit", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=2, PARTS_PER_SM=1,
@@ -242,10 +243,17 @@ def test_fp8_keys_on_m_entries_compile_what_they_serve():
     def lockstep(ns):
         return any(n.startswith("decode_sm90_fp8(") for n in ns)
 
+    monkeypatch.setattr(decode_sm90_ws, "ws_supported", lambda: True)
     assert rows_of(names(max_rows=16, KEYS_ON_M=True)) == {"8", "16"}
     assert not lockstep(names(max_rows=16, KEYS_ON_M=True))
-    assert rows_of(names(max_rows=32, KEYS_ON_M=True)) == {"8", "16", "32"}
-    both = names(max_rows=None, KEYS_ON_M=True)
+    dual = names(max_rows=32, KEYS_ON_M=True, DUAL_32=True)
+    assert rows_of(dual) == {"8", "16", "32"} and not lockstep(dual)
+    assert all("dual" in n for n in dual if "rows=32" in n)
+    assert rows_of(names(max_rows=32, KEYS_ON_M=True)) == {"8", "16"} and lockstep(names(max_rows=32, KEYS_ON_M=True))
+    both = names(max_rows=None, KEYS_ON_M=True, DUAL_32=True)
     assert rows_of(both) == {"8", "16", "32"} and lockstep(both)
-    only = names(max_rows=32)
+    only = names(max_rows=32, DUAL_32=True)
     assert not rows_of(only) and lockstep(only)
+    monkeypatch.setattr(decode_sm90_ws, "ws_supported", lambda: False)  # (Triton 3.6: the 64-row kernel)
+    old = names(max_rows=32, KEYS_ON_M=True, DUAL_32=True)
+    assert rows_of(old) == {"8", "16"} and lockstep(old)

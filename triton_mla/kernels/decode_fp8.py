@@ -354,11 +354,12 @@ def compile_specs(section, entry):
     if not entry.get("WGMMA", False):
         return
     # the Gluon kernels that serve this entry's bfloat16 calls on sm90: with KEYS_ON_M, kernels/decode_sm90_fp8.py
-    # up to its MAX_ROWS rows, kernels/decode_sm90.py past them (or for all rows without it)
+    # up to its max_rows rows (16, or 32 with the dual program), kernels/decode_sm90.py past them (or for all rows
+    # without it)
     from . import decode_sm90, decode_sm90_fp8
 
     keys_on_m = entry.get("KEYS_ON_M", False)
     if keys_on_m:
         yield from decode_sm90_fp8.compile_specs(entry)
-    if not keys_on_m or (entry["max_rows"] or 1 << 30) > decode_sm90_fp8.MAX_ROWS:
+    if not keys_on_m or (entry["max_rows"] or 1 << 30) > decode_sm90_fp8.max_rows(entry):
         yield from decode_sm90.compile_specs(entry, fp8=True)

@@ -670,7 +670,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     """Launch the Gluon decode, then ``decode._combine``. Arguments validated by ``triton_mla.api``; with
     ``fp8`` the cache is the FP8 layout viewed as uint8 (strides in bytes)."""
     b, s_q, h_q, _ = q.shape
-    if fp8 and config.get("KEYS_ON_M", False) and s_q * h_q <= KEYS_ON_M_ROWS:
+    if fp8 and config.get("KEYS_ON_M", False) and s_q * h_q <= _keys_on_m_rows(config):
         # few rows over the FP8 cache: keys on the MMA's M side (decode_sm90_fp8)
         return _decode_fp8_keys_on_m(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config,
                                      out, lse)
@@ -742,6 +742,6 @@ def compile_specs(entry, fp8=False):
 
 
 # at the end: decode_sm90_ws and decode_sm90_fp8 build on this module's helpers
-from .decode_sm90_fp8 import MAX_ROWS as KEYS_ON_M_ROWS  # noqa: E402
 from .decode_sm90_fp8 import decode_sm90_fp8 as _decode_fp8_keys_on_m  # noqa: E402
+from .decode_sm90_fp8 import max_rows as _keys_on_m_rows  # noqa: E402
 from .decode_sm90_ws import _decode_ws_kernel, ws_desc_type, ws_launch_args, ws_supported  # noqa: E402

@@ -23,8 +23,9 @@ of bank conflicts.
 Scales: the QK^T of each 128-dim group has its own accumulator, multiplied by the keys' scales in fp32. For
 P V the scales multiply the register operand, V^T * scale, in float16, exact for every dequantized value within
 float16's range (|value| < 65504; the cache's values come from bf16 latents, which a model keeps far smaller).
-Programs of 32 rows (``FOLD_SCALES``) multiply K's operand by the scales the same way, so one score accumulator
-serves the four groups: four of them next to O^T's 128 registers a thread would spill.
+The dual program (17-32 rows, ``_decode_sm90_fp8_dual_kernel``) multiplies K's operand by the scales the same way
+(``_scores_folded``), so one score accumulator serves the four groups: four of them next to O^T's 128 registers a
+thread (32 rows) would spill.
 
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
@@ -64,7 +65,7 @@ WARPS = gl.constexpr(4)
 # renamed between Triton 3.6 (_reinterpret) and 3.9 (reinterpret)
 _PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
 BLOCK_N = gl.constexpr(64)  # keys a tile: the MMA's M for one warpgroup
-MAX_ROWS = 32  # query rows the dense decode sends here at most (programs of 8, 16 or 32 rows)
+DUAL_ROWS = 32  # query rows of a dual program (17-32 rows: ``_decode_sm90_fp8_dual_kernel``)
 GROUP = gl.constexpr(128)  # dims a scale covers
 
 # wgmma's register-operand layout for one warpgroup (``gl.to_linear_layout`` of DotOperandLayout(0, ..., 2)):
@@ -486,10 +487,9 @@ def _decode_sm90_fp8_kernel(
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False,
-    FOLD_SCALES: gl.constexpr = False,
 ):
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
-    ROWS (8, 16 or 32) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
+    ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
     s_l: gl.constexpr = _mma_layout(ROWS)
     q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES)
 
@@ -515,7 +515,7 @@ def _decode_sm90_fp8_kernel(
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
                 q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit,
                 row_scale, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, False, ROWS, STAGES,
-                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE, FOLD_SCALES)
+                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE)
             first = g == g_lo
             whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
             _store_part(acc0, 0, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
@@ -691,28 +691,22 @@ def _parts(config, rows_blk):
                 QK_WAVES=config.get(f"QK_WAVES_{rows_blk}", 2 if rows_blk <= 8 else 1))
 
 
-def fold_scales(config, rows_blk) -> bool:
-    """Whether the dense decode's scores come from ``_scores_folded`` (config key ``FOLD_SCALES_<rows>``; on at
-    32 rows, whose four group accumulators would spill)."""
-    return bool(config.get(f"FOLD_SCALES_{rows_blk}", rows_blk == 32))
-
-
 def tile_constexprs(config, rows_blk):
     """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike)."""
     return dict(ROWS=rows_blk, STAGES=_stages(config), **_parts(config, rows_blk))
 
 
-def decode_constexprs(config, rows_blk):
-    """``_decode_sm90_fp8_kernel``'s: the tile loop's and ``FOLD_SCALES``."""
-    return dict(tile_constexprs(config, rows_blk), FOLD_SCALES=fold_scales(config, rows_blk))
-
-
-def use_dual(config, rows_blk) -> bool:
-    """Whether a 32-row program is the dual one (config key ``DUAL_32``; two warpgroups on alternate tiles), where
-    this Triton builds warp-specialized kernels (3.7+, as ``decode_sm90_ws``)."""
+def dual_enabled(config) -> bool:
+    """Whether the entry sends 17-32 rows to the dual program (config key ``DUAL_32``) and this Triton builds
+    warp-specialized kernels (3.7+, as ``decode_sm90_ws``; else ``decode_sm90``'s 64-row kernel serves them)."""
     from .decode_sm90_ws import ws_supported
 
-    return rows_blk == 32 and bool(config.get("DUAL_32", False)) and ws_supported()
+    return bool(config.get("DUAL_32", False)) and ws_supported()
+
+
+def max_rows(config) -> int:
+    """The most query rows a call may have to run here (with ``KEYS_ON_M``): 32 with the dual program, else 16."""
+    return DUAL_ROWS if dual_enabled(config) else 16
 
 
 def dual_constexprs(rows_blk):
@@ -721,8 +715,8 @@ def dual_constexprs(rows_blk):
 
 
 def block_rows(rows: int) -> int:
-    """Query rows a program: 8, 16 or 32 (the MMA's N)."""
-    return 8 if rows <= 8 else 16 if rows <= 16 else 32
+    """Query rows a program: 8 or 16 (the MMA's N; one warpgroup), 32 (a dual program)."""
+    return 8 if rows <= 8 else 16 if rows <= 16 else DUAL_ROWS
 
 
 def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse):
@@ -735,14 +729,14 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
     o_part = torch.empty(2 * num_parts, rows, DV.value, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
     rows_blk = block_rows(rows)
-    dual = use_dual(config, rows_blk)
+    dual = rows_blk == DUAL_ROWS  # (decode_sm90 sends more than 16 rows only where dual_enabled)
     kernel = _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel
     kernel[(num_parts, cdiv(rows, rows_blk))](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
         PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config),
-        **(dual_constexprs(rows_blk) if dual else decode_constexprs(config, rows_blk)),
+        **(dual_constexprs(rows_blk) if dual else tile_constexprs(config, rows_blk)),
         num_warps=WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=16, BLOCK_N=BLOCK_N.value,
@@ -755,16 +749,13 @@ def compile_specs(entry):
     """(name, fn, types, constexprs, warps, stages) for check-configs (a ``KEYS_ON_M`` decode_fp8 entry)."""
     ptrs = dict(q_ptr="*bf16", k_ptr="*u8", out_ptr="*bf16", lse_ptr="*fp32", o_part_ptr="*fp32",
                 lse_part_ptr="*fp32")
-    # the program sizes of the rows this entry serves (up to MAX_ROWS; more go to decode_sm90's kernel)
-    top = min(entry["max_rows"] or MAX_ROWS, MAX_ROWS)
+    # the program sizes of the rows this entry serves here (more go to decode_sm90's kernel)
+    top = min(entry["max_rows"] or DUAL_ROWS, max_rows(entry))
     for rows in sorted({block_rows(r) for r in range(1, top + 1)}):
+        dual = rows == DUAL_ROWS
         for causal, page in ((False, False), (True, False), (False, True), (True, True)):
-            yield (f"decode_sm90_fp8_keys_on_m(rows={rows}, causal={causal}, page_tile={page})",
-                   _decode_sm90_fp8_kernel, ptrs,
+            yield (f"decode_sm90_fp8_keys_on_m{'_dual' if dual else ''}(rows={rows}, causal={causal}, "
+                   f"page_tile={page})",
+                   _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel, ptrs,
                    dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
-                        **decode_constexprs(entry, rows)), WARPS.value, 1)
-            if use_dual(entry, rows):
-                yield (f"decode_sm90_fp8_keys_on_m_dual(rows={rows}, causal={causal}, page_tile={page})",
-                       _decode_sm90_fp8_dual_kernel, ptrs,
-                       dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
-                            **dual_constexprs(rows)), WARPS.value, 1)
+                        **(dual_constexprs(rows) if dual else tile_constexprs(entry, rows))), WARPS.value, 1)
