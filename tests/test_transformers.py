@@ -158,6 +158,10 @@ def test_bad_use():
                                          num_attention_heads=2, num_key_value_heads=2))
     with pytest.raises(ValueError, match="model_type"):
         patch_model(llama)
+    split = make_model("v3-plain", layers=2)  # one attention layer elsewhere (a device_map over two devices, here meta)
+    split.model.layers[-1].self_attn.to("meta")
+    with pytest.raises(ValueError, match="attention layers are on"):
+        patch_model(split)
 
 
 def test_out_of_pages_leaves_no_half_grown_sequences():

@@ -223,7 +223,15 @@ def patch_model(model, *, max_batch_size: int = 8, max_seq_len: int = 4096, page
     module_name, class_name = MODELS[model_type]
     attn_cls = getattr(importlib.import_module(module_name), class_name)
     base = _base_model(model)
-    param = next(model.parameters())
+    # the cache lives with the attention layers (one cache for all of them, so they must share one device; the
+    # embeddings may sit elsewhere, e.g. offloaded)
+    attn_params = [p for layer in base.layers for p in layer.self_attn.parameters()]
+    devices = sorted({str(p.device) for p in attn_params})
+    if len(devices) > 1:
+        raise ValueError(f"model: its attention layers are on {', '.join(devices)}; patch_model keeps one paged "
+                         "cache for all of them, so they must share one device (a device_map over several GPUs "
+                         "is not supported)")
+    param = attn_params[0] if attn_params else next(model.parameters())
     device, dtype = param.device, param.dtype
     num_pages = math.ceil(max_seq_len / page_size)
     if num_blocks is None:
