@@ -229,8 +229,8 @@ def test_host_launch_arithmetic_matches_triton():
 def test_fp8_keys_on_m_entries_compile_what_they_serve(monkeypatch):
     """check-configs compiles the FP8 kernels an sm90 ``decode_fp8`` entry can launch: with KEYS_ON_M, the
     keys-on-M programs for the rows it serves (8 and 16 rows, and the 32-row dual program with DUAL_32 where Triton
-    builds it), and the 64-row kernel for the rows past them."""
-    from triton_mla.kernels import decode_fp8, decode_sm90_ws
+    builds it: 3.9+), and the 64-row kernel for the rows past them."""
+    from triton_mla.kernels import decode_fp8, decode_sm90_fp8
 
     def names(**entry):
         base = dict(dtype="16bit", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=2, PARTS_PER_SM=1,
@@ -243,7 +243,7 @@ def test_fp8_keys_on_m_entries_compile_what_they_serve(monkeypatch):
     def lockstep(ns):
         return any(n.startswith("decode_sm90_fp8(") for n in ns)
 
-    monkeypatch.setattr(decode_sm90_ws, "ws_supported", lambda: True)
+    monkeypatch.setattr(decode_sm90_fp8, "dual_builds", lambda: True)
     assert rows_of(names(max_rows=16, KEYS_ON_M=True)) == {"8", "16"}
     assert not lockstep(names(max_rows=16, KEYS_ON_M=True))
     dual = names(max_rows=32, KEYS_ON_M=True, DUAL_32=True)
@@ -254,6 +254,6 @@ def test_fp8_keys_on_m_entries_compile_what_they_serve(monkeypatch):
     assert rows_of(both) == {"8", "16", "32"} and lockstep(both)
     only = names(max_rows=32, DUAL_32=True)
     assert not rows_of(only) and lockstep(only)
-    monkeypatch.setattr(decode_sm90_ws, "ws_supported", lambda: False)  # (Triton 3.6: the 64-row kernel)
+    monkeypatch.setattr(decode_sm90_fp8, "dual_builds", lambda: False)  # (Triton < 3.9: the 64-row kernel)
     old = names(max_rows=32, KEYS_ON_M=True, DUAL_32=True)
     assert rows_of(old) == {"8", "16"} and lockstep(old)

@@ -436,10 +436,10 @@ def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, monkeypatch):
     make, causal, NaN bytes past each sequence, outliers, one sequence per part or many; 33 rows go to
     decode_sm90's kernel."""
     from triton_mla import api
-    from triton_mla.kernels import decode_sm90_ws
+    from triton_mla.kernels import decode_sm90_fp8
 
-    if not decode_sm90_ws.ws_supported():
-        pytest.skip("this Triton does not build warp-specialized kernels")
+    if not decode_sm90_fp8.dual_builds():
+        pytest.skip("this Triton does not build the dual program (3.9+)")
     calls = []
     launch = api._decode_sm90._decode_fp8_keys_on_m
     monkeypatch.setattr(api._decode_sm90, "_decode_fp8_keys_on_m", lambda *a, **k: calls.append(1) or launch(*a, **k))

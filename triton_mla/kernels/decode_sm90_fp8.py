@@ -30,6 +30,8 @@ thread (32 rows) would spill.
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
 
+import functools
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -696,12 +698,20 @@ def tile_constexprs(config, rows_blk):
     return dict(ROWS=rows_blk, STAGES=_stages(config), **_parts(config, rows_blk))
 
 
-def dual_enabled(config) -> bool:
-    """Whether the entry sends 17-32 rows to the dual program (config key ``DUAL_32``) and this Triton builds
-    warp-specialized kernels (3.7+, as ``decode_sm90_ws``; else ``decode_sm90``'s 64-row kernel serves them)."""
+@functools.cache
+def dual_builds() -> bool:
+    """Whether this Triton builds the dual program: 3.9+ (3.8's compiler aborts on it, although it builds
+    ``decode_sm90_ws``; 3.7 is untried). Asked on every call, so cached."""
+    from ..configs import triton_at_least
     from .decode_sm90_ws import ws_supported
 
-    return bool(config.get("DUAL_32", False)) and ws_supported()
+    return ws_supported() and triton_at_least("3.9")
+
+
+def dual_enabled(config) -> bool:
+    """Whether the entry sends 17-32 rows to the dual program (config key ``DUAL_32``) and this Triton builds it
+    (else ``decode_sm90``'s 64-row kernel serves those rows)."""
+    return bool(config.get("DUAL_32", False)) and dual_builds()
 
 
 def max_rows(config) -> int:
