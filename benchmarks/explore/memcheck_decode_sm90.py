@@ -19,24 +19,22 @@ from triton_mla.bench import fp8_cache_of
 # (b, h_q, s_q, page size, lengths): 17-32 rows, segments of one tile (warpgroup 1 idle) and of many
 CASES_DUAL = [(3, 32, 1, 64, [8192, 1, 0]), (4, 16, 2, 16, [300, 17, 2, 1025]), (2, 17, 1, 1, [129, 40]),
               (3, 8, 4, 192, [2048, 3, 999]), (5, 11, 2, 128, [130, 0, 4000, 64, 65])]
-if sys.argv[1:] == ["fp8-dual"]:
-    for split in (dict(MIN_BLOCKS_PER_PART=1, PARTS_PER_SM=8), {}):
-        with configs.overridden(WGMMA=True, KEYS_ON_M=True, DUAL_32=True, **split):
-            for i, (b, h_q, s_q, page, lens) in enumerate(CASES_DUAL):
+SPLIT_HEAVY = dict(MIN_BLOCKS_PER_PART=1, PARTS_PER_SM=8)
+# mode -> (cases, the config overrides of each pass over them)
+FP8_MODES = {"fp8-rows": (CASES_FEW_ROWS, [dict(KEYS_ON_M=True, RAW_STAGES=2, **SPLIT_HEAVY)]),
+             "fp8-dual": (CASES_DUAL, [dict(KEYS_ON_M=True, DUAL_32=True, **SPLIT_HEAVY),
+                                       dict(KEYS_ON_M=True, DUAL_32=True)])}
+if sys.argv[1:2] and sys.argv[1] in FP8_MODES:
+    cases, passes = FP8_MODES[sys.argv[1]]
+    for overrides in passes:
+        with configs.overridden(WGMMA=True, **overrides):
+            for i, (b, h_q, s_q, page, lens) in enumerate(cases):
                 q, kv, bt, lens_t = make_case(b, h_q, s_q, page, lens, torch.bfloat16, i, i % 2 == 1)
                 tm.flash_mla_with_kvcache(q, fp8_cache_of(kv), bt, lens_t, 512, causal=s_q > 1, is_fp8_kvcache=True)
     torch.cuda.synchronize()
-    print(f"memcheck_decode_sm90 fp8-dual: {2 * len(CASES_DUAL)} calls done")
+    print(f"memcheck_decode_sm90 {sys.argv[1]}: {len(passes) * len(cases)} calls done")
     sys.exit(0)
-if sys.argv[1:] == ["fp8-rows"]:
-    with configs.overridden(WGMMA=True, KEYS_ON_M=True, RAW_STAGES=2, MIN_BLOCKS_PER_PART=1, PARTS_PER_SM=8):
-        for i, (b, h_q, s_q, page, lens) in enumerate(CASES_FEW_ROWS):
-            q, kv, bt, lens_t = make_case(b, h_q, s_q, page, lens, torch.bfloat16, i, i % 2 == 1)
-            tm.flash_mla_with_kvcache(q, fp8_cache_of(kv), bt, lens_t, 512, causal=s_q > 1, is_fp8_kvcache=True)
-    torch.cuda.synchronize()
-    print(f"memcheck_decode_sm90 fp8-rows: {len(CASES_FEW_ROWS)} calls done")
-    sys.exit(0)
-with configs.overridden(WGMMA=True, BLOCK_N=64, NUM_BUF=2, MIN_BLOCKS_PER_PART=1, PARTS_PER_SM=8):
+with configs.overridden(WGMMA=True, BLOCK_N=64, NUM_BUF=2, **SPLIT_HEAVY):
     for i, (b, h_q, s_q, page, lens) in enumerate(CASES):
         q, kv, bt, lens_t = make_case(b, h_q, s_q, page, lens, torch.bfloat16, i, i % 2 == 1)
         tm.flash_mla_with_kvcache(q, kv, bt, lens_t, 512, causal=s_q > 1)
