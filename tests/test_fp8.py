@@ -408,10 +408,12 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
-def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, monkeypatch):
+@pytest.mark.parametrize("qk_e4m3", [False, True])
+def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, qk_e4m3, monkeypatch):
     """kernels/decode_sm90_fp8.py (<= 16 rows, keys on the MMA's M side, dims permuted in the register operands):
     8- and 16-row programs, every row count 1-16 that a head count and s_q make, causal s_q > 1, NaN bytes past each
-    sequence, outliers, one sequence per part or many."""
+    sequence, outliers, one sequence per part or many; the scores by float16 MMAs on converted keys or by e4m3 MMAs
+    on the raw tile (QK_E4M3)."""
     from triton_mla import api
 
     calls = []
@@ -420,7 +422,7 @@ def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, monkeypatch):
     lens = [0, 1, 31, 63, 64, 65, 1000, 4097]
     split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
     shapes = [(16, 1), (8, 2), (1, 1), (4, 4), (3, 5), (12, 1), (2, 3), (8, 1)]
-    with configs.overridden(WGMMA=True, KEYS_ON_M=True, RAW_STAGES=2, **split):
+    with configs.overridden(WGMMA=True, KEYS_ON_M=True, RAW_STAGES=2, QK_E4M3=qk_e4m3, **split):
         for i, (h_q, s_q) in enumerate(shapes):
             check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
                              outliers=i == 0)
@@ -430,7 +432,8 @@ def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, monkeypatch):
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 64, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
-def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, monkeypatch):
+@pytest.mark.parametrize("qk_e4m3", [False, True])
+def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, qk_e4m3, monkeypatch):
     """kernels/decode_sm90_fp8.py's dual program (17-32 rows: two warpgroups on alternate tiles, merged at each
     segment's end; the keys' scales multiplied into the register operand): every row count a head count and s_q
     make, causal, NaN bytes past each sequence, outliers, one sequence per part or many; 33 rows go to
@@ -446,7 +449,7 @@ def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, monkeypatch):
     lens = [0, 1, 31, 63, 64, 65, 1000, 4097]
     split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
     shapes = [(32, 1), (16, 2), (17, 1), (8, 4), (5, 5), (24, 1), (11, 3)]
-    with configs.overridden(WGMMA=True, KEYS_ON_M=True, DUAL_32=True, RAW_STAGES=2, **split):
+    with configs.overridden(WGMMA=True, KEYS_ON_M=True, DUAL_32=True, RAW_STAGES=2, QK_E4M3=qk_e4m3, **split):
         for i, (h_q, s_q) in enumerate(shapes):
             check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
                              outliers=i == 0)

@@ -5,6 +5,7 @@
 
 fp8-rows: only the FP8 keys-on-M kernel (decode_sm90_fp8) on <= 16-row cases, split-heavy.
 fp8-dual: only its dual program (17-32 rows, two warpgroups on alternate tiles), split-heavy and not.
+fp8-e4m3: both, with the scores through e4m3 MMAs (QK_E4M3).
 """
 
 import sys
@@ -23,7 +24,9 @@ SPLIT_HEAVY = dict(MIN_BLOCKS_PER_PART=1, PARTS_PER_SM=8)
 # mode -> (cases, the config overrides of each pass over them)
 FP8_MODES = {"fp8-rows": (CASES_FEW_ROWS, [dict(KEYS_ON_M=True, RAW_STAGES=2, **SPLIT_HEAVY)]),
              "fp8-dual": (CASES_DUAL, [dict(KEYS_ON_M=True, DUAL_32=True, **SPLIT_HEAVY),
-                                       dict(KEYS_ON_M=True, DUAL_32=True)])}
+                                       dict(KEYS_ON_M=True, DUAL_32=True)]),
+             "fp8-e4m3": (CASES_FEW_ROWS + CASES_DUAL,
+                          [dict(KEYS_ON_M=True, DUAL_32=True, QK_E4M3=True, **SPLIT_HEAVY)])}
 if sys.argv[1:2] and sys.argv[1] in FP8_MODES:
     cases, passes = FP8_MODES[sys.argv[1]]
     for overrides in passes:

@@ -35,6 +35,11 @@ VARIANTS = {
     # the top-k entries of each tile loaded an iteration before its copy is issued
     "t_pw_ids": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
                      FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True),
+    # the shipped keys-on-M pieces with the scores through e4m3 MMAs (QK_E4M3), twenty-second session
+    "t_q8": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
+                 FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True),
+    "t_q8_p8": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
+                    FP8_PV_PARTS_8=4, FP8_QK_WAVES_8=2, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True),
     # 16-bit cache at 64+ heads: the warp-specialized kernel (decode_sm90_ws's pipeline), fifteenth session
     "lockstep": dict(WGMMA=True, WS=False),
     "ws": dict(WGMMA=True, WS=True, COPY_FIRST=False),

@@ -87,6 +87,30 @@ _PV_VIEW = [[8, 0], [64, 0], [128, 0], [256, 0], [1, 0], [2, 0], [4, 0], [16, 0]
             [1, 1], [2, 2], [4, 4], [0, 8], [0, 16], [0, 32]]
 
 
+# QK_E4M3: the raw tile as [4 groups x 64 keys, 128 bytes] with wgmma's 128-byte swizzle, so the tensor cores read
+# each group's keys straight from shared memory as e4m3. Its offset bits are the ones above with the key bits
+# (9..14 there) moved down to 7..12 and the group bits (7..8) up to 13..14; bits 0..6 (and so the banks) are the same.
+_RAW8 = [[0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [0, 32], [0, 64], [1, 16], [2, 32], [4, 64], [8, 0], [16, 0],
+         [32, 0], [0, 128], [0, 256]]
+
+
+
+
+@gluon.constexpr_function
+def _nv8():
+    """wgmma's 128-byte swizzled layout of 8-bit [rows, 128] operands (QK_E4M3: keys and Q's two parts)."""
+    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=8, rank=2)
+
+
+@gluon.constexpr_function
+def _raw8_view():
+    return gl.SharedLinearLayout(offset_bases=_RAW8)
+
+
+# _PV_VIEW over the QK_E4M3 tile (its offset bits moved as _RAW8's)
+_PV_VIEW8 = _PV_VIEW[:7] + _PV_VIEW[9:] + _PV_VIEW[7:9]
+
+
 @gluon.constexpr_function
 def _qk_view():
     return gl.SharedLinearLayout(offset_bases=_QK_VIEW)
@@ -119,12 +143,13 @@ def _pv_load_layout(PARTS):
 
 
 @gluon.constexpr_function
-def _pv_view_4d():
-    """_PV_VIEW with its rows split as [8, 4, 16] (``_pv_load_layout``'s parts are ranges of the first dim)."""
+def _pv_view_4d(QK_E4M3=False):
+    """_PV_VIEW with its rows split as [8, 4, 16] (``_pv_load_layout``'s parts are ranges of the first dim), over
+    the plain tile or the QK_E4M3 one."""
     def split(b):
         r, key = b
         return [r >> 6, (r >> 4) & 3, r & 15, key]
-    return gl.SharedLinearLayout(offset_bases=[split(b) for b in _PV_VIEW])
+    return gl.SharedLinearLayout(offset_bases=[split(b) for b in (_PV_VIEW8 if QK_E4M3 else _PV_VIEW)])
 
 
 @gluon.constexpr_function
@@ -180,14 +205,20 @@ def _qk_dim(k):
 
 @gluon.jit
 def _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, ROWS: gl.constexpr,
-            s_l: gl.constexpr):
+            s_l: gl.constexpr, QK_E4M3: gl.constexpr = False):
     """Q's value dims into ``q_smem`` [4, ROWS, 128] as float16, permuted as ``_QK_VIEW``, each row scaled by a power
     of two that brings its largest |value| into [2**14, 2**15) (float16 holds every bfloat16 value of the row
     exactly then, down to 2**-10 of its max); the rope dims into ``qpe_smem`` (by cp.async). Returns each row's
-    inverse factor, in S^T's column layout."""
+    inverse factor, in S^T's column layout.
+    QK_E4M3: ``q_smem`` is [4, 2 * ROWS, 128] e4m3, in natural dim order: each row scaled so its largest |value| is
+    in [2**7, 2**8), then split in two e4m3 parts, hi = e4m3(x) and lo = e4m3(x - hi) (``_store_q8``), whose sum
+    is within 2**-8 of x (2**-9 from 2**7 up), about bfloat16's own precision."""
     q_l: gl.constexpr = gl.BlockedLayout([1, 8], [ROWS // 4, 128 // ROWS], [WARPS, 1], [1, 0])
     q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, q_l, ROWS)
-    dims = _qk_dim(gl.arange(0, GROUP, layout=gl.SliceLayout(0, q_l)))
+    if QK_E4M3:
+        dims = gl.arange(0, GROUP, layout=gl.SliceLayout(0, q_l))
+    else:
+        dims = _qk_dim(gl.arange(0, GROUP, layout=gl.SliceLayout(0, q_l)))
     ptrs = q_ptr + q_off[:, None] + dims[None, :]
     q0 = gl.load(ptrs, mask=row_ok[:, None], other=0.0).to(gl.float32)
     q1 = gl.load(ptrs + GROUP, mask=row_ok[:, None], other=0.0).to(gl.float32)
@@ -195,19 +226,39 @@ def _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride
     q3 = gl.load(ptrs + 3 * GROUP, mask=row_ok[:, None], other=0.0).to(gl.float32)
     a = gl.maximum(gl.maximum(gl.max(gl.abs(q0), axis=1), gl.max(gl.abs(q1), axis=1)),
                    gl.maximum(gl.max(gl.abs(q2), axis=1), gl.max(gl.abs(q3), axis=1)))
-    # biased exponent e of the row max: scale by 2**(141 - e), clamped so both factors stay normal
-    e = gl.maximum((a.to(gl.int32, bitcast=True) >> 23) & 0xFF, 15)
-    up = ((268 - e) << 23).to(gl.float32, bitcast=True)[:, None]
-    down = ((e - 14) << 23).to(gl.float32, bitcast=True)
-    q_smem.index(0).store((q0 * up).to(gl.float16))
-    q_smem.index(1).store((q1 * up).to(gl.float16))
-    q_smem.index(2).store((q2 * up).to(gl.float16))
-    q_smem.index(3).store((q3 * up).to(gl.float16))
+    if QK_E4M3:
+        # biased exponent e of the row max: scale by 2**(134 - e), clamped so both factors stay normal
+        e = gl.maximum((a.to(gl.int32, bitcast=True) >> 23) & 0xFF, 8)
+        up = ((261 - e) << 23).to(gl.float32, bitcast=True)[:, None]
+        down = ((e - 7) << 23).to(gl.float32, bitcast=True)
+        _store_q8(q_smem, 0, q0 * up)
+        _store_q8(q_smem, 1, q1 * up)
+        _store_q8(q_smem, 2, q2 * up)
+        _store_q8(q_smem, 3, q3 * up)
+    else:
+        # biased exponent e of the row max: scale by 2**(141 - e), clamped so both factors stay normal
+        e = gl.maximum((a.to(gl.int32, bitcast=True) >> 23) & 0xFF, 15)
+        up = ((268 - e) << 23).to(gl.float32, bitcast=True)[:, None]
+        down = ((e - 14) << 23).to(gl.float32, bitcast=True)
+        q_smem.index(0).store((q0 * up).to(gl.float16))
+        q_smem.index(1).store((q1 * up).to(gl.float16))
+        q_smem.index(2).store((q2 * up).to(gl.float16))
+        q_smem.index(3).store((q3 * up).to(gl.float16))
     pe_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
     q_off, row_ok = _q_offsets(seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, pe_l, ROWS)
     offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
     _async_load(qpe_smem, q_ptr + q_off[:, None] + DV + offs_pe[None, :], mask=row_ok[:, None])
     return gl.convert_layout(down, gl.SliceLayout(0, s_l))
+
+
+@gluon.jit
+def _store_q8(q_smem, G: gl.constexpr, x):
+    """Group G of a scaled Q row block ``x`` [ROWS, 128] (|x| < 2**8) as two e4m3 parts, hi in rows [0, ROWS) of
+    q_smem[G], lo in rows [ROWS, 2 * ROWS)."""
+    ROWS: gl.constexpr = x.shape[0]
+    hi = x.to(gl.float8e4nv)
+    q_smem.index(G).slice(0, ROWS).store(hi)
+    q_smem.index(G).slice(ROWS, ROWS).store((x - hi.to(gl.float32)).to(gl.float8e4nv))
 
 
 @gluon.jit
@@ -290,12 +341,81 @@ def _scores(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, ROWS: gl
 
 
 @gluon.jit
-def _values(stg, sc_buf, P: gl.constexpr, PARTS: gl.constexpr, o_l: gl.constexpr):
+def _scores_fp8(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, ROWS: gl.constexpr, s_l: gl.constexpr,
+                QK_WAVES: gl.constexpr):
+    """``_scores`` with QK_E4M3: each group's keys go to the tensor cores as e4m3 straight from the raw tile, against
+    Q's two e4m3 parts stacked as 2 * ROWS columns (``_load_q``), one MMA a group; no register operand, no
+    conversion. QK_WAVES: 1, the four groups' accumulators live at once; 2, two at a time; 4, one at a time."""
+    keys = _view(stg, gl.float8e4nv, [4 * BLOCK_N, GROUP], _nv8())
+    zero = gl.zeros([BLOCK_N, ROWS], gl.float32, layout=s_l)
+    # (the e4m3 MMA's own instruction shape: k 32, both of Q's parts on N)
+    s8_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                   instr_shape=[16, 2 * ROWS, 32])
+    zero8 = gl.zeros([BLOCK_N, 2 * ROWS], gl.float32, layout=s8_l)
+    spe = warpgroup_mma(pe_buf, qpe_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
+    s0 = _group_mma8(keys, q_smem, 0, zero8)
+    if QK_WAVES != 4:
+        s1 = _group_mma8(keys, q_smem, 1, zero8)
+    sc_l: gl.constexpr = _scale_qk_layout()
+    sc = sc_buf.load(sc_l)
+    g = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
+    key_l: gl.constexpr = gl.SliceLayout(1, s_l)
+    c0 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 0, sc, 0.0), axis=1), key_l)
+    c1 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 1, sc, 0.0), axis=1), key_l)
+    c2 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 2, sc, 0.0), axis=1), key_l)
+    c3 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 3, sc, 0.0), axis=1), key_l)
+    if QK_WAVES == 4:
+        spe, s0 = warpgroup_mma_wait(0, deps=[spe, s0])
+        s = _hi_lo(s0, s_l) * c0[:, None]
+        s1 = _group_mma8(keys, q_smem, 1, zero8)
+        s1 = warpgroup_mma_wait(0, deps=[s1])
+        s = s + _hi_lo(s1, s_l) * c1[:, None]
+        s2 = _group_mma8(keys, q_smem, 2, zero8)
+        s2 = warpgroup_mma_wait(0, deps=[s2])
+        s = s + _hi_lo(s2, s_l) * c2[:, None]
+        s3 = _group_mma8(keys, q_smem, 3, zero8)
+        s3 = warpgroup_mma_wait(0, deps=[s3])
+        s = s + _hi_lo(s3, s_l) * c3[:, None]
+    elif QK_WAVES == 2:
+        s0, s1 = warpgroup_mma_wait(0, deps=[s0, s1])
+        s = _hi_lo(s0, s_l) * c0[:, None] + _hi_lo(s1, s_l) * c1[:, None]
+        s2 = _group_mma8(keys, q_smem, 2, zero8)
+        s3 = _group_mma8(keys, q_smem, 3, zero8)
+        spe, s2, s3 = warpgroup_mma_wait(0, deps=[spe, s2, s3])
+        s = s + _hi_lo(s2, s_l) * c2[:, None] + _hi_lo(s3, s_l) * c3[:, None]
+    else:
+        s2 = _group_mma8(keys, q_smem, 2, zero8)
+        s3 = _group_mma8(keys, q_smem, 3, zero8)
+        spe, s0, s1, s2, s3 = warpgroup_mma_wait(0, deps=[spe, s0, s1, s2, s3])
+        s = (_hi_lo(s0, s_l) * c0[:, None] + _hi_lo(s1, s_l) * c1[:, None] + _hi_lo(s2, s_l) * c2[:, None]
+             + _hi_lo(s3, s_l) * c3[:, None])
+    return s * row_scale[None, :] + spe * qk_scale
+
+
+@gluon.jit
+def _group_mma8(keys, q_smem, G: gl.constexpr, zero):
+    """Group G's keys (e4m3, shared memory) times Q's two parts of the group, issued (not awaited)."""
+    # (K = 128 accumulated in the tensor cores, no fp32 promotion inside: its error stays ~2**-13 of the sum)
+    return warpgroup_mma(keys.slice(G * BLOCK_N, BLOCK_N), q_smem.index(G).permute((1, 0)), zero, use_acc=False,
+                         max_num_imprecise_acc=GROUP, is_async=True)
+
+
+@gluon.jit
+def _hi_lo(acc, s_l: gl.constexpr):
+    """[64, 2 * ROWS] products with Q's hi and lo parts -> their sum [64, ROWS] (the part is a register bit of the
+    MMA layout: no data moves)."""
+    ROWS: gl.constexpr = acc.shape[1] // 2
+    hi, lo = gl.split(gl.permute(gl.reshape(acc, [acc.shape[0], 2, ROWS]), (0, 2, 1)))
+    return gl.convert_layout(hi + lo, s_l)
+
+
+@gluon.jit
+def _values(stg, sc_buf, P: gl.constexpr, PARTS: gl.constexpr, o_l: gl.constexpr, QK_E4M3: gl.constexpr = False):
     """Part P of PARTS row ranges of V^T [512, 64] of one tile, as float16 register operand: raw values times their
     scales (rows as ``_PV_VIEW``)."""
     ld_l: gl.constexpr = _pv_load_layout(PARTS)
     hi: gl.constexpr = 8 // PARTS
-    raw = _view(stg, gl.uint8, [8, 4, 16, BLOCK_N], _pv_view_4d()).slice(P * hi, hi, dim=0).load(ld_l)
+    raw = _view(stg, gl.uint8, [8, 4, 16, BLOCK_N], _pv_view_4d(QK_E4M3)).slice(P * hi, hi, dim=0).load(ld_l)
     # [4 groups, 64 keys] -> [1, 4, 1, 64]: warp w's rows are group w's dims
     sc = sc_buf.permute((1, 0)).load(gl.SliceLayout(0, gl.SliceLayout(2, ld_l)))
     sc = gl.expand_dims(gl.expand_dims(sc, 0), 2).to(gl.float16)
@@ -349,15 +469,37 @@ def _store_part(acc, P: gl.constexpr, PARTS: gl.constexpr, m_i, l_i, seq, part, 
 
 
 @gluon.jit
-def _buffers_t(ROWS: gl.constexpr, STAGES: gl.constexpr):
+def _q_and_stages(ROWS: gl.constexpr, STAGES: gl.constexpr, QK_E4M3: gl.constexpr):
+    """Q's value dims and STAGES raw tiles' bytes (``_buffers_t``)."""
+    if QK_E4M3:
+        q_smem = gl.allocate_shared_memory(gl.float8e4nv, [4, 2 * ROWS, GROUP], _nv8())
+        stage = gl.allocate_shared_memory(gl.uint8, [STAGES, 4 * BLOCK_N, GROUP], _nv8())
+    else:
+        wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        q_smem = gl.allocate_shared_memory(gl.float16, [4, ROWS, GROUP], wide_sl)
+        stage = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, DV],
+                                          gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0]))
+    return q_smem, stage
+
+
+@gluon.jit
+def _copy_view(stg, QK_E4M3: gl.constexpr):
+    """A raw tile's bytes as [64 keys, 512] for its copy."""
+    if QK_E4M3:
+        return _view(stg, gl.uint8, [BLOCK_N, DV], _raw8_view())
+    else:
+        return stg
+
+
+@gluon.jit
+def _buffers_t(ROWS: gl.constexpr, STAGES: gl.constexpr, QK_E4M3: gl.constexpr = False):
     """Shared memory of one program: Q (float16, permuted, and its bfloat16 rope dims), P^T, and STAGES raw tiles
-    (e4m3 bytes with their 16-byte chunks XOR-swizzled by key, scales, rope values)."""
+    (e4m3 bytes with their 16-byte chunks XOR-swizzled by key, scales, rope values). QK_E4M3: Q as two e4m3 parts,
+    the raw tiles' bytes as ``_RAW8``."""
     wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    q_smem = gl.allocate_shared_memory(gl.float16, [4, ROWS, GROUP], wide_sl)
+    q_smem, stage = _q_and_stages(ROWS, STAGES, QK_E4M3)
     qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
     p_smem = gl.allocate_shared_memory(gl.float16, [ROWS, BLOCK_N], wide_sl)
-    stage = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, DV],
-                                      gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0]))
     stage_scale = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_N, 4],
                                             gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
     pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_N, DR], wide_sl)
@@ -369,14 +511,15 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, INDEXED: gl.constexpr,
               ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
               s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False, PAGE_TILE: gl.constexpr = False,
-              FOLD_SCALES: gl.constexpr = False, STEP: gl.constexpr = 1):
+              FOLD_SCALES: gl.constexpr = False, STEP: gl.constexpr = 1, QK_E4M3: gl.constexpr = False):
     """Keys [lo, hi) against the ROWS query rows in ``q_smem`` / ``qpe_smem`` (``_load_q``, its copies committed):
     raw tiles copied STAGES - 1 ahead, online softmax in log2 units. Keys are ``decode_sm90._key_offsets``'s
     (paged positions, or top-k entries with ``INDEXED``); key c counts for row r below ``row_limit[r]``.
     IDS_AHEAD (with INDEXED): each tile's entries are loaded an iteration before its copy is issued; PAGE_TILE
     (paged, pages a whole number of tiles): the tile's one page look-up is (``decode_sm90._tile_page``).
     FOLD_SCALES: the scores by ``_scores_folded`` (one accumulator). STEP: every STEP-th tile from ``lo`` on
-    (``_dual_wg``: two warpgroups on alternate tiles).
+    (``_dual_wg``: two warpgroups on alternate tiles). QK_E4M3: the scores by ``_scores_fp8`` (Q and the buffers
+    as ``_buffers_t`` makes them with it).
     Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
@@ -388,7 +531,7 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         if PAGE_TILE:
             tile_page = _tile_page(table_row, lo + i * TILE, hi, stride_table, limit, page_size)
         # a tile past hi is all masked: its copy only zero-fills
-        _issue_fp8_tile(stage.index(i), stage_scale.index(i), pe_bufs.index(i), k_ptr, table_row,
+        _issue_fp8_tile(_copy_view(stage.index(i), QK_E4M3), stage_scale.index(i), pe_bufs.index(i), k_ptr, table_row,
                         lo + i * TILE, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
                         BLOCK_N, WARPS, 8, None, tile_page)
         cp.commit_group()
@@ -417,7 +560,7 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         nxt = start + (STAGES - 1) * TILE
         if nxt < hi:
             slot = (j + STAGES - 1) % STAGES
-            _issue_fp8_tile(stage.index(slot), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
+            _issue_fp8_tile(_copy_view(stage.index(slot), QK_E4M3), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
                             table_row, nxt, hi, stride_kb, stride_kt, stride_table, limit, page_size,
                             INDEXED, BLOCK_N, WARPS, 8, ids_cp, tile_page)
         if PAGE_TILE:
@@ -429,7 +572,10 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         cp.commit_group()
         stg = stage.index(j % STAGES)
         sc_buf = stage_scale.index(j % STAGES)
-        if FOLD_SCALES:
+        if QK_E4M3:
+            qk = _scores_fp8(stg, sc_buf, pe_bufs.index(j % STAGES), q_smem, qpe_smem, row_scale, qk_scale, ROWS, s_l,
+                             QK_WAVES)
+        elif FOLD_SCALES:
             qk = _scores_folded(stg, sc_buf, pe_bufs.index(j % STAGES), q_smem, qpe_smem, row_scale, qk_scale, ROWS,
                                 s_l, QK_WAVES)
         else:
@@ -453,22 +599,22 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         acc0 = acc0 * alpha[None, :]
         acc1 = acc1 * alpha[None, :]
         p_smem.permute((1, 0)).store(p.to(gl.float16))
-        v0 = _values(stg, sc_buf, 0, PV_PARTS, s_l)
+        v0 = _values(stg, sc_buf, 0, PV_PARTS, s_l, QK_E4M3)
         fence_async_shared()
         _cta_barrier()
         acc0 = warpgroup_mma(v0, p_smem.permute((1, 0)), acc0, is_async=True)
         # part q + 1 converts while part q's MMAs run
-        v1 = _values(stg, sc_buf, 1, PV_PARTS, s_l)
+        v1 = _values(stg, sc_buf, 1, PV_PARTS, s_l, QK_E4M3)
         acc1 = warpgroup_mma(v1, p_smem.permute((1, 0)), acc1, is_async=True)
         if PV_PARTS == 4:
             # two parts in registers at most
             acc2 = acc2 * alpha[None, :]
             acc3 = acc3 * alpha[None, :]
             acc0, v0 = warpgroup_mma_wait(1, deps=[acc0, v0])
-            v2 = _values(stg, sc_buf, 2, PV_PARTS, s_l)
+            v2 = _values(stg, sc_buf, 2, PV_PARTS, s_l, QK_E4M3)
             acc2 = warpgroup_mma(v2, p_smem.permute((1, 0)), acc2, is_async=True)
             acc1, v1 = warpgroup_mma_wait(1, deps=[acc1, v1])
-            v3 = _values(stg, sc_buf, 3, PV_PARTS, s_l)
+            v3 = _values(stg, sc_buf, 3, PV_PARTS, s_l, QK_E4M3)
             acc3 = warpgroup_mma(v3, p_smem.permute((1, 0)), acc3, is_async=True)
             acc2, acc3, v2, v3 = warpgroup_mma_wait(0, deps=[acc2, acc3, v2, v3])
         else:
@@ -488,12 +634,12 @@ def _decode_sm90_fp8_kernel(
     stride_lb, stride_lh, stride_ls,
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
-    PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False,
+    PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False,
 ):
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
     ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
     s_l: gl.constexpr = _mma_layout(ROWS)
-    q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES)
+    q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES, QK_E4M3)
 
     part = gl.program_id(0)
     row_block = gl.program_id(1)
@@ -512,12 +658,12 @@ def _decode_sm90_fp8_kernel(
             # every warp is done with the previous segment's buffers before they are refilled
             _cta_barrier()
             down = _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, ROWS,
-                           s_l)
+                           s_l, QK_E4M3)
             row_scale = down * qk_scale
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
                 q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit,
                 row_scale, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, False, ROWS, STAGES,
-                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE)
+                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE, QK_E4M3=QK_E4M3)
             first = g == g_lo
             whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
             _store_part(acc0, 0, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
@@ -558,7 +704,9 @@ def _dual_wg(W: gl.constexpr, args):
      stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, part, row_block, g_lo,
      g_hi, seq, seq_g0, q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, stats, bars, CAUSAL,
      PAGE_TILE) = args
-    ROWS: gl.constexpr = q_smem.shape[1]
+    # (arguments reach a partition as tensors, constexprs included: QK_E4M3 is read off Q's buffer)
+    QK_E4M3: gl.constexpr = q_smem.dtype.is_fp8()
+    ROWS: gl.constexpr = q_smem.shape[1] // 2 if QK_E4M3 else q_smem.shape[1]
     STAGES: gl.constexpr = stage.shape[0] // 2
     s_l: gl.constexpr = _mma_layout(ROWS)
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
@@ -577,7 +725,7 @@ def _dual_wg(W: gl.constexpr, args):
             if W == 0:
                 # warpgroup 1 finished reading the previous Q before it arrived on MERGED, which this one awaited
                 down = _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh,
-                               ROWS, s_l)
+                               ROWS, s_l, QK_E4M3)
                 stats.slice(0 * ROWS, ROWS).store(down)
                 cp.commit_group()
                 cp.wait_group(0)
@@ -591,7 +739,8 @@ def _dual_wg(W: gl.constexpr, args):
                 q_smem, qpe_smem, p_smem.index(W), stage.slice(W * STAGES, STAGES),
                 stage_scale.slice(W * STAGES, STAGES), pe_bufs.slice(W * STAGES, STAGES), k_ptr, table_row,
                 lo + W * BLOCK_N, hi, row_limit, down * qk_scale, stride_kb, stride_kt, stride_btp, num_blocks,
-                page_size, qk_scale, False, ROWS, STAGES, 2, 1, s_l, False, PAGE_TILE, True, 2)
+                page_size, qk_scale, False, ROWS, STAGES, 2, 2 if QK_E4M3 else 1, s_l, False, PAGE_TILE, True, 2,
+                QK_E4M3)
             if W == 1:
                 # every warp is done reading the last tile out of the stages that O^T is about to overwrite
                 _cta_barrier()
@@ -649,17 +798,15 @@ def _decode_sm90_fp8_dual_kernel(
     stride_lb, stride_lh, stride_ls,
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
-    PAGE_TILE: gl.constexpr = False,
+    PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False,
 ):
     """``_decode_sm90_fp8_kernel``'s program with two warpgroups on alternate tiles (``_dual_wg``): at 32 rows
     one program fills an SM's shared memory (Q 36 KB once, STAGES raw tiles a warpgroup), and one warpgroup's
     conversions and MMAs run while the other's do."""
     wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    q_smem = gl.allocate_shared_memory(gl.float16, [4, ROWS, GROUP], wide_sl)
+    q_smem, stage = _q_and_stages(ROWS, 2 * STAGES, QK_E4M3)
     qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
     p_smem = gl.allocate_shared_memory(gl.float16, [2, ROWS, BLOCK_N], wide_sl)
-    stage = gl.allocate_shared_memory(gl.uint8, [2 * STAGES, BLOCK_N, DV],
-                                      gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0]))
     stage_scale = gl.allocate_shared_memory(gl.float32, [2 * STAGES, BLOCK_N, 4],
                                             gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
     pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, BLOCK_N, DR], wide_sl)
@@ -695,7 +842,8 @@ def _parts(config, rows_blk):
 
 def tile_constexprs(config, rows_blk):
     """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike)."""
-    return dict(ROWS=rows_blk, STAGES=_stages(config), **_parts(config, rows_blk))
+    return dict(ROWS=rows_blk, STAGES=_stages(config), QK_E4M3=bool(config.get("QK_E4M3", False)),
+                **_parts(config, rows_blk))
 
 
 @functools.cache
@@ -719,9 +867,9 @@ def max_rows(config) -> int:
     return DUAL_ROWS if dual_enabled(config) else 16
 
 
-def dual_constexprs(rows_blk):
+def dual_constexprs(config, rows_blk):
     """``_decode_sm90_fp8_dual_kernel``'s tile constexprs: two raw tiles a warpgroup (all that fits beside Q)."""
-    return dict(ROWS=rows_blk, STAGES=2)
+    return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=bool(config.get("QK_E4M3", False)))
 
 
 def block_rows(rows: int) -> int:
@@ -746,7 +894,7 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
         PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config),
-        **(dual_constexprs(rows_blk) if dual else tile_constexprs(config, rows_blk)),
+        **(dual_constexprs(config, rows_blk) if dual else tile_constexprs(config, rows_blk)),
         num_warps=WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=16, BLOCK_N=BLOCK_N.value,
@@ -768,4 +916,4 @@ def compile_specs(entry):
                    f"page_tile={page})",
                    _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel, ptrs,
                    dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
-                        **(dual_constexprs(rows) if dual else tile_constexprs(entry, rows))), WARPS.value, 1)
+                        **(dual_constexprs(entry, rows) if dual else tile_constexprs(entry, rows))), WARPS.value, 1)

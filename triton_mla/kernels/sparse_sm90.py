@@ -232,23 +232,23 @@ def _sparse_sm90_fp8_t_kernel(
     s_q, h_q, topk, num_tokens, page_size, splits, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
     HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr,
-    IDS_AHEAD: gl.constexpr,
+    IDS_AHEAD: gl.constexpr, QK_E4M3: gl.constexpr = False,
 ):
     """The FP8 cache at <= 16 heads: ``decode_sm90_fp8``'s program (keys on the MMA's M side, one warpgroup,
     ROWS = 8 or 16 heads, two programs an SM) over one query token's top-k entries, with this file's epilogue.
     Same arguments and program order as ``_sparse_sm90_kernel``."""
     s_l: gl.constexpr = _mma_layout(ROWS)
-    q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES)
+    q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES, QK_E4M3)
     rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, ROWS, T_BLOCK_N,
                                               HAS_TOPK_LEN)
     down = _load_q(q_smem, qpe_smem, q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0,
-                     stride_qh, ROWS, s_l)
+                     stride_qh, ROWS, s_l, QK_E4M3)
     idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
     no_limit = gl.full([ROWS], INT32_MAX, gl.int32, layout=gl.SliceLayout(0, s_l))
     acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
         q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, idx_row, lo, hi, no_limit, down * qk_scale,
         stride_kb, stride_kt, stride_ik, num_tokens, page_size, qk_scale, True, ROWS, STAGES, PV_PARTS, QK_WAVES,
-        s_l, IDS_AHEAD)
+        s_l, IDS_AHEAD, QK_E4M3=QK_E4M3)
     _epilogue_t(acc0, 0, PV_PARTS, m_i, l_i, rb, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
                 max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
                 ROWS, HAS_SINK, MAX_LOGITS, SPLIT)
