@@ -22,6 +22,8 @@ B = 128
 SHAPES = [(16, 1, 8192), (16, 1, 4096), (8, 1, 8192), (32, 1, 8192), (16, 2, 8192)]  # (h_q, s_q, s_k)
 VARIANTS = {
     "shipped": dict(),
+    # what shipped before the twenty-second session: float16 MMAs on converted keys
+    "f16 scores": dict(QK_E4M3=False, PV_PARTS_8=4, QK_WAVES_8=2),
     "e4m3": dict(QK_E4M3=True),
     "e4m3 pv4w2": dict(QK_E4M3=True, PV_PARTS_16=4, QK_WAVES_16=2),
     "e4m3 pv2w2": dict(QK_E4M3=True, PV_PARTS_16=2, QK_WAVES_16=2, PV_PARTS_8=2, QK_WAVES_8=1),

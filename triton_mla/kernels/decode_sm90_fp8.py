@@ -27,6 +27,14 @@ The dual program (17-32 rows, ``_decode_sm90_fp8_dual_kernel``) multiplies K's o
 (``_scores_folded``), so one score accumulator serves the four groups: four of them next to O^T's 128 registers a
 thread (32 rows) would spill.
 
+QK_E4M3 (config key; the sm90 8/16-row entries set it): S^T takes no register operand at all. Each group's keys
+go to e4m3 MMAs straight from the raw tile, stored for that as [4 groups x 64 keys, 128] with wgmma's swizzle
+(``_RAW8``; ``_PV_VIEW8`` reads V^T out of the same bytes). Q is scaled per row and split in two e4m3 parts,
+hi + lo, within 2**-8 of each value (2**-9 from 2**7 of the row's max up), about bfloat16's own rounding; both parts
+sit on the MMA's N side, so one MMA a group gives both products and their sum is a register add (``_hi_lo``).
+That removes the keys' conversion (half of a tile's), 12% at 16 rows; the dual program keeps ``_scores_folded``,
+which ptxas fits without spilling (with QK_E4M3 it spills ~0.5 KB and is 8% slower; ``benchmarks/NOTES.md``).
+
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
 
@@ -842,8 +850,21 @@ def _parts(config, rows_blk):
 
 def tile_constexprs(config, rows_blk):
     """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike)."""
-    return dict(ROWS=rows_blk, STAGES=_stages(config), QK_E4M3=bool(config.get("QK_E4M3", False)),
-                **_parts(config, rows_blk))
+    return dict(ROWS=rows_blk, STAGES=_stages(config), QK_E4M3=qk_e4m3(config), **_parts(config, rows_blk))
+
+
+@functools.cache
+def _e4m3_builds() -> bool:
+    """Whether this Triton builds the QK_E4M3 programs: tried on 3.6, 3.8 and 3.9 (older ones untried)."""
+    from ..configs import triton_at_least
+
+    return triton_at_least("3.6")
+
+
+def qk_e4m3(config) -> bool:
+    """Whether the entry takes the scores through e4m3 MMAs (config key ``QK_E4M3``; ``_scores_fp8``) and this
+    Triton builds them (else the float16 MMAs on converted keys)."""
+    return bool(config.get("QK_E4M3", False)) and _e4m3_builds()
 
 
 @functools.cache
@@ -869,7 +890,7 @@ def max_rows(config) -> int:
 
 def dual_constexprs(config, rows_blk):
     """``_decode_sm90_fp8_dual_kernel``'s tile constexprs: two raw tiles a warpgroup (all that fits beside Q)."""
-    return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=bool(config.get("QK_E4M3", False)))
+    return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=qk_e4m3(config))
 
 
 def block_rows(rows: int) -> int:
