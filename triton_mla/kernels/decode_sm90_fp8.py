@@ -314,6 +314,20 @@ def _scores_folded(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, R
 
 
 @gluon.jit
+def _key_scales(sc_buf, s_l: gl.constexpr):
+    """The tile's four scale columns (one per group of 128 dims), each laid out as S^T's keys."""
+    sc_l: gl.constexpr = _scale_qk_layout()
+    sc = sc_buf.load(sc_l)
+    g = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
+    key_l: gl.constexpr = gl.SliceLayout(1, s_l)
+    c0 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 0, sc, 0.0), axis=1), key_l)
+    c1 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 1, sc, 0.0), axis=1), key_l)
+    c2 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 2, sc, 0.0), axis=1), key_l)
+    c3 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 3, sc, 0.0), axis=1), key_l)
+    return c0, c1, c2, c3
+
+
+@gluon.jit
 def _scores(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, ROWS: gl.constexpr, s_l: gl.constexpr,
             QK_WAVES: gl.constexpr):
     """S^T [64 keys, ROWS] of one tile in log2 units: four float16 group MMAs on the raw tile's values, each
@@ -335,14 +349,7 @@ def _scores(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, ROWS: gl
     k3 = _group_keys(view, 3, a_l)
     s3 = warpgroup_mma(k3, q_smem.index(3).permute((1, 0)), zero, use_acc=False, is_async=True)
     spe = warpgroup_mma(pe_buf, qpe_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
-    sc_l: gl.constexpr = _scale_qk_layout()
-    sc = sc_buf.load(sc_l)
-    g = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
-    key_l: gl.constexpr = gl.SliceLayout(1, s_l)
-    c0 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 0, sc, 0.0), axis=1), key_l)
-    c1 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 1, sc, 0.0), axis=1), key_l)
-    c2 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 2, sc, 0.0), axis=1), key_l)
-    c3 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 3, sc, 0.0), axis=1), key_l)
+    c0, c1, c2, c3 = _key_scales(sc_buf, s_l)
     s0, s1, s2, s3, spe, k0, k1, k2, k3 = warpgroup_mma_wait(0, deps=[s0, s1, s2, s3, spe, k0, k1, k2, k3])
     s = s0 * c0[:, None] + s1 * c1[:, None] + s2 * c2[:, None] + s3 * c3[:, None]
     return s * row_scale[None, :] + spe * qk_scale
@@ -353,7 +360,7 @@ def _scores_fp8(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, ROWS
                 QK_WAVES: gl.constexpr):
     """``_scores`` with QK_E4M3: each group's keys go to the tensor cores as e4m3 straight from the raw tile, against
     Q's two e4m3 parts stacked as 2 * ROWS columns (``_load_q``), one MMA a group; no register operand, no
-    conversion. QK_WAVES: 1, the four groups' accumulators live at once; 2, two at a time; 4, one at a time."""
+    conversion. QK_WAVES: 1, the four groups' accumulators live at once; 2, two at a time."""
     keys = _view(stg, gl.float8e4nv, [4 * BLOCK_N, GROUP], _nv8())
     zero = gl.zeros([BLOCK_N, ROWS], gl.float32, layout=s_l)
     # (the e4m3 MMA's own instruction shape: k 32, both of Q's parts on N)
@@ -362,29 +369,9 @@ def _scores_fp8(stg, sc_buf, pe_buf, q_smem, qpe_smem, row_scale, qk_scale, ROWS
     zero8 = gl.zeros([BLOCK_N, 2 * ROWS], gl.float32, layout=s8_l)
     spe = warpgroup_mma(pe_buf, qpe_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
     s0 = _group_mma8(keys, q_smem, 0, zero8)
-    if QK_WAVES != 4:
-        s1 = _group_mma8(keys, q_smem, 1, zero8)
-    sc_l: gl.constexpr = _scale_qk_layout()
-    sc = sc_buf.load(sc_l)
-    g = gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l))
-    key_l: gl.constexpr = gl.SliceLayout(1, s_l)
-    c0 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 0, sc, 0.0), axis=1), key_l)
-    c1 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 1, sc, 0.0), axis=1), key_l)
-    c2 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 2, sc, 0.0), axis=1), key_l)
-    c3 = gl.convert_layout(gl.sum(gl.where(g[None, :] == 3, sc, 0.0), axis=1), key_l)
-    if QK_WAVES == 4:
-        spe, s0 = warpgroup_mma_wait(0, deps=[spe, s0])
-        s = _hi_lo(s0, s_l) * c0[:, None]
-        s1 = _group_mma8(keys, q_smem, 1, zero8)
-        s1 = warpgroup_mma_wait(0, deps=[s1])
-        s = s + _hi_lo(s1, s_l) * c1[:, None]
-        s2 = _group_mma8(keys, q_smem, 2, zero8)
-        s2 = warpgroup_mma_wait(0, deps=[s2])
-        s = s + _hi_lo(s2, s_l) * c2[:, None]
-        s3 = _group_mma8(keys, q_smem, 3, zero8)
-        s3 = warpgroup_mma_wait(0, deps=[s3])
-        s = s + _hi_lo(s3, s_l) * c3[:, None]
-    elif QK_WAVES == 2:
+    s1 = _group_mma8(keys, q_smem, 1, zero8)
+    c0, c1, c2, c3 = _key_scales(sc_buf, s_l)
+    if QK_WAVES == 2:
         s0, s1 = warpgroup_mma_wait(0, deps=[s0, s1])
         s = _hi_lo(s0, s_l) * c0[:, None] + _hi_lo(s1, s_l) * c1[:, None]
         s2 = _group_mma8(keys, q_smem, 2, zero8)
