@@ -21,6 +21,12 @@ def _compiling_env():
     return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
 
+def _run_compiling(code, *args):
+    """``code`` (with ``args``) run by a fresh interpreter that compiles (the tests' interpreter mode off)."""
+    return subprocess.run([sys.executable, "-c", code, *args], env=_compiling_env(), capture_output=True, text=True,
+                          timeout=600)
+
+
 @pytest.mark.parametrize("family", TARGETS)
 def test_every_shipped_config_fits(family):
     res = subprocess.run([sys.executable, "-m", "triton_mla", "check-configs", family], env=_compiling_env(),
@@ -40,8 +46,7 @@ def test_oversized_config_is_caught():
         "name, fn, ptrs, consts, w, s = next(check.decode_kernels(e))\n"
         "print(check._compile(fn, ptrs, consts, 89, w, s))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], env=_compiling_env(), capture_output=True, text=True,
-                         timeout=600)
+    res = _run_compiling(code)
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.split()[-1]) > LIMITS["sm89"]
 
@@ -189,8 +194,7 @@ print(spec[4], *check._run_job(("sm90", "label", spec)))
 def test_warp_specialized_decode_compiles_for_sm90():
     """The warp-specialized decode (``WS``: the sm90 entry above 64 rows, from Triton 3.7) compiles for sm90
     within its shared memory, with its 64-key tiles (4 warps: the second warpgroup is the worker partition)."""
-    res = subprocess.run([sys.executable, "-c", _WS_COMPILE, "64"], env=_compiling_env(),
-                         capture_output=True, text=True, timeout=600)
+    res = _run_compiling(_WS_COMPILE, "64")
     assert res.returncode == 0, res.stderr
     warps, shared, verdict = res.stdout.split()[-3:]
     assert warps == "4" and verdict == "ok" and int(shared) > 200_000, res.stdout
@@ -276,8 +280,7 @@ def test_qk_e4m3_programs_build_for_sm90():
         "    assert consts['QK_E4M3'], name\n"
         "    print(name, check._compile(fn, types, consts, 90, w, st))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], env=_compiling_env(), capture_output=True, text=True,
-                         timeout=600)
+    res = _run_compiling(code)
     assert res.returncode == 0, res.stderr
     sizes = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in res.stdout.splitlines()}
     assert sum(n.startswith("decode_sm90_fp8_keys_on_m(") for n in sizes) == 2, sizes

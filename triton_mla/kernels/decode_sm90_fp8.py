@@ -95,13 +95,18 @@ _PV_VIEW = [[8, 0], [64, 0], [128, 0], [256, 0], [1, 0], [2, 0], [4, 0], [16, 0]
             [1, 1], [2, 2], [4, 4], [0, 8], [0, 16], [0, 32]]
 
 
-# QK_E4M3: the raw tile as [4 groups x 64 keys, 128 bytes] with wgmma's 128-byte swizzle, so the tensor cores read
-# each group's keys straight from shared memory as e4m3. Its offset bits are the ones above with the key bits
-# (9..14 there) moved down to 7..12 and the group bits (7..8) up to 13..14; bits 0..6 (and so the banks) are the same.
-_RAW8 = [[0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [0, 32], [0, 64], [1, 16], [2, 32], [4, 64], [8, 0], [16, 0],
-         [32, 0], [0, 128], [0, 256]]
+def _e4m3_tile(bases):
+    """A view's offset bases over the QK_E4M3 tile, from its bases over the plain one. QK_E4M3 stores the raw tile
+    as [4 groups x 64 keys, 128 bytes] with wgmma's 128-byte swizzle, so the tensor cores read each group's keys
+    straight from shared memory as e4m3: the key bits of the offset (9..14 above) move down to 7..12 and the group
+    bits (7..8) up to 13..14; bits 0..6 (and so the banks) stay."""
+    return bases[:7] + bases[9:] + bases[7:9]
 
 
+# the raw tile's bytes as [64 keys, 512] (for its copy): the plain tile's offset bases, moved
+_RAW8 = _e4m3_tile([[0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [0, 32], [0, 64], [0, 128], [0, 256], [1, 16], [2, 32],
+                    [4, 64], [8, 0], [16, 0], [32, 0]])
+_PV_VIEW8 = _e4m3_tile(_PV_VIEW)
 
 
 @gluon.constexpr_function
@@ -113,10 +118,6 @@ def _nv8():
 @gluon.constexpr_function
 def _raw8_view():
     return gl.SharedLinearLayout(offset_bases=_RAW8)
-
-
-# _PV_VIEW over the QK_E4M3 tile (its offset bits moved as _RAW8's)
-_PV_VIEW8 = _PV_VIEW[:7] + _PV_VIEW[9:] + _PV_VIEW[7:9]
 
 
 @gluon.constexpr_function
@@ -234,20 +235,18 @@ def _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride
     q3 = gl.load(ptrs + 3 * GROUP, mask=row_ok[:, None], other=0.0).to(gl.float32)
     a = gl.maximum(gl.maximum(gl.max(gl.abs(q0), axis=1), gl.max(gl.abs(q1), axis=1)),
                    gl.maximum(gl.max(gl.abs(q2), axis=1), gl.max(gl.abs(q3), axis=1)))
+    # biased exponent e of the row max: scale by 2**(TOP - e), the max into [2**(TOP - 127), 2**(TOP - 126)),
+    # clamped so both factors stay normal
+    TOP: gl.constexpr = 134 if QK_E4M3 else 141
+    e = gl.maximum((a.to(gl.int32, bitcast=True) >> 23) & 0xFF, TOP - 126)
+    up = ((TOP + 127 - e) << 23).to(gl.float32, bitcast=True)[:, None]
+    down = ((e - TOP + 127) << 23).to(gl.float32, bitcast=True)
     if QK_E4M3:
-        # biased exponent e of the row max: scale by 2**(134 - e), clamped so both factors stay normal
-        e = gl.maximum((a.to(gl.int32, bitcast=True) >> 23) & 0xFF, 8)
-        up = ((261 - e) << 23).to(gl.float32, bitcast=True)[:, None]
-        down = ((e - 7) << 23).to(gl.float32, bitcast=True)
         _store_q8(q_smem, 0, q0 * up)
         _store_q8(q_smem, 1, q1 * up)
         _store_q8(q_smem, 2, q2 * up)
         _store_q8(q_smem, 3, q3 * up)
     else:
-        # biased exponent e of the row max: scale by 2**(141 - e), clamped so both factors stay normal
-        e = gl.maximum((a.to(gl.int32, bitcast=True) >> 23) & 0xFF, 15)
-        up = ((268 - e) << 23).to(gl.float32, bitcast=True)[:, None]
-        down = ((e - 14) << 23).to(gl.float32, bitcast=True)
         q_smem.index(0).store((q0 * up).to(gl.float16))
         q_smem.index(1).store((q1 * up).to(gl.float16))
         q_smem.index(2).store((q2 * up).to(gl.float16))
