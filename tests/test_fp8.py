@@ -27,17 +27,22 @@ SPLIT_HEAVY = dict(PARTS_PER_SM=8, MIN_BLOCKS_PER_PART=1)
 D, DV = 576, 512
 
 
-def latents(n, g, outliers=False, dtype=torch.float32):
-    """n tokens' (kv_c [n, 512], k_pe [n, 64]); outliers: a few channels 100x larger, some tokens 30x."""
+def latents(n, g, outliers=False, dtype=torch.float32, ramp=0.0):
+    """n tokens' (kv_c [n, 512], k_pe [n, 64]); outliers: a few channels 100x larger, some tokens 30x; ramp: token
+    t's latent times 1 + ramp * t, so the scores' max keeps growing along the sequence."""
     kv_c = torch.randn(n, DV, generator=g)
+    k_pe = torch.randn(n, D - DV, generator=g)
     if outliers:
         kv_c[:, torch.randperm(DV, generator=g)[:4]] *= 100.0
         kv_c[torch.randperm(n, generator=g)[: max(1, n // 20)]] *= 30.0
-    return kv_c.to(dtype), torch.randn(n, D - DV, generator=g).to(dtype)
+    if ramp:
+        grow = 1.0 + ramp * torch.arange(n, dtype=torch.float32)[:, None]
+        kv_c, k_pe = kv_c * grow, k_pe * grow
+    return kv_c.to(dtype), k_pe.to(dtype)
 
 
 def make_fp8_case(lens, s_q, h_q, page_size=16, dtype=torch.float16, seed=0, outliers=False, spare_pages=3,
-                  q_scale=1.0):
+                  q_scale=1.0, ramp=0.0):
     """q, a poisoned FP8 cache written through the kernel (shuffled pages), block table, lengths."""
     g = torch.Generator().manual_seed(seed)
     b = len(lens)
@@ -50,7 +55,7 @@ def make_fp8_case(lens, s_q, h_q, page_size=16, dtype=torch.float16, seed=0, out
         ids = [perm.pop() for _ in range(pages[i])]
         block_table[i, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
         if n:
-            kv_c, k_pe = latents(n, g, outliers)
+            kv_c, k_pe = latents(n, g, outliers, ramp=ramp)
             pos = torch.arange(n)
             slots = torch.tensor(ids, dtype=torch.int64)[pos // page_size] * page_size + pos % page_size
             tm.write_kv_cache(k_cache, kv_c.to(DEVICE), k_pe.to(DEVICE), slots.to(DEVICE))
@@ -59,9 +64,9 @@ def make_fp8_case(lens, s_q, h_q, page_size=16, dtype=torch.float16, seed=0, out
 
 
 def check_fp8_decode(lens, s_q, h_q, page_size=16, dtype=torch.float16, causal=False, seed=0, outliers=False,
-                     q_scale=1.0, softmax_scale=None):
+                     q_scale=1.0, softmax_scale=None, ramp=0.0):
     q, k_cache, block_table, cache_seqlens = make_fp8_case(lens, s_q, h_q, page_size, dtype, seed, outliers,
-                                                           q_scale=q_scale)
+                                                           q_scale=q_scale, ramp=ramp)
     md, num_splits = tm.get_mla_metadata(cache_seqlens, s_q * h_q, 1, is_fp8_kvcache=True)
     out, lse = tm.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, DV, md, num_splits,
                                          softmax_scale=softmax_scale, causal=causal, is_fp8_kvcache=True)
@@ -454,6 +459,25 @@ def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, qk_e4m3, monkeypatch):
             check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
                              outliers=i == 0)
     assert len(calls) == len(shapes) - 1
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("rows", [8, 16, 32])
+@pytest.mark.parametrize("ramp", [0.004, 0.05])
+def test_gpu_sm90_keys_on_m_growing_scores(rows, ramp):
+    """The keys-on-M programs move their running max on only when a row's max has grown by 2**8 or more
+    (``RESCALE_AT``): latents growing along each sequence make the max grow tile after tile, by less than that
+    (P then taken against a stale max, up to 2**8) and by more, with and without outlier tokens; 32 rows: the
+    dual program, whose two warpgroups' states merge at each segment's end."""
+    from triton_mla.kernels import decode_sm90_fp8
+
+    if rows == 32 and not decode_sm90_fp8.dual_builds():
+        pytest.skip("this Triton does not build the dual program (3.9+)")
+    lens = [1, 65, 700, 2500]
+    with configs.overridden(WGMMA=True, KEYS_ON_M=True, DUAL_32=True, RAW_STAGES=2, MIN_BLOCKS_PER_PART=16):
+        for i, (h_q, s_q) in enumerate([(rows, 1), (rows // 2, 2)]):
+            check_fp8_decode(lens, s_q, h_q, 64, dtype=torch.bfloat16, causal=True, seed=rows + i, ramp=ramp,
+                             outliers=i == 1, q_scale=2.0)
 
 
 @gpu

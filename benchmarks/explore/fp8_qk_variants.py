@@ -2,7 +2,10 @@
 from the e4m3 tile through e4m3 MMAs against Q's two e4m3 parts (config ``QK_E4M3``) against the shipped
 float16 MMAs on converted keys, and the bf16 kernel, on the same cache.
 
-    PYTHONPATH=. [VARIANTS=name,name] [SHAPES=h:s_q:s_k,...] python benchmarks/explore/fp8_qk_variants.py
+    PYTHONPATH=. [VARIANTS=name,name] [SHAPES=h:s_q:s_k,...] [DUAL_LAZY=0] python benchmarks/explore/fp8_qk_variants.py
+
+DUAL_LAZY=0: the dual program rescales O^T on every tile (``decode_sm90_fp8.DUAL_LAZY``; the 8/16-row programs
+move their running max lazily whatever it says).
 
 Each variant is first checked on a small fresh case (every row count its shape makes, causal when s_q > 1,
 lengths 0 and 1; relative error against the float64 reference on the dequantized cache, NaN fails), then timed
@@ -30,6 +33,12 @@ VARIANTS = {
 }
 if os.environ.get("VARIANTS"):  # a comma-separated subset of the names above
     VARIANTS = {k: VARIANTS[k] for k in os.environ["VARIANTS"].split(",")}
+if os.environ.get("DUAL_LAZY") == "0":  # (read when the dual program is first compiled)
+    from triton.experimental.gluon import language as gl
+
+    from triton_mla.kernels import decode_sm90_fp8
+
+    decode_sm90_fp8.DUAL_LAZY = gl.constexpr(False)
 if os.environ.get("SHAPES"):
     SHAPES = [tuple(int(x) for x in s.split(":")) for s in os.environ["SHAPES"].split(",")]
 

@@ -77,6 +77,7 @@ _PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinter
 BLOCK_N = gl.constexpr(64)  # keys a tile: the MMA's M for one warpgroup
 DUAL_ROWS = 32  # query rows of a dual program (17-32 rows: ``_decode_sm90_fp8_dual_kernel``)
 GROUP = gl.constexpr(128)  # dims a scale covers
+RESCALE_AT = gl.constexpr(8.0)  # log2 growth of a row's max past which O^T is rescaled (``_attend_t``)
 
 # wgmma's register-operand layout for one warpgroup (``gl.to_linear_layout`` of DotOperandLayout(0, ..., 2)):
 # lanes: k pair (2 bits), row (3 bits); warps: row + 16, + 32
@@ -149,6 +150,19 @@ def _pv_load_layout(PARTS):
         + [[0, 0, 0, 1], [0, 0, 0, 8], [0, 0, 0, 16], [0, 0, 0, 32]],
         lane_bases=[[0, 0, 0, 2], [0, 0, 0, 4], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
         warp_bases=[[0, 1, 0, 0], [0, 2, 0, 0]], block_bases=[], shape=[hi, 4, 16, 64])
+
+
+@gluon.constexpr_function
+def _pv_pair_layout(PARTS):
+    """``_pv_load_layout`` with key bit 0 as its first register bit: a thread's 32-bit word then holds keys k and
+    k + 1 of two adjacent dims, which one conversion turns into the two (key, key + 1) pairs the MMA's register
+    operand wants. Going there from the load layout permutes bytes (one ``prmt`` a word) where converting first
+    would permute 16-bit halves (one a converted word, twice as many)."""
+    ld = _pv_load_layout(PARTS)
+    regs = [list(b) for b in ld.reg_bases]
+    key0 = [0, 0, 0, 1]
+    return gl.DistributedLinearLayout(reg_bases=[key0] + [b for b in regs if b != key0], lane_bases=ld.lane_bases,
+                                      warp_bases=ld.warp_bases, block_bases=[], shape=ld.shape)
 
 
 @gluon.constexpr_function
@@ -404,15 +418,22 @@ def _hi_lo(acc, s_l: gl.constexpr):
 
 
 @gluon.jit
-def _values(stg, sc_buf, P: gl.constexpr, PARTS: gl.constexpr, o_l: gl.constexpr, QK_E4M3: gl.constexpr = False):
+def _value_scales(sc_buf, PARTS: gl.constexpr):
+    """A tile's scales [4 groups, 64 keys] as float16, shaped [1, 4, 1, 64] to broadcast over a part of V^T in
+    ``_pv_pair_layout`` (warp w's rows are group w's dims): loaded once a tile for all of its parts."""
+    pair_l: gl.constexpr = _pv_pair_layout(PARTS)
+    sc = sc_buf.permute((1, 0)).load(gl.SliceLayout(0, gl.SliceLayout(2, pair_l)))
+    return gl.expand_dims(gl.expand_dims(sc, 0), 2).to(gl.float16)
+
+
+@gluon.jit
+def _values(stg, sc, P: gl.constexpr, PARTS: gl.constexpr, o_l: gl.constexpr, QK_E4M3: gl.constexpr = False):
     """Part P of PARTS row ranges of V^T [512, 64] of one tile, as float16 register operand: raw values times their
-    scales (rows as ``_PV_VIEW``)."""
-    ld_l: gl.constexpr = _pv_load_layout(PARTS)
+    scales ``sc`` (``_value_scales``; rows as ``_PV_VIEW``)."""
     hi: gl.constexpr = 8 // PARTS
-    raw = _view(stg, gl.uint8, [8, 4, 16, BLOCK_N], _pv_view_4d(QK_E4M3)).slice(P * hi, hi, dim=0).load(ld_l)
-    # [4 groups, 64 keys] -> [1, 4, 1, 64]: warp w's rows are group w's dims
-    sc = sc_buf.permute((1, 0)).load(gl.SliceLayout(0, gl.SliceLayout(2, ld_l)))
-    sc = gl.expand_dims(gl.expand_dims(sc, 0), 2).to(gl.float16)
+    raw = _view(stg, gl.uint8, [8, 4, 16, BLOCK_N], _pv_view_4d(QK_E4M3)).slice(P * hi, hi, dim=0).load(
+        _pv_load_layout(PARTS))
+    raw = gl.convert_layout(raw, _pv_pair_layout(PARTS))  # (within each thread: bytes permuted)
     v = _e4m3_to_f16_scaled(raw, gl.broadcast(sc, raw)[0])
     return gl.convert_layout(gl.reshape(v, [DV // PARTS, BLOCK_N]),
                              gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2))
@@ -505,7 +526,8 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, INDEXED: gl.constexpr,
               ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
               s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False, PAGE_TILE: gl.constexpr = False,
-              FOLD_SCALES: gl.constexpr = False, STEP: gl.constexpr = 1, QK_E4M3: gl.constexpr = False):
+              FOLD_SCALES: gl.constexpr = False, STEP: gl.constexpr = 1, QK_E4M3: gl.constexpr = False,
+              LAZY: gl.constexpr = True):
     """Keys [lo, hi) against the ROWS query rows in ``q_smem`` / ``qpe_smem`` (``_load_q``, its copies committed):
     raw tiles copied STAGES - 1 ahead, online softmax in log2 units. Keys are ``decode_sm90._key_offsets``'s
     (paged positions, or top-k entries with ``INDEXED``); key c counts for row r below ``row_limit[r]``.
@@ -585,30 +607,39 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         visible = key_ok[:, None] & (key_pos[:, None] < row_limit[None, :])
         qk = gl.where(visible, qk, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(qk, axis=0))
-        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-        p = gl.exp2(qk - m_safe[None, :])
-        alpha = gl.exp2(m_i - m_safe)
-        l_t = l_t * alpha[None, :] + p
-        m_i = m_new
-        acc0 = acc0 * alpha[None, :]
-        acc1 = acc1 * alpha[None, :]
+        # The running max moves on only when some row's max has grown by more than RESCALE_AT (log2 units):
+        # until then P is taken against the old max (so P < 2**RESCALE_AT, well inside float16), and O^T and the
+        # sums need no rescaling, which after the first tiles is nearly every tile (FlashAttention-4's trick).
+        rescale = True  # (LAZY False: on every tile)
+        if LAZY:
+            rescale = gl.max(gl.where(m_new > m_i, m_new - m_i, 0.0), axis=0) > RESCALE_AT
+        if rescale:
+            alpha = gl.exp2(m_i - gl.where(m_new == float("-inf"), 0.0, m_new))
+            l_t = l_t * alpha[None, :]
+            acc0 = acc0 * alpha[None, :]
+            acc1 = acc1 * alpha[None, :]
+            if PV_PARTS == 4:
+                acc2 = acc2 * alpha[None, :]
+                acc3 = acc3 * alpha[None, :]
+            m_i = m_new
+        p = gl.exp2(qk - gl.where(m_i == float("-inf"), 0.0, m_i)[None, :])
+        l_t = l_t + p
         p_smem.permute((1, 0)).store(p.to(gl.float16))
-        v0 = _values(stg, sc_buf, 0, PV_PARTS, s_l, QK_E4M3)
+        sc_v = _value_scales(sc_buf, PV_PARTS)
+        v0 = _values(stg, sc_v, 0, PV_PARTS, s_l, QK_E4M3)
         fence_async_shared()
         _cta_barrier()
         acc0 = warpgroup_mma(v0, p_smem.permute((1, 0)), acc0, is_async=True)
         # part q + 1 converts while part q's MMAs run
-        v1 = _values(stg, sc_buf, 1, PV_PARTS, s_l, QK_E4M3)
+        v1 = _values(stg, sc_v, 1, PV_PARTS, s_l, QK_E4M3)
         acc1 = warpgroup_mma(v1, p_smem.permute((1, 0)), acc1, is_async=True)
         if PV_PARTS == 4:
             # two parts in registers at most
-            acc2 = acc2 * alpha[None, :]
-            acc3 = acc3 * alpha[None, :]
             acc0, v0 = warpgroup_mma_wait(1, deps=[acc0, v0])
-            v2 = _values(stg, sc_buf, 2, PV_PARTS, s_l, QK_E4M3)
+            v2 = _values(stg, sc_v, 2, PV_PARTS, s_l, QK_E4M3)
             acc2 = warpgroup_mma(v2, p_smem.permute((1, 0)), acc2, is_async=True)
             acc1, v1 = warpgroup_mma_wait(1, deps=[acc1, v1])
-            v3 = _values(stg, sc_buf, 3, PV_PARTS, s_l, QK_E4M3)
+            v3 = _values(stg, sc_v, 3, PV_PARTS, s_l, QK_E4M3)
             acc3 = warpgroup_mma(v3, p_smem.permute((1, 0)), acc3, is_async=True)
             acc2, acc3, v2, v3 = warpgroup_mma_wait(0, deps=[acc2, acc3, v2, v3])
         else:
@@ -683,6 +714,7 @@ def _decode_sm90_fp8_kernel(
 MERGED = gl.constexpr(0)  # warpgroup 1's state of a segment is in shared memory (1 arrival)
 QREADY = gl.constexpr(1)  # warpgroup 0 has put a segment's Q in shared memory (1 arrival)
 DUAL_REGS = gl.constexpr(256)
+DUAL_LAZY = gl.constexpr(True)  # ``_attend_t``'s LAZY in the dual program
 
 
 @gluon.jit
@@ -734,7 +766,7 @@ def _dual_wg(W: gl.constexpr, args):
                 stage_scale.slice(W * STAGES, STAGES), pe_bufs.slice(W * STAGES, STAGES), k_ptr, table_row,
                 lo + W * BLOCK_N, hi, row_limit, down * qk_scale, stride_kb, stride_kt, stride_btp, num_blocks,
                 page_size, qk_scale, False, ROWS, STAGES, 2, 2 if QK_E4M3 else 1, s_l, False, PAGE_TILE, True, 2,
-                QK_E4M3)
+                QK_E4M3, DUAL_LAZY)
             if W == 1:
                 # every warp is done reading the last tile out of the stages that O^T is about to overwrite
                 _cta_barrier()
