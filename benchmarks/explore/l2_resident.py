@@ -1,12 +1,14 @@
 """Is dense decode memory-bound or chain-bound? The same call with every sequence's block table pointing at the same
 pages (all keys then sit in L2: one sequence's 8192 tokens are 9.4 MB) against the real case (1.2 GB from HBM).
 
-    PYTHONPATH=. python3 benchmarks/explore/l2_resident.py [overrides-json]
+    PYTHONPATH=. [L2_SHAPES=fp8:16:1,bf16:64:1,...] python3 benchmarks/explore/l2_resident.py [overrides-json]
 
-Prints CUDA-graph medians (us) for b = 128, s_k = 8192 at 64 / 128 / 256 rows and the FP8 cache.
+Prints CUDA-graph medians (us) for b = 128, s_k = 8192 at 64 / 128 / 256 rows and the FP8 cache (or the
+L2_SHAPES given: cache:h_q:s_q).
 """
 import functools
 import json
+import os
 import sys
 
 import torch
@@ -29,7 +31,11 @@ def main():
     overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     print(torch.cuda.get_device_name(0), "triton", triton.__version__, "overrides", overrides)
     print(f"{'cache':>5} {'h':>4} {'s_q':>3} | {'HBM us':>8} {'TF':>5} | {'L2 us':>8} {'TF':>5} | L2/HBM")
-    for fp8, h_q, s_q in ((False, 64, 1), (False, 128, 1), (False, 128, 2), (True, 128, 1), (True, 16, 1)):
+    shapes = ((False, 64, 1), (False, 128, 1), (False, 128, 2), (True, 128, 1), (True, 16, 1))
+    if os.environ.get("L2_SHAPES"):
+        cells = (x.split(":") for x in os.environ["L2_SHAPES"].split(","))
+        shapes = [(c == "fp8", int(h), int(s)) for c, h, s in cells]
+    for fp8, h_q, s_q in shapes:
         q, k_cache, bt, lens = make_decode_case(128, 8192, h_q, s_q, False)
         if fp8:
             k_cache = fp8_cache_of(k_cache)
