@@ -35,6 +35,11 @@ sit on the MMA's N side, so one MMA a group gives both products and their sum is
 That removes the keys' conversion (half of a tile's), 12% at 16 rows; the dual program keeps ``_scores_folded``,
 which ptxas fits without spilling (with QK_E4M3 it spills ~0.5 KB and is 8% slower; ``benchmarks/NOTES.md``).
 
+Each tile's chain of instructions, not HBM, sets these programs' speed (``benchmarks/NOTES.md``), so the loop is
+kept short: V^T's bytes are paired by key before their conversion (``_pv_pair_layout``), its scales loaded once a
+tile (``_value_scales``), and the running max moves lazily: O^T is rescaled only when a row's max has grown by
+more than 2**8 (``RESCALE_AT``), nearly never after the first tiles.
+
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
 
@@ -535,7 +540,8 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     (paged, pages a whole number of tiles): the tile's one page look-up is (``decode_sm90._tile_page``).
     FOLD_SCALES: the scores by ``_scores_folded`` (one accumulator). STEP: every STEP-th tile from ``lo`` on
     (``_dual_wg``: two warpgroups on alternate tiles). QK_E4M3: the scores by ``_scores_fp8`` (Q and the buffers
-    as ``_buffers_t`` makes them with it).
+    as ``_buffers_t`` makes them with it). LAZY: the running max moves (and O^T is rescaled) only when a row's max
+    has grown by more than RESCALE_AT; else on every tile.
     Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
