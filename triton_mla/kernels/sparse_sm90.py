@@ -237,6 +237,8 @@ def _sparse_sm90_fp8_t_kernel(
     """The FP8 cache at <= 16 heads: ``decode_sm90_fp8``'s program (keys on the MMA's M side, one warpgroup,
     ROWS = 8 or 16 heads, two programs an SM) over one query token's top-k entries, with this file's epilogue.
     Same arguments and program order as ``_sparse_sm90_kernel``."""
+    # (``_attend_t``'s running max moves lazily: consistent with the sums and lse, but not each row's max logit)
+    gl.static_assert(not MAX_LOGITS, "the keys-on-M program does not track max_logits")
     s_l: gl.constexpr = _mma_layout(ROWS)
     q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES, QK_E4M3)
     rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, ROWS, T_BLOCK_N,
