@@ -263,24 +263,30 @@ def test_fp8_keys_on_m_entries_compile_what_they_serve(monkeypatch):
     assert rows_of(old) == {"8", "16"} and lockstep(old)
 
 
-def test_qk_e4m3_programs_build_for_sm90():
-    """The keys-on-M programs with the scores through e4m3 MMAs (``QK_E4M3``) compile for sm90 and fit two programs
-    an SM (one for the 32-row dual program, where this Triton builds it), dense and sparse, whether or not a
-    shipped entry turns it on (check-configs compiles only what ships)."""
+@pytest.mark.parametrize("options", [{}, dict(PAIR_KEYS=True, LAZY_MAX=True)], ids=["e4m3", "pairs_lazy"])
+def test_qk_e4m3_programs_build_for_sm90(options):
+    """The keys-on-M programs with the scores through e4m3 MMAs (``QK_E4M3``), and with V^T's bytes paired by key
+    and the lazy running max (``PAIR_KEYS``, ``LAZY_MAX``), compile for sm90 and fit two programs an SM (one for the
+    32-row dual program, where this Triton builds it), dense and sparse, whether or not a shipped entry turns them
+    on (check-configs compiles only what ships)."""
     code = (
+        "import sys\n"
         "from triton_mla.configs import check\n"
         "from triton_mla.kernels import decode_fp8, decode_sm90_fp8, sparse_sm90\n"
         "e = dict(max_rows=None, dtype='16bit', BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=2, PARTS_PER_SM=1,"
         " MIN_BLOCKS_PER_PART=4, WGMMA=True, HW_CVT=True, KEYS_ON_M=True, DUAL_32=True, QK_E4M3=True)\n"
+        "on = sys.argv[1] == 'on'\n"
+        "if on:\n"
+        "    e.update(PAIR_KEYS=True, LAZY_MAX=True)\n"
         "specs = [s for s in decode_sm90_fp8.compile_specs(dict(e, max_rows=32))"
         " if 'causal=True, page_tile=True' in s[0]]\n"
         "specs += [s for s in sparse_sm90.compile_specs(fp8=True, config=dict(e, KEYS_ON_M=True))"
         " if 'keys_on_m' in s[0] and 'split=1' in s[0]]\n"
         "for name, fn, types, consts, w, st in specs:\n"
-        "    assert consts['QK_E4M3'], name\n"
+        "    assert consts['QK_E4M3'] and consts.get('PAIRS', False) == on and consts.get('LAZY', False) == on, name\n"
         "    print(name, check._compile(fn, types, consts, 90, w, st))\n"
     )
-    res = _run_compiling(code)
+    res = _run_compiling(code, "on" if options else "off")
     assert res.returncode == 0, res.stderr
     sizes = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in res.stdout.splitlines()}
     assert sum(n.startswith("decode_sm90_fp8_keys_on_m(") for n in sizes) == 2, sizes

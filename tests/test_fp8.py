@@ -386,6 +386,10 @@ def test_gpu_batch128_4096(h_q, scale_tile):
 
 
 SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
+# the keys-on-M programs' options under test: the scores by float16 MMAs on converted keys, by e4m3 MMAs on the raw
+# tile, and with that V^T's bytes paired by key and the lazy running max
+KEYS_ON_M_VARIANTS = dict(f16=dict(QK_E4M3=False), e4m3=dict(QK_E4M3=True),
+                          pairs_lazy=dict(QK_E4M3=True, PAIR_KEYS=True, LAZY_MAX=True))
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
@@ -413,12 +417,12 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
-@pytest.mark.parametrize("qk_e4m3", [False, True])
-def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, qk_e4m3, monkeypatch):
+@pytest.mark.parametrize("variant", ["f16", "e4m3", "pairs_lazy"])
+def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, variant, monkeypatch):
     """kernels/decode_sm90_fp8.py (<= 16 rows, keys on the MMA's M side, dims permuted in the register operands):
     8- and 16-row programs, every row count 1-16 that a head count and s_q make, causal s_q > 1, NaN bytes past each
     sequence, outliers, one sequence per part or many; the scores by float16 MMAs on converted keys or by e4m3 MMAs
-    on the raw tile (QK_E4M3)."""
+    on the raw tile (QK_E4M3), and with that V^T's bytes paired by key and the lazy running max."""
     from triton_mla import api
 
     calls = []
@@ -427,7 +431,7 @@ def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, qk_e4m3, monkeypatch)
     lens = [0, 1, 31, 63, 64, 65, 1000, 4097]
     split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
     shapes = [(16, 1), (8, 2), (1, 1), (4, 4), (3, 5), (12, 1), (2, 3), (8, 1)]
-    with configs.overridden(WGMMA=True, KEYS_ON_M=True, RAW_STAGES=2, QK_E4M3=qk_e4m3, **split):
+    with configs.overridden(WGMMA=True, KEYS_ON_M=True, RAW_STAGES=2, **KEYS_ON_M_VARIANTS[variant], **split):
         for i, (h_q, s_q) in enumerate(shapes):
             check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
                              outliers=i == 0)
@@ -437,8 +441,8 @@ def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, qk_e4m3, monkeypatch)
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 64, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
-@pytest.mark.parametrize("qk_e4m3", [False, True])
-def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, qk_e4m3, monkeypatch):
+@pytest.mark.parametrize("variant", ["f16", "e4m3", "pairs_lazy"])
+def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, variant, monkeypatch):
     """kernels/decode_sm90_fp8.py's dual program (17-32 rows: two warpgroups on alternate tiles, merged at each
     segment's end; the keys' scales multiplied into the register operand): every row count a head count and s_q
     make, causal, NaN bytes past each sequence, outliers, one sequence per part or many; 33 rows go to
@@ -454,7 +458,8 @@ def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, qk_e4m3, monkeypatch):
     lens = [0, 1, 31, 63, 64, 65, 1000, 4097]
     split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
     shapes = [(32, 1), (16, 2), (17, 1), (8, 4), (5, 5), (24, 1), (11, 3)]
-    with configs.overridden(WGMMA=True, KEYS_ON_M=True, DUAL_32=True, RAW_STAGES=2, QK_E4M3=qk_e4m3, **split):
+    with configs.overridden(WGMMA=True, KEYS_ON_M=True, DUAL_32=True, RAW_STAGES=2, **KEYS_ON_M_VARIANTS[variant],
+                            **split):
         for i, (h_q, s_q) in enumerate(shapes):
             check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
                              outliers=i == 0)
@@ -465,8 +470,8 @@ def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, qk_e4m3, monkeypatch):
 @pytest.mark.parametrize("rows", [8, 16, 32])
 @pytest.mark.parametrize("ramp", [0.004, 0.05])
 def test_gpu_sm90_keys_on_m_growing_scores(rows, ramp):
-    """The keys-on-M programs move their running max on only when a row's max has grown by 2**8 or more
-    (``RESCALE_AT``): latents growing along each sequence make the max grow tile after tile, by less than that
+    """With LAZY_MAX the keys-on-M programs move their running max on only when a row's max has grown by 2**8 or
+    more (``RESCALE_AT``): latents growing along each sequence make the max grow tile after tile, by less than that
     (P then taken against a stale max, up to 2**8) and by more, with and without outlier tokens; 32 rows: the
     dual program, whose two warpgroups' states merge at each segment's end."""
     from triton_mla.kernels import decode_sm90_fp8
@@ -474,7 +479,8 @@ def test_gpu_sm90_keys_on_m_growing_scores(rows, ramp):
     if rows == 32 and not decode_sm90_fp8.dual_builds():
         pytest.skip("this Triton does not build the dual program (3.9+)")
     lens = [1, 65, 700, 2500]
-    with configs.overridden(WGMMA=True, KEYS_ON_M=True, DUAL_32=True, RAW_STAGES=2, MIN_BLOCKS_PER_PART=16):
+    with configs.overridden(WGMMA=True, KEYS_ON_M=True, DUAL_32=True, RAW_STAGES=2, MIN_BLOCKS_PER_PART=16,
+                            **KEYS_ON_M_VARIANTS["pairs_lazy"]):
         for i, (h_q, s_q) in enumerate([(rows, 1), (rows // 2, 2)]):
             check_fp8_decode(lens, s_q, h_q, 64, dtype=torch.bfloat16, causal=True, seed=rows + i, ramp=ramp,
                              outliers=i == 1, q_scale=2.0)

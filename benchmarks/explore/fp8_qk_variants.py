@@ -2,10 +2,7 @@
 from the e4m3 tile through e4m3 MMAs against Q's two e4m3 parts (config ``QK_E4M3``) against the shipped
 float16 MMAs on converted keys, and the bf16 kernel, on the same cache.
 
-    PYTHONPATH=. [VARIANTS=name,name] [SHAPES=h:s_q:s_k,...] [DUAL_LAZY=0] python benchmarks/explore/fp8_qk_variants.py
-
-DUAL_LAZY=0: the dual program rescales O^T on every tile (``decode_sm90_fp8.DUAL_LAZY``; the 8/16-row programs
-move their running max lazily whatever it says).
+    PYTHONPATH=. [VARIANTS=name,name] [SHAPES=h:s_q:s_k,...] python benchmarks/explore/fp8_qk_variants.py
 
 Each variant is first checked on a small fresh case (every row count its shape makes, causal when s_q > 1,
 lengths 0 and 1; relative error against the float64 reference on the dequantized cache, NaN fails), then timed
@@ -30,15 +27,12 @@ VARIANTS = {
     "e4m3": dict(QK_E4M3=True),
     "e4m3 pv4w2": dict(QK_E4M3=True, PV_PARTS_16=4, QK_WAVES_16=2),
     "e4m3 pv2w2": dict(QK_E4M3=True, PV_PARTS_16=2, QK_WAVES_16=2, PV_PARTS_8=2, QK_WAVES_8=1),
+    # twenty-third session: V^T's bytes paired by key before the conversion, then also the lazy running max
+    "pairs": dict(PAIR_KEYS=True),
+    "pairs lazy": dict(PAIR_KEYS=True, LAZY_MAX=True),
 }
 if os.environ.get("VARIANTS"):  # a comma-separated subset of the names above
     VARIANTS = {k: VARIANTS[k] for k in os.environ["VARIANTS"].split(",")}
-if os.environ.get("DUAL_LAZY") == "0":  # (read when the dual program is first compiled)
-    from triton.experimental.gluon import language as gl
-
-    from triton_mla.kernels import decode_sm90_fp8
-
-    decode_sm90_fp8.DUAL_LAZY = gl.constexpr(False)
 if os.environ.get("SHAPES"):
     SHAPES = [tuple(int(x) for x in s.split(":")) for s in os.environ["SHAPES"].split(",")]
 

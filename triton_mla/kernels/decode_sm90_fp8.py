@@ -36,9 +36,10 @@ That removes the keys' conversion (half of a tile's), 12% at 16 rows; the dual p
 which ptxas fits without spilling (with QK_E4M3 it spills ~0.5 KB and is 8% slower; ``benchmarks/NOTES.md``).
 
 Each tile's chain of instructions, not HBM, sets these programs' speed (``benchmarks/NOTES.md``), so the loop is
-kept short: V^T's bytes are paired by key before their conversion (``_pv_pair_layout``), its scales loaded once a
-tile (``_value_scales``), and the running max moves lazily: O^T is rescaled only when a row's max has grown by
-more than 2**8 (``RESCALE_AT``), nearly never after the first tiles.
+kept short. Two options shorten it further (config keys ``PAIR_KEYS`` and ``LAZY_MAX``, off until measured on a
+GPU): V^T's bytes paired by key before their conversion (``_pv_pair_layout``) with its scales loaded once a tile,
+and a lazy running max: O^T rescaled only when a row's max has grown by more than 2**8 (``RESCALE_AT``), nearly
+never after the first tiles.
 
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
@@ -423,22 +424,27 @@ def _hi_lo(acc, s_l: gl.constexpr):
 
 
 @gluon.jit
-def _value_scales(sc_buf, PARTS: gl.constexpr):
+def _value_scales(sc_buf, PARTS: gl.constexpr, PAIRS: gl.constexpr = False):
     """A tile's scales [4 groups, 64 keys] as float16, shaped [1, 4, 1, 64] to broadcast over a part of V^T in
-    ``_pv_pair_layout`` (warp w's rows are group w's dims): loaded once a tile for all of its parts."""
-    pair_l: gl.constexpr = _pv_pair_layout(PARTS)
-    sc = sc_buf.permute((1, 0)).load(gl.SliceLayout(0, gl.SliceLayout(2, pair_l)))
+    ``_pv_load_layout`` (or ``_pv_pair_layout`` with PAIRS; warp w's rows are group w's dims)."""
+    l: gl.constexpr = _pv_pair_layout(PARTS) if PAIRS else _pv_load_layout(PARTS)
+    sc = sc_buf.permute((1, 0)).load(gl.SliceLayout(0, gl.SliceLayout(2, l)))
     return gl.expand_dims(gl.expand_dims(sc, 0), 2).to(gl.float16)
 
 
 @gluon.jit
-def _values(stg, sc, P: gl.constexpr, PARTS: gl.constexpr, o_l: gl.constexpr, QK_E4M3: gl.constexpr = False):
+def _values(stg, sc_buf, sc, P: gl.constexpr, PARTS: gl.constexpr, o_l: gl.constexpr, QK_E4M3: gl.constexpr = False,
+            PAIRS: gl.constexpr = False):
     """Part P of PARTS row ranges of V^T [512, 64] of one tile, as float16 register operand: raw values times their
-    scales ``sc`` (``_value_scales``; rows as ``_PV_VIEW``)."""
+    scales (rows as ``_PV_VIEW``). PAIRS: the bytes paired by key before their conversion (``_pv_pair_layout``),
+    the scales ``sc`` loaded once a tile by the caller; else the scales loaded here from ``sc_buf``."""
     hi: gl.constexpr = 8 // PARTS
     raw = _view(stg, gl.uint8, [8, 4, 16, BLOCK_N], _pv_view_4d(QK_E4M3)).slice(P * hi, hi, dim=0).load(
         _pv_load_layout(PARTS))
-    raw = gl.convert_layout(raw, _pv_pair_layout(PARTS))  # (within each thread: bytes permuted)
+    if PAIRS:
+        raw = gl.convert_layout(raw, _pv_pair_layout(PARTS))  # (within each thread: bytes permuted)
+    else:
+        sc = _value_scales(sc_buf, PARTS)
     v = _e4m3_to_f16_scaled(raw, gl.broadcast(sc, raw)[0])
     return gl.convert_layout(gl.reshape(v, [DV // PARTS, BLOCK_N]),
                              gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2))
@@ -532,7 +538,7 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
               ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
               s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False, PAGE_TILE: gl.constexpr = False,
               FOLD_SCALES: gl.constexpr = False, STEP: gl.constexpr = 1, QK_E4M3: gl.constexpr = False,
-              LAZY: gl.constexpr = True):
+              LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False):
     """Keys [lo, hi) against the ROWS query rows in ``q_smem`` / ``qpe_smem`` (``_load_q``, its copies committed):
     raw tiles copied STAGES - 1 ahead, online softmax in log2 units. Keys are ``decode_sm90._key_offsets``'s
     (paged positions, or top-k entries with ``INDEXED``); key c counts for row r below ``row_limit[r]``.
@@ -541,7 +547,8 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     FOLD_SCALES: the scores by ``_scores_folded`` (one accumulator). STEP: every STEP-th tile from ``lo`` on
     (``_dual_wg``: two warpgroups on alternate tiles). QK_E4M3: the scores by ``_scores_fp8`` (Q and the buffers
     as ``_buffers_t`` makes them with it). LAZY: the running max moves (and O^T is rescaled) only when a row's max
-    has grown by more than RESCALE_AT; else on every tile.
+    has grown by more than RESCALE_AT; else on every tile. PAIRS: V^T's bytes paired by key before their
+    conversion, its scales loaded once a tile (``_values``).
     Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
@@ -613,39 +620,51 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         visible = key_ok[:, None] & (key_pos[:, None] < row_limit[None, :])
         qk = gl.where(visible, qk, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(qk, axis=0))
-        # The running max moves on only when some row's max has grown by more than RESCALE_AT (log2 units):
-        # until then P is taken against the old max (so P < 2**RESCALE_AT, well inside float16), and O^T and the
-        # sums need no rescaling, which after the first tiles is nearly every tile (FlashAttention-4's trick).
-        rescale = True  # (LAZY False: on every tile)
         if LAZY:
-            rescale = gl.max(gl.where(m_new > m_i, m_new - m_i, 0.0), axis=0) > RESCALE_AT
-        if rescale:
-            alpha = gl.exp2(m_i - gl.where(m_new == float("-inf"), 0.0, m_new))
-            l_t = l_t * alpha[None, :]
+            # The running max moves on only when some row's max has grown by more than RESCALE_AT (log2 units):
+            # until then P is taken against the old max (so P < 2**RESCALE_AT, well inside float16), and O^T and
+            # the sums need no rescaling, which after the first tiles is nearly every tile (FlashAttention-4's
+            # trick). The test is uniform over the warpgroup (every warp holds every row's max).
+            if gl.max(gl.where(m_new > m_i, m_new - m_i, 0.0), axis=0) > RESCALE_AT:
+                alpha = gl.exp2(m_i - gl.where(m_new == float("-inf"), 0.0, m_new))
+                l_t = l_t * alpha[None, :]
+                acc0 = acc0 * alpha[None, :]
+                acc1 = acc1 * alpha[None, :]
+                if PV_PARTS == 4:
+                    acc2 = acc2 * alpha[None, :]
+                    acc3 = acc3 * alpha[None, :]
+                m_i = m_new
+            p = gl.exp2(qk - gl.where(m_i == float("-inf"), 0.0, m_i)[None, :])
+            l_t = l_t + p
+        else:
+            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+            p = gl.exp2(qk - m_safe[None, :])
+            alpha = gl.exp2(m_i - m_safe)
+            l_t = l_t * alpha[None, :] + p
+            m_i = m_new
             acc0 = acc0 * alpha[None, :]
             acc1 = acc1 * alpha[None, :]
-            if PV_PARTS == 4:
-                acc2 = acc2 * alpha[None, :]
-                acc3 = acc3 * alpha[None, :]
-            m_i = m_new
-        p = gl.exp2(qk - gl.where(m_i == float("-inf"), 0.0, m_i)[None, :])
-        l_t = l_t + p
         p_smem.permute((1, 0)).store(p.to(gl.float16))
-        sc_v = _value_scales(sc_buf, PV_PARTS)
-        v0 = _values(stg, sc_v, 0, PV_PARTS, s_l, QK_E4M3)
+        sc_v = None
+        if PAIRS:
+            sc_v = _value_scales(sc_buf, PV_PARTS, True)
+        v0 = _values(stg, sc_buf, sc_v, 0, PV_PARTS, s_l, QK_E4M3, PAIRS)
         fence_async_shared()
         _cta_barrier()
         acc0 = warpgroup_mma(v0, p_smem.permute((1, 0)), acc0, is_async=True)
         # part q + 1 converts while part q's MMAs run
-        v1 = _values(stg, sc_v, 1, PV_PARTS, s_l, QK_E4M3)
+        v1 = _values(stg, sc_buf, sc_v, 1, PV_PARTS, s_l, QK_E4M3, PAIRS)
         acc1 = warpgroup_mma(v1, p_smem.permute((1, 0)), acc1, is_async=True)
         if PV_PARTS == 4:
             # two parts in registers at most
+            if not LAZY:
+                acc2 = acc2 * alpha[None, :]
+                acc3 = acc3 * alpha[None, :]
             acc0, v0 = warpgroup_mma_wait(1, deps=[acc0, v0])
-            v2 = _values(stg, sc_v, 2, PV_PARTS, s_l, QK_E4M3)
+            v2 = _values(stg, sc_buf, sc_v, 2, PV_PARTS, s_l, QK_E4M3, PAIRS)
             acc2 = warpgroup_mma(v2, p_smem.permute((1, 0)), acc2, is_async=True)
             acc1, v1 = warpgroup_mma_wait(1, deps=[acc1, v1])
-            v3 = _values(stg, sc_v, 3, PV_PARTS, s_l, QK_E4M3)
+            v3 = _values(stg, sc_buf, sc_v, 3, PV_PARTS, s_l, QK_E4M3, PAIRS)
             acc3 = warpgroup_mma(v3, p_smem.permute((1, 0)), acc3, is_async=True)
             acc2, acc3, v2, v3 = warpgroup_mma_wait(0, deps=[acc2, acc3, v2, v3])
         else:
@@ -666,6 +685,7 @@ def _decode_sm90_fp8_kernel(
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False,
+    LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False,
 ):
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
     ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
@@ -694,7 +714,7 @@ def _decode_sm90_fp8_kernel(
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
                 q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit,
                 row_scale, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, False, ROWS, STAGES,
-                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE, QK_E4M3=QK_E4M3)
+                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE, QK_E4M3=QK_E4M3, LAZY=LAZY, PAIRS=PAIRS)
             first = g == g_lo
             whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
             _store_part(acc0, 0, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
@@ -720,11 +740,10 @@ def _decode_sm90_fp8_kernel(
 MERGED = gl.constexpr(0)  # warpgroup 1's state of a segment is in shared memory (1 arrival)
 QREADY = gl.constexpr(1)  # warpgroup 0 has put a segment's Q in shared memory (1 arrival)
 DUAL_REGS = gl.constexpr(256)
-DUAL_LAZY = gl.constexpr(True)  # ``_attend_t``'s LAZY in the dual program
 
 
 @gluon.jit
-def _dual_wg(W: gl.constexpr, args):
+def _dual_wg(W: gl.constexpr, args, LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False):
     """Warpgroup W of a dual program: tiles W, W + 2, ... of each segment (``_attend_t`` with STEP 2), each
     warpgroup with its own raw-tile stages, P^T and softmax state, Q shared. Warpgroup 0 copies Q and passes each
     row's scale on (``stats`` row 0, mbarrier QREADY); at the segment's end warpgroup 1 leaves its max, sum and O^T
@@ -772,7 +791,7 @@ def _dual_wg(W: gl.constexpr, args):
                 stage_scale.slice(W * STAGES, STAGES), pe_bufs.slice(W * STAGES, STAGES), k_ptr, table_row,
                 lo + W * BLOCK_N, hi, row_limit, down * qk_scale, stride_kb, stride_kt, stride_btp, num_blocks,
                 page_size, qk_scale, False, ROWS, STAGES, 2, 2 if QK_E4M3 else 1, s_l, False, PAGE_TILE, True, 2,
-                QK_E4M3, DUAL_LAZY)
+                QK_E4M3, LAZY, PAIRS)
             if W == 1:
                 # every warp is done reading the last tile out of the stages that O^T is about to overwrite
                 _cta_barrier()
@@ -819,6 +838,27 @@ def _dual_wg1(args):
     _dual_wg(1, args)
 
 
+# (with PAIRS, or LAZY and PAIRS: constexprs reach a partition as tensors, so each variant has its own functions)
+@gluon.jit
+def _dual_wg0_p(args):
+    _dual_wg(0, args, False, True)
+
+
+@gluon.jit
+def _dual_wg1_p(args):
+    _dual_wg(1, args, False, True)
+
+
+@gluon.jit
+def _dual_wg0_lp(args):
+    _dual_wg(0, args, True, True)
+
+
+@gluon.jit
+def _dual_wg1_lp(args):
+    _dual_wg(1, args, True, True)
+
+
 @gluon.jit
 def _decode_sm90_fp8_dual_kernel(
     q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
@@ -830,11 +870,13 @@ def _decode_sm90_fp8_dual_kernel(
     stride_lb, stride_lh, stride_ls,
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
-    PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False,
+    PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False, LAZY: gl.constexpr = False,
+    PAIRS: gl.constexpr = False,
 ):
     """``_decode_sm90_fp8_kernel``'s program with two warpgroups on alternate tiles (``_dual_wg``): at 32 rows
     one program fills an SM's shared memory (Q 36 KB once, STAGES raw tiles a warpgroup), and one warpgroup's
-    conversions and MMAs run while the other's do."""
+    conversions and MMAs run while the other's do. LAZY and PAIRS as ``_attend_t``'s (LAZY only with PAIRS)."""
+    gl.static_assert(PAIRS or not LAZY, "the dual program has LAZY only with PAIRS")
     wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     q_smem, stage = _q_and_stages(ROWS, 2 * STAGES, QK_E4M3)
     qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
@@ -857,7 +899,12 @@ def _decode_sm90_fp8_dual_kernel(
             stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, part,
             row_block, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, stats, bars,
             CAUSAL, PAGE_TILE)
-    gl.warp_specialize([(_dual_wg0, (args,)), (_dual_wg1, (args,))], [WARPS], [DUAL_REGS])
+    if LAZY:
+        gl.warp_specialize([(_dual_wg0_lp, (args,)), (_dual_wg1_lp, (args,))], [WARPS], [DUAL_REGS])
+    elif PAIRS:
+        gl.warp_specialize([(_dual_wg0_p, (args,)), (_dual_wg1_p, (args,))], [WARPS], [DUAL_REGS])
+    else:
+        gl.warp_specialize([(_dual_wg0, (args,)), (_dual_wg1, (args,))], [WARPS], [DUAL_REGS])
 
 
 def _stages(config):
@@ -873,8 +920,10 @@ def _parts(config, rows_blk):
 
 
 def tile_constexprs(config, rows_blk):
-    """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike)."""
-    return dict(ROWS=rows_blk, STAGES=_stages(config), QK_E4M3=qk_e4m3(config), **_parts(config, rows_blk))
+    """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike); config keys
+    ``LAZY_MAX`` and ``PAIR_KEYS``: ``_attend_t``'s LAZY and PAIRS."""
+    return dict(ROWS=rows_blk, STAGES=_stages(config), QK_E4M3=qk_e4m3(config), **_parts(config, rows_blk),
+                LAZY=bool(config.get("LAZY_MAX", False)), PAIRS=bool(config.get("PAIR_KEYS", False)))
 
 
 @functools.cache
@@ -913,8 +962,11 @@ def max_rows(config) -> int:
 
 
 def dual_constexprs(config, rows_blk):
-    """``_decode_sm90_fp8_dual_kernel``'s tile constexprs: two raw tiles a warpgroup (all that fits beside Q)."""
-    return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=qk_e4m3(config))
+    """``_decode_sm90_fp8_dual_kernel``'s tile constexprs: two raw tiles a warpgroup (all that fits beside Q);
+    ``LAZY_MAX`` counts only with ``PAIR_KEYS``."""
+    pairs = bool(config.get("PAIR_KEYS", False))
+    return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=qk_e4m3(config), PAIRS=pairs,
+                LAZY=pairs and bool(config.get("LAZY_MAX", False)))
 
 
 def block_rows(rows: int) -> int:
