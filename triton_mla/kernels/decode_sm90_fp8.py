@@ -35,11 +35,12 @@ sit on the MMA's N side, so one MMA a group gives both products and their sum is
 That removes the keys' conversion (half of a tile's), 12% at 16 rows; the dual program keeps ``_scores_folded``,
 which ptxas fits without spilling (with QK_E4M3 it spills ~0.5 KB and is 8% slower; ``benchmarks/NOTES.md``).
 
-Each tile's chain of instructions, not HBM, sets these programs' speed (``benchmarks/NOTES.md``), so the loop is
-kept short. Two options shorten it further (config keys ``PAIR_KEYS`` and ``LAZY_MAX``, off until measured on a
-GPU): V^T's bytes paired by key before their conversion (``_pv_pair_layout``) with its scales loaded once a tile,
-and a lazy running max: O^T rescaled only when a row's max has grown by more than 2**8 (``RESCALE_AT``), nearly
-never after the first tiles.
+Two options shorten the loop further (config keys ``PAIR_KEYS`` and ``LAZY_MAX``): V^T's bytes paired by key
+before their conversion (``_pv_pair_layout``) with its scales loaded once a tile, and a lazy running max: O^T
+rescaled only when a row's max has grown by more than 2**8 (``RESCALE_AT``), nearly never after the first tiles.
+They take ~14% of a tile's instructions out; sparse decode at 16 heads gains 4% and ships them, dense decode at
+8/16 rows gains nothing (its programs wait on their tiles' arrival by now) and the dual program spills with them
+(``benchmarks/NOTES.md``, twenty-third session).
 
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
