@@ -266,9 +266,9 @@ def test_fp8_keys_on_m_entries_compile_what_they_serve(monkeypatch):
 @pytest.mark.parametrize("options", [{}, dict(PAIR_KEYS=True, LAZY_MAX=True)], ids=["e4m3", "pairs_lazy"])
 def test_qk_e4m3_programs_build_for_sm90(options):
     """The keys-on-M programs with the scores through e4m3 MMAs (``QK_E4M3``), and with V^T's bytes paired by key
-    and the lazy running max (``PAIR_KEYS``, ``LAZY_MAX``), compile for sm90 and fit two programs an SM (one for the
-    32-row dual program, where this Triton builds it), dense and sparse, whether or not a shipped entry turns them
-    on (check-configs compiles only what ships)."""
+    and the lazy running max (``PAIR_KEYS``, ``LAZY_MAX``; not the dual program), compile for sm90 and fit two
+    programs an SM (one for the 32-row dual program, where this Triton builds it), dense and sparse, whether or not
+    a shipped entry turns them on (check-configs compiles only what ships)."""
     code = (
         "import sys\n"
         "from triton_mla.configs import check\n"
@@ -283,7 +283,9 @@ def test_qk_e4m3_programs_build_for_sm90(options):
         "specs += [s for s in sparse_sm90.compile_specs(fp8=True, config=dict(e, KEYS_ON_M=True))"
         " if 'keys_on_m' in s[0] and 'split=1' in s[0]]\n"
         "for name, fn, types, consts, w, st in specs:\n"
-        "    assert consts['QK_E4M3'] and consts.get('PAIRS', False) == on and consts.get('LAZY', False) == on, name\n"
+        "    dual = 'dual' in name  # (the dual program takes neither option)\n"
+        "    assert consts['QK_E4M3'] and consts.get('PAIRS', False) == (on and not dual), name\n"
+        "    assert consts.get('LAZY', False) == (on and not dual), name\n"
         "    print(name, check._compile(fn, types, consts, 90, w, st))\n"
     )
     res = _run_compiling(code, "on" if options else "off")

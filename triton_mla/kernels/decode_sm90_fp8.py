@@ -39,8 +39,8 @@ Two options shorten the loop further (config keys ``PAIR_KEYS`` and ``LAZY_MAX``
 before their conversion (``_pv_pair_layout``) with its scales loaded once a tile, and a lazy running max: O^T
 rescaled only when a row's max has grown by more than 2**8 (``RESCALE_AT``), nearly never after the first tiles.
 They take ~14% of a tile's instructions out; sparse decode at 16 heads gains 4% and ships them, dense decode at
-8/16 rows gains nothing (its programs wait on their tiles' arrival by now) and the dual program spills with them
-(``benchmarks/NOTES.md``, twenty-third session).
+8/16 rows gains nothing (its programs wait on their tiles' arrival by now), and the dual program, which spills with
+them and ran 12% slower, does not take them (``benchmarks/NOTES.md``, twenty-third session).
 
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
@@ -744,7 +744,7 @@ DUAL_REGS = gl.constexpr(256)
 
 
 @gluon.jit
-def _dual_wg(W: gl.constexpr, args, LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False):
+def _dual_wg(W: gl.constexpr, args):
     """Warpgroup W of a dual program: tiles W, W + 2, ... of each segment (``_attend_t`` with STEP 2), each
     warpgroup with its own raw-tile stages, P^T and softmax state, Q shared. Warpgroup 0 copies Q and passes each
     row's scale on (``stats`` row 0, mbarrier QREADY); at the segment's end warpgroup 1 leaves its max, sum and O^T
@@ -792,7 +792,7 @@ def _dual_wg(W: gl.constexpr, args, LAZY: gl.constexpr = False, PAIRS: gl.conste
                 stage_scale.slice(W * STAGES, STAGES), pe_bufs.slice(W * STAGES, STAGES), k_ptr, table_row,
                 lo + W * BLOCK_N, hi, row_limit, down * qk_scale, stride_kb, stride_kt, stride_btp, num_blocks,
                 page_size, qk_scale, False, ROWS, STAGES, 2, 2 if QK_E4M3 else 1, s_l, False, PAGE_TILE, True, 2,
-                QK_E4M3, LAZY, PAIRS)
+                QK_E4M3)
             if W == 1:
                 # every warp is done reading the last tile out of the stages that O^T is about to overwrite
                 _cta_barrier()
@@ -839,26 +839,6 @@ def _dual_wg1(args):
     _dual_wg(1, args)
 
 
-# (with PAIRS, or LAZY and PAIRS: constexprs reach a partition as tensors, so each variant has its own functions)
-@gluon.jit
-def _dual_wg0_p(args):
-    _dual_wg(0, args, False, True)
-
-
-@gluon.jit
-def _dual_wg1_p(args):
-    _dual_wg(1, args, False, True)
-
-
-@gluon.jit
-def _dual_wg0_lp(args):
-    _dual_wg(0, args, True, True)
-
-
-@gluon.jit
-def _dual_wg1_lp(args):
-    _dual_wg(1, args, True, True)
-
 
 @gluon.jit
 def _decode_sm90_fp8_dual_kernel(
@@ -871,13 +851,12 @@ def _decode_sm90_fp8_dual_kernel(
     stride_lb, stride_lh, stride_ls,
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
-    PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False, LAZY: gl.constexpr = False,
-    PAIRS: gl.constexpr = False,
+    PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False,
 ):
     """``_decode_sm90_fp8_kernel``'s program with two warpgroups on alternate tiles (``_dual_wg``): at 32 rows
     one program fills an SM's shared memory (Q 36 KB once, STAGES raw tiles a warpgroup), and one warpgroup's
-    conversions and MMAs run while the other's do. LAZY and PAIRS as ``_attend_t``'s (LAZY only with PAIRS)."""
-    gl.static_assert(PAIRS or not LAZY, "the dual program has LAZY only with PAIRS")
+    conversions and MMAs run while the other's do. (Not with PAIR_KEYS / LAZY_MAX: ptxas spills with them, and the
+    program ran 12% slower; ``benchmarks/NOTES.md``.)"""
     wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     q_smem, stage = _q_and_stages(ROWS, 2 * STAGES, QK_E4M3)
     qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
@@ -900,12 +879,7 @@ def _decode_sm90_fp8_dual_kernel(
             stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, part,
             row_block, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, stats, bars,
             CAUSAL, PAGE_TILE)
-    if LAZY:
-        gl.warp_specialize([(_dual_wg0_lp, (args,)), (_dual_wg1_lp, (args,))], [WARPS], [DUAL_REGS])
-    elif PAIRS:
-        gl.warp_specialize([(_dual_wg0_p, (args,)), (_dual_wg1_p, (args,))], [WARPS], [DUAL_REGS])
-    else:
-        gl.warp_specialize([(_dual_wg0, (args,)), (_dual_wg1, (args,))], [WARPS], [DUAL_REGS])
+    gl.warp_specialize([(_dual_wg0, (args,)), (_dual_wg1, (args,))], [WARPS], [DUAL_REGS])
 
 
 def _stages(config):
@@ -963,11 +937,9 @@ def max_rows(config) -> int:
 
 
 def dual_constexprs(config, rows_blk):
-    """``_decode_sm90_fp8_dual_kernel``'s tile constexprs: two raw tiles a warpgroup (all that fits beside Q);
-    ``LAZY_MAX`` counts only with ``PAIR_KEYS``."""
-    pairs = bool(config.get("PAIR_KEYS", False))
-    return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=qk_e4m3(config), PAIRS=pairs,
-                LAZY=pairs and bool(config.get("LAZY_MAX", False)))
+    """``_decode_sm90_fp8_dual_kernel``'s tile constexprs: two raw tiles a warpgroup (all that fits beside Q); the
+    dual program takes neither ``PAIR_KEYS`` nor ``LAZY_MAX``."""
+    return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=qk_e4m3(config))
 
 
 def block_rows(rows: int) -> int:
