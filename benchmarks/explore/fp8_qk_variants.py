@@ -30,6 +30,9 @@ VARIANTS = {
     # twenty-third session: V^T's bytes paired by key before the conversion, then also the lazy running max
     "pairs": dict(PAIR_KEYS=True),
     "pairs lazy": dict(PAIR_KEYS=True, LAZY_MAX=True),
+    # the tile after the next copy's prefetched into L2 (pages of whole tiles)
+    "l2 ahead": dict(L2_AHEAD=True),
+    "pairs lazy l2": dict(PAIR_KEYS=True, LAZY_MAX=True, L2_AHEAD=True),
 }
 if os.environ.get("VARIANTS"):  # a comma-separated subset of the names above
     VARIANTS = {k: VARIANTS[k] for k in os.environ["VARIANTS"].split(",")}
