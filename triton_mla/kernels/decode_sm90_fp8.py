@@ -40,7 +40,8 @@ before their conversion (``_pv_pair_layout``) with its scales loaded once a tile
 rescaled only when a row's max has grown by more than 2**8 (``RESCALE_AT``), nearly never after the first tiles.
 They take ~14% of a tile's instructions out; sparse decode at 16 heads gains 4% and ships them, dense decode at
 8/16 rows gains nothing (its programs wait on their tiles' arrival by now), and the dual program, which spills with
-them and ran 12% slower, does not take them (``benchmarks/NOTES.md``, twenty-third session).
+them and ran 12% slower, does not take them (``benchmarks/NOTES.md``, twenty-third session). For the wait on tiles,
+``L2_AHEAD`` prefetches the tile after the next copy's into L2 (``_prefetch_l2``; not yet measured).
 
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
