@@ -247,8 +247,8 @@ def _prefetch_l2(addr, nbytes):
 
 @gluon.jit
 def _prefetch_l2_tokens(addr, ok):
-    """Bulk prefetch into L2 of the cache's tokens at ``addr`` (a tensor of byte addresses) where ``ok``; a thread
-    holding a replicated element prefetches it too (a duplicate hint, harmless)."""
+    """Bulk prefetch into L2 of the cache's tokens (656 bytes, ``TOKEN_BYTES``) at ``addr`` (a tensor of byte
+    addresses) where ``ok``; a thread holding a replicated element prefetches it too (a duplicate hint, harmless)."""
     gl.inline_asm_elementwise(
         asm="""{
         .reg .pred p;
@@ -630,10 +630,11 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         if PAGE_TILE:
             tile_page = _tile_page(table_row, nxt + TILE, hi, stride_table, limit, page_size)
             if L2_AHEAD:
-                if nxt + TILE < hi:
+                # (tokens end to end only: a wider token stride would prefetch the bytes between them too)
+                if (nxt + TILE < hi) & (stride_kt == TOKEN_BYTES):
                     _prefetch_l2((k_ptr + tile_page.to(gl.int64) * stride_kb
                                   + ((nxt + TILE) % page_size).to(gl.int64) * stride_kt).to(gl.int64, bitcast=True),
-                                 ((BLOCK_N - 1) * stride_kt + TOKEN_BYTES + 15) // 16 * 16)
+                                 BLOCK_N * TOKEN_BYTES)
         if IDS_AHEAD:
             ids_cp = _entries(table_row, nxt + BLOCK_N, hi, stride_table, BLOCK_N, cp_keys)
             if L2_AHEAD:
@@ -880,7 +881,6 @@ def _dual_wg0(args):
 @gluon.jit
 def _dual_wg1(args):
     _dual_wg(1, args)
-
 
 
 @gluon.jit
