@@ -247,16 +247,16 @@ def _prefetch_l2(addr, nbytes):
 
 @gluon.jit
 def _prefetch_l2_tokens(addr, ok):
-    """Bulk prefetch into L2 of the cache's tokens (656 bytes, ``TOKEN_BYTES``) at ``addr`` (a tensor of byte
-    addresses) where ``ok``; a thread holding a replicated element prefetches it too (a duplicate hint, harmless)."""
+    """Bulk prefetch into L2 of the cache's tokens (``TOKEN_BYTES`` each) at ``addr`` (a tensor of byte addresses)
+    where ``ok``; a thread holding a replicated element prefetches it too (a duplicate hint, harmless)."""
     gl.inline_asm_elementwise(
         asm="""{
         .reg .pred p;
         setp.ne.b32 p, $2, 0;
-        @p cp.async.bulk.prefetch.L2.global [$1], 656;
+        @p cp.async.bulk.prefetch.L2.global [$1], $3;
         mov.u32 $0, 0;
         }""",
-        constraints="=r,l,r", args=[addr, ok.to(gl.int32)], dtype=gl.int32, is_pure=False, pack=1)
+        constraints="=r,l,r,r", args=[addr, ok.to(gl.int32), TOKEN_BYTES], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
