@@ -21,6 +21,10 @@ from triton_mla import configs
 
 # the Gluon kernel's tiles are fixed (64 heads, 64 keys, 2 buffers, one program an SM); the first run of this
 # script (2026-11-24, fourth session) also timed 32-key tiles in 3 buffers and two programs an SM: slower
+
+# the keys-on-M pieces with the scores through e4m3 MMAs (QK_E4M3), twenty-second session: the t_q8 variants' base
+T_Q8 = dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2, FP8_PV_PARTS_8=2,
+            FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True)
 VARIANTS = {
     "tl.dot": dict(WGMMA=False, FP8_WGMMA=False),
     "gluon": dict(WGMMA=True, FP8_WGMMA=True),
@@ -35,25 +39,16 @@ VARIANTS = {
     # the top-k entries of each tile loaded an iteration before its copy is issued
     "t_pw_ids": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
                      FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True),
-    # the shipped keys-on-M pieces with the scores through e4m3 MMAs (QK_E4M3), twenty-second session
-    "t_q8": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
-                 FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True),
-    "t_q8_p8": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
-                    FP8_PV_PARTS_8=4, FP8_QK_WAVES_8=2, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True),
+    "t_q8": T_Q8,
+    "t_q8_p8": dict(T_Q8, FP8_PV_PARTS_8=4, FP8_QK_WAVES_8=2),
     # the same with V^T whole at 16 rows (two parts, all four groups' scores at once), twenty-third session
-    "t_q8_p2": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1,
-                    FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True),
-    # t_q8 with V^T's bytes paired by key and the lazy running max (FP8_PAIR_KEYS, FP8_LAZY_MAX)
-    "t_q8_pl": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2,
-                    FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True, FP8_PAIR_KEYS=True,
-                    FP8_LAZY_MAX=True),
-    "t_q8_p2_pl": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1,
-                       FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True,
-                       FP8_PAIR_KEYS=True, FP8_LAZY_MAX=True),
+    "t_q8_p2": dict(T_Q8, FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1),
+    # t_q8 with V^T's bytes paired by key and the lazy running max (FP8_PAIR_KEYS, FP8_LAZY_MAX), then also V^T whole
+    "t_q8_pl": dict(T_Q8, FP8_PAIR_KEYS=True, FP8_LAZY_MAX=True),
+    "t_q8_p2_pl": dict(T_Q8, FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1, FP8_PAIR_KEYS=True, FP8_LAZY_MAX=True),
     # t_q8_p2_pl with each tile's tokens prefetched into L2 a tile before their copy (FP8_L2_AHEAD)
-    "t_q8_p2_pl_l2": dict(WGMMA=True, FP8_WGMMA=True, FP8_KEYS_ON_M=True, FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1,
-                          FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True,
-                          FP8_PAIR_KEYS=True, FP8_LAZY_MAX=True, FP8_L2_AHEAD=True),
+    "t_q8_p2_pl_l2": dict(T_Q8, FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1, FP8_PAIR_KEYS=True, FP8_LAZY_MAX=True,
+                          FP8_L2_AHEAD=True),
     # 16-bit cache at 64+ heads: the warp-specialized kernel (decode_sm90_ws's pipeline), fifteenth session
     "lockstep": dict(WGMMA=True, WS=False),
     "ws": dict(WGMMA=True, WS=True, COPY_FIRST=False),
