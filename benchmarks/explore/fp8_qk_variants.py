@@ -33,6 +33,9 @@ VARIANTS = {
     # the tile after the next copy's prefetched into L2 (pages of whole tiles)
     "l2 ahead": dict(L2_AHEAD=True),
     "pairs lazy l2": dict(PAIR_KEYS=True, LAZY_MAX=True, L2_AHEAD=True),
+    # one program an SM with four raw tiles (188 KB at 16 rows): more tiles in flight a program, half the programs
+    "1x4 stages": dict(PARTS_PER_SM=1, RAW_STAGES=4),
+    "1x4 l2": dict(PARTS_PER_SM=1, RAW_STAGES=4, L2_AHEAD=True),
 }
 if os.environ.get("VARIANTS"):  # a comma-separated subset of the names above
     VARIANTS = {k: VARIANTS[k] for k in os.environ["VARIANTS"].split(",")}
