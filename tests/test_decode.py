@@ -99,7 +99,8 @@ def test_causal_s_q(s_q, h_q):
 
 # launch variants the configs may select (see kernels/decode.py); each must give the same answers
 VARIANTS = [dict(PREFETCH_PAGES=True), dict(LAZY_RESCALE=True), dict(ROWS_FIRST=True),
-            dict(PREFETCH_PAGES=True, LAZY_RESCALE=True, ROWS_FIRST=True, BLOCK_N=32)]
+            dict(PREFETCH_PAGES=True, LAZY_RESCALE=True, ROWS_FIRST=True, BLOCK_N=32), dict(FUSED_COMBINE=True),
+            dict(FUSED_COMBINE=True, ROWS_FIRST=True, BLOCK_N=32)]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "+".join(sorted(v)))
@@ -108,6 +109,18 @@ def test_launch_variants(variant, page_size):
     with configs.overridden(**SPLIT_HEAVY, **variant):
         check_decode([0, 1, 63, 64, 65, 300], s_q=2, h_q=5, causal=True, page_size=page_size, seed=page_size)
         check_decode([130, 1, 64], s_q=1, h_q=16, dv=512, dr=64, page_size=page_size)
+
+
+@pytest.mark.parametrize("lens", [[0], [0, 0], [0, 0, 5], [5, 0, 0], [0, 300, 0, 0, 64], [64, 0, 64, 0, 64, 0]])
+@pytest.mark.parametrize("split_heavy", [False, True])
+def test_fused_combine_empty_sequences(lens, split_heavy):
+    """FUSED_COMBINE: with no combine kernel, the empty sequences' output (out 0, lse +inf) is written by the part
+    whose range starts at or holds each one's place in the plan, those after every block by the last part; the
+    split sequences are merged by the program storing their last part. Leading, trailing, interleaved and all
+    empty; causal rows with no keys."""
+    with configs.overridden(FUSED_COMBINE=True, **(SPLIT_HEAVY if split_heavy else {})):
+        check_decode(lens, s_q=2, h_q=3, causal=True, seed=len(lens))
+        check_decode(lens, s_q=1, h_q=16, seed=len(lens) + 1)
 
 
 def test_wgmma_config_falls_back_off_sm90():
@@ -376,6 +389,19 @@ def test_gpu_bf16_deepseek(h_q, s_q):
     lens = [0, 1, 63, 64, 65, 1000, 4097] + [random.Random(h_q + s_q + i).randint(1, 3000) for i in range(9)]
     check_decode(lens, s_q=s_q, h_q=h_q, dv=512, dr=64, page_size=64, dtype=torch.bfloat16, causal=True,
                  seed=h_q * 10 + s_q)
+
+
+@gpu
+@pytest.mark.parametrize("h_q,s_q", [(16, 1), (8, 1), (1, 1), (5, 3)])
+@pytest.mark.parametrize("split_heavy", [False, True])
+def test_gpu_bf16_fused_combine(h_q, s_q, split_heavy):
+    """The tl.dot kernel with the combine fused (``FUSED_COMBINE``) on the GPU, where parts run concurrently and
+    the last to store a sequence's partial rows merges them: DeepSeek dims, bf16, empty sequences among split ones."""
+    lens = [0, 1, 63, 0, 64, 65, 1000, 4097, 0] + [random.Random(h_q + s_q + i).randint(1, 3000) for i in range(9)]
+    lens += [0, 0]
+    with configs.overridden(FUSED_COMBINE=True, WGMMA=False, **(SPLIT_HEAVY if split_heavy else {})):
+        check_decode(lens, s_q=s_q, h_q=h_q, dv=512, dr=64, page_size=64, dtype=torch.bfloat16, causal=True,
+                     seed=h_q * 10 + s_q)
 
 
 SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9

@@ -393,7 +393,8 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 # tile, and with that V^T's bytes paired by key and the lazy running max, or the tile after next prefetched into L2
 KEYS_ON_M_VARIANTS = dict(f16=dict(QK_E4M3=False), e4m3=dict(QK_E4M3=True),
                           pairs_lazy=dict(QK_E4M3=True, PAIR_KEYS=True, LAZY_MAX=True),
-                          l2_ahead=dict(QK_E4M3=True, L2_AHEAD=True))
+                          l2_ahead=dict(QK_E4M3=True, L2_AHEAD=True),
+                          fused=dict(QK_E4M3=True, FUSED_COMBINE=True))
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
@@ -421,7 +422,7 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
-@pytest.mark.parametrize("variant", ["f16", "e4m3", "pairs_lazy", "l2_ahead"])
+@pytest.mark.parametrize("variant", ["f16", "e4m3", "pairs_lazy", "l2_ahead", "fused"])
 def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, variant, monkeypatch):
     """kernels/decode_sm90_fp8.py (<= 16 rows, keys on the MMA's M side, dims permuted in the register operands):
     8- and 16-row programs, every row count 1-16 that a head count and s_q make, causal s_q > 1, NaN bytes past each
@@ -440,6 +441,26 @@ def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, variant, monkeypatch)
         for i, (h_q, s_q) in enumerate(shapes):
             check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
                              outliers=i == 0)
+    assert len(calls) == len(shapes)
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("lens", [[0], [0, 0], [0, 0, 500], [500, 0, 0], [0, 3000, 0, 0, 64], [64, 0, 64, 0, 640, 0]])
+@pytest.mark.parametrize("split_heavy", [False, True])
+def test_gpu_sm90_keys_on_m_fused_empty_sequences(lens, split_heavy, monkeypatch):
+    """The keys-on-M program with the combine fused (``FUSED_COMBINE``, ``tests/test_decode.py``'s CPU test of the
+    tl.dot kernel's): empty sequences leading, trailing, interleaved and all, 8 and 16 rows, causal rows with no
+    keys, split sequences merged by the program storing their last part."""
+    from triton_mla import api
+
+    calls = []
+    launch = api._decode_sm90._decode_fp8_keys_on_m
+    monkeypatch.setattr(api._decode_sm90, "_decode_fp8_keys_on_m", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
+    shapes = [(16, 1), (3, 2), (8, 1), (5, 3)]
+    with configs.overridden(WGMMA=True, KEYS_ON_M=True, RAW_STAGES=2, **KEYS_ON_M_VARIANTS["fused"], **split):
+        for i, (h_q, s_q) in enumerate(shapes):
+            check_fp8_decode(lens, s_q, h_q, 64, dtype=torch.bfloat16, causal=True, seed=len(lens) + i)
     assert len(calls) == len(shapes)
 
 

@@ -114,7 +114,7 @@ def decode_kernels(entry, section="decode"):
                dict(common, DR=DR, BLOCK_DR=DR, CAUSAL=causal, DOT_PRECISION=precision,
                     ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)),
                     LAZY_RESCALE=bool(entry.get("LAZY_RESCALE", False)),
-                    PREFETCH_PAGES=bool(entry.get("PREFETCH_PAGES", False))),
+                    PREFETCH_PAGES=bool(entry.get("PREFETCH_PAGES", False)), FUSED=k.fused_combine(entry)),
                entry["num_warps"], entry["num_stages"])
     yield from k.combine_specs(ptrs, DV, block_n, entry["MIN_BLOCKS_PER_PART"])
     if entry.get("WGMMA", False):

@@ -42,8 +42,9 @@ def plan_totals(seqlens_ptr, stride_seqlens, batch, upto, max_len, BLOCK_N: tl.c
 
 @triton.jit
 def find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: tl.constexpr,
-                  CHUNK_B: tl.constexpr):
-    """The sequence holding global block ``g`` and the global index of its first block."""
+                  CHUNK_B: tl.constexpr, EMPTY_AT_G: tl.constexpr = False):
+    """The sequence holding global block ``g`` and the global index of its first block. EMPTY_AT_G: the first
+    empty sequence placed at ``g`` if there is one (the part starting at g then writes its output)."""
     count = 0
     start = 0
     running = 0
@@ -51,8 +52,12 @@ def find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: tl.co
         idx = b0 + tl.arange(0, CHUNK_B)
         n = seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
         cu_end = running + tl.cumsum(n, axis=0)
-        # cu_end is nondecreasing, so the sequences ending at or before g form a prefix
-        done = (cu_end <= g) & (idx < batch)
+        # cu_end is nondecreasing, so the sequences ending at or before g form a prefix (as do those ending
+        # before g, or at g with keys: an empty sequence at g comes after every sequence that ends at g with keys)
+        if EMPTY_AT_G:
+            done = ((cu_end < g) | ((cu_end == g) & (n > 0))) & (idx < batch)
+        else:
+            done = (cu_end <= g) & (idx < batch)
         count += tl.sum(done.to(tl.int32), axis=0)
         start = tl.maximum(start, tl.max(tl.where(done, cu_end, 0), axis=0))
         running += tl.sum(n, axis=0)

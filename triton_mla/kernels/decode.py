@@ -51,18 +51,70 @@ def _program_coords(ROWS_FIRST: tl.constexpr):
 
 
 @triton.jit
-def _part_range(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BLOCK_N: tl.constexpr,
-                MIN_BLOCKS_PER_PART: tl.constexpr, CHUNK_B: tl.constexpr):
+def _part_plan(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BLOCK_N: tl.constexpr,
+               MIN_BLOCKS_PER_PART: tl.constexpr, CHUNK_B: tl.constexpr, EMPTY_AT_G: tl.constexpr = False):
     """Part ``part`` of the plan: (global blocks [g_lo, g_hi), the sequence holding g_lo and the global index
-    of its first block)."""
+    of its first block, the plan's total blocks and part count). EMPTY_AT_G: see ``find_sequence``."""
     total, _, longest = plan_totals(seqlens_ptr, stride_seqlens, batch, 0, max_len, BLOCK_N, CHUNK_B)
     parts = effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
     g_lo = part_start(total, part, parts)
     g_hi = part_start(total, part + 1, parts)
     if part >= parts:
         g_hi = g_lo  # this program has no work
-    seq, seq_g0 = find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, CHUNK_B)
+    seq, seq_g0 = find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, CHUNK_B, EMPTY_AT_G)
+    return g_lo, g_hi, seq, seq_g0, total, parts
+
+
+@triton.jit
+def _part_range(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BLOCK_N: tl.constexpr,
+                MIN_BLOCKS_PER_PART: tl.constexpr, CHUNK_B: tl.constexpr):
+    """``_part_plan`` without the plan's totals: (g_lo, g_hi, seq, seq_g0)."""
+    g_lo, g_hi, seq, seq_g0, _, _ = _part_plan(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BLOCK_N,
+                                               MIN_BLOCKS_PER_PART, CHUNK_B)
     return g_lo, g_hi, seq, seq_g0
+
+
+@triton.jit
+def _merge_parts(o_part_ptr, lse_part_ptr, o_ptrs, lse_ptrs, out_mask, lse_mask, seq_g0, first, last, total, parts,
+                 rows, row_ok, offs_dv, rows_per_seq, O_STRIDE: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_DV: tl.constexpr):
+    """A split sequence's output from its parts' partial rows (the fused combine: run by the program that wrote
+    the last of them, ``_count_part``), one part at a time with the max kept online, as ``_combine_kernel``. The
+    loads go through L2 (.cg): another SM wrote those rows during this kernel."""
+    # the first part holds this sequence in slot 0 only if its range starts at the sequence
+    first_slot = first * 2 + tl.where(part_start(total, first, parts) == seq_g0, 0, 1)
+    m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
+    wsum = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for p in range(first, last + 1):
+        slot = tl.where(p == first, first_slot, p * 2)
+        part_rows = slot.to(tl.int64) * rows_per_seq + rows
+        lse2 = tl.load(lse_part_ptr + part_rows, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        o = tl.load(o_part_ptr + part_rows[:, None] * O_STRIDE + offs_dv[None, :], mask=row_ok[:, None], other=0.0,
+                    cache_modifier=".cg")
+        m_new = tl.maximum(m, lse2)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m - m_safe)
+        w = tl.math.exp2(lse2 - m_safe)
+        acc = acc * alpha[:, None] + w[:, None] * o
+        wsum = wsum * alpha + w
+        m = m_new
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    empty = wsum == 0.0
+    tl.store(o_ptrs, (acc / tl.where(empty, 1.0, wsum)[:, None]).to(o_ptrs.dtype.element_ty), mask=out_mask)
+    tl.store(lse_ptrs, tl.where(empty, float("inf"), (m_safe + tl.math.log2(tl.where(empty, 1.0, wsum))) * LN2),
+             mask=lse_mask)
+
+
+@triton.jit
+def _count_part(counter_ptr, seq, row_block, row_blocks, first, last):
+    """The fused combine's count: after this program's partial rows of sequence ``seq`` are stored, add one to
+    the sequence's counter (zeroed before the launch); True for the program that brings it to the count of the
+    sequence's parts, which then merges them. Every thread's stores come before the barrier, and the barrier
+    before the one release-acquire atomic at GPU scope, so that program sees every part's rows."""
+    tl.debug_barrier()
+    done = tl.atomic_add(counter_ptr + seq * row_blocks + row_block, 1, sem="acq_rel", scope="gpu")
+    return done == last - first
 
 
 @triton.jit
@@ -137,29 +189,44 @@ def _decode_kernel(
     stride_seqlens,
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh, stride_ls,
-    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
+    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale, counter_ptr,
     DV: tl.constexpr, DR: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS_PER_PART: tl.constexpr,
     CAUSAL: tl.constexpr, CHUNK_B: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS_FIRST: tl.constexpr,
-    LAZY_RESCALE: tl.constexpr, PREFETCH_PAGES: tl.constexpr,
+    LAZY_RESCALE: tl.constexpr, PREFETCH_PAGES: tl.constexpr, FUSED: tl.constexpr = False,
 ):
+    """FUSED: no combine kernel follows. The program that stores the last part of a split sequence merges its
+    parts (``_count_part``, ``_merge_parts``; ``counter_ptr``: b x row blocks int32, zeroed), and each empty
+    sequence's output is written by the part whose range starts at or holds its place in the plan (the last part:
+    those after every block). Else ``counter_ptr`` is unused and ``_combine_kernel`` does both."""
     part, row_block = _program_coords(ROWS_FIRST)
-    g_lo, g_hi, seq, seq_g0 = _part_range(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BLOCK_N,
-                                          MIN_BLOCKS_PER_PART, CHUNK_B)
+    g_lo, g_hi, seq, seq_g0, total, parts = _part_plan(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts,
+                                                       BLOCK_N, MIN_BLOCKS_PER_PART, CHUNK_B, FUSED)
 
     rows_per_seq = s_q * h_q
+    row_blocks = (rows_per_seq + BLOCK_H - 1) // BLOCK_H
     rows, row_ok, row_s, row_h = query_rows(row_block, s_q, h_q, BLOCK_H)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_dr = tl.arange(0, BLOCK_DR)
     q_rows = row_s.to(tl.int64) * stride_qs + row_h.to(tl.int64) * stride_qh
     dv_ok = offs_dv < DV
+    # (FUSED) the last part also visits the empty sequences after the last block
+    tail = (part == parts - 1) & FUSED
 
     g = g_lo
-    while g < g_hi:
+    while (g < g_hi) | (tail & (seq < batch)):
         length = tl.load(seqlens_ptr + seq * stride_seqlens)
         length = tl.minimum(tl.maximum(length, 0), max_len)
         n = (length + BLOCK_N - 1) // BLOCK_N
         seg_hi = tl.minimum(g_hi, seq_g0 + n)
+        if FUSED:
+            if n == 0:
+                # no keys at all (FlashMLA's convention: out = 0, lse = +inf)
+                o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob, stride_os,
+                                               stride_oh, stride_lb, stride_lh, stride_ls)
+                tl.store(o_ptrs, tl.zeros([BLOCK_H, BLOCK_DV], dtype=out_ptr.dtype.element_ty),
+                         mask=row_ok[:, None] & dv_ok[None, :])
+                tl.store(lse_ptrs, tl.full([BLOCK_H], float("inf"), dtype=tl.float32), mask=row_ok)
         if n > 0:
             q_base = q_ptr + seq.to(tl.int64) * stride_qb + q_rows
             q_nope = tl.load(q_base[:, None] + offs_dv[None, :], mask=row_ok[:, None] & dv_ok[None, :],
@@ -198,6 +265,15 @@ def _decode_kernel(
                 tl.store(o_part_ptr + part_rows[:, None] * BLOCK_DV + offs_dv[None, :], o,
                          mask=row_ok[:, None])
                 tl.store(lse_part_ptr + part_rows, lse2, mask=row_ok)
+                if FUSED:
+                    first = part_of_block(seq_g0, total, parts)
+                    last = part_of_block(seq_g0 + n - 1, total, parts)
+                    if _count_part(counter_ptr, seq, row_block, row_blocks, first, last):
+                        o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob,
+                                                       stride_os, stride_oh, stride_lb, stride_lh, stride_ls)
+                        _merge_parts(o_part_ptr, lse_part_ptr, o_ptrs, lse_ptrs, row_ok[:, None] & dv_ok[None, :],
+                                     row_ok, seq_g0, first, last, total, parts, rows, row_ok, offs_dv, rows_per_seq,
+                                     BLOCK_DV, BLOCK_H, BLOCK_DV)
         g = seg_hi
         seq_g0 += n
         seq += 1
@@ -306,15 +382,30 @@ def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_s
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
     rows_first = bool(config.get("ROWS_FIRST", False))
     grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
+    fused = fused_combine(config)
     _decode_kernel[grid](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
+        part_counters(b, row_blocks, q.device) if fused else lse_part,
         DR=dr, BLOCK_DR=block_dr, CAUSAL=bool(causal and s_q > 1), DOT_PRECISION=precision, ROWS_FIRST=rows_first,
         LAZY_RESCALE=bool(config.get("LAZY_RESCALE", False)), PREFETCH_PAGES=bool(config.get("PREFETCH_PAGES", False)),
-        num_warps=config["num_warps"], num_stages=config["num_stages"], **common,
+        FUSED=fused, num_warps=config["num_warps"], num_stages=config["num_stages"], **common,
     )
-    _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
+    if not fused:
+        _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
     return out, lse
+
+
+def fused_combine(config) -> bool:
+    """Whether the entry merges split sequences inside the decode kernel (config key ``FUSED_COMBINE``: the
+    program that stores a sequence's last part merges them) instead of a combine kernel after it."""
+    return bool(config.get("FUSED_COMBINE", False))
+
+
+def part_counters(b: int, row_blocks: int, device) -> torch.Tensor:
+    """The fused combine's counters: parts stored so far of each (sequence, row block), zeroed for each call (a
+    memset, not a kernel of ours; a buffer kept between calls would be shared by calls on other streams)."""
+    return torch.zeros(b * row_blocks, dtype=torch.int32, device=device)
 
 
 def combine_blocks(b: int, rows: int, num_parts: int, o_stride: int, num_sms: int):

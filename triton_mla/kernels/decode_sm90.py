@@ -84,8 +84,9 @@ def _effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART: gl.c
 
 @gluon.jit
 def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.constexpr,
-                   WARPS: gl.constexpr = NUM_WARPS):
-    """The sequence holding global block ``g`` and the global index of its first block."""
+                   WARPS: gl.constexpr = NUM_WARPS, EMPTY_AT_G: gl.constexpr = False):
+    """The sequence holding global block ``g`` and the global index of its first block (EMPTY_AT_G: the first
+    empty sequence at ``g`` if there is one, as ``_common.find_sequence``)."""
     layout: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
     count = 0
     start = 0
@@ -94,7 +95,10 @@ def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.c
         idx = b0 + gl.arange(0, 32 * WARPS, layout=layout)
         n = _seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
         cu_end = running + gl.associative_scan(n, 0, _add)
-        done = (cu_end <= g) & (idx < batch)
+        if EMPTY_AT_G:
+            done = ((cu_end < g) | ((cu_end == g) & (n > 0))) & (idx < batch)
+        else:
+            done = (cu_end <= g) & (idx < batch)
         count += gl.sum(done.to(gl.int32), axis=0)
         start = gl.maximum(start, gl.max(gl.where(done, cu_end, 0), axis=0))
         running += gl.sum(n, axis=0)
@@ -492,17 +496,26 @@ def o_layout():
 
 
 @gluon.jit
-def _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part, MIN_BLOCKS_PER_PART: gl.constexpr,
-                BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS):
+def _part_plan(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part, MIN_BLOCKS_PER_PART: gl.constexpr,
+               BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS, EMPTY_AT_G: gl.constexpr = False):
     """Part ``part``'s global blocks [g_lo, g_hi) of the split plan, the sequence holding g_lo and the global index
-    of that sequence's first block."""
+    of that sequence's first block, the plan's total blocks and part count."""
     total, longest = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N, WARPS)
     parts = _effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
     g_lo = ((total.to(gl.int64) * part) // parts).to(gl.int32)
     g_hi = ((total.to(gl.int64) * (part + 1)) // parts).to(gl.int32)
     if part >= parts:
         g_hi = g_lo
-    seq, seq_g0 = _find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, WARPS)
+    seq, seq_g0 = _find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, WARPS, EMPTY_AT_G)
+    return g_lo, g_hi, seq, seq_g0, total, parts
+
+
+@gluon.jit
+def _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part, MIN_BLOCKS_PER_PART: gl.constexpr,
+                BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS):
+    """``_part_plan`` without the plan's totals: (g_lo, g_hi, seq, seq_g0)."""
+    g_lo, g_hi, seq, seq_g0, _, _ = _part_plan(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part,
+                                               MIN_BLOCKS_PER_PART, BLOCK_N, WARPS)
     return g_lo, g_hi, seq, seq_g0
 
 

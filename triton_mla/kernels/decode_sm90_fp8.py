@@ -59,8 +59,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from ._common import LOG2E, cdiv
-from .decode import _combine, launch_tensors
+from ._common import LN2, LOG2E, cdiv
+from .decode import _combine, fused_combine, launch_tensors, part_counters
 from .decode_sm90 import (
     DR,
     DV,
@@ -70,6 +70,7 @@ from .decode_sm90 import (
     _id_offsets,
     _issue_fp8_tile,
     _key_offsets,
+    _part_plan,
     _part_range,
     _q_offsets,
     _segment,
@@ -717,6 +718,85 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     return acc0, acc1, acc2, acc3, m_i, gl.sum(l_t, axis=0)
 
 
+@gluon.constexpr_function
+def _merge_layout(ROWS):
+    """[ROWS, 512] fp32 rows of the fused combine: a warp's lanes along a row, 4 values a thread (16-byte loads)."""
+    return gl.BlockedLayout([1, 4], [1, 32], [WARPS, 1], [1, 0])
+
+
+@gluon.jit
+def _row_ptrs(out_ptr, lse_ptr, seq, rows, h_q, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls):
+    """Where query rows ``rows`` of sequence ``seq`` go in out [b, s_q, h_q, 512] (row starts) and lse [b, h_q, s_q]."""
+    row_s = rows // h_q
+    row_h = rows % h_q
+    o_rows = (out_ptr + seq.to(gl.int64) * stride_ob + row_s.to(gl.int64) * stride_os
+              + row_h.to(gl.int64) * stride_oh)
+    return o_rows, lse_ptr + seq.to(gl.int64) * stride_lb + row_h * stride_lh + row_s * stride_ls
+
+
+@gluon.jit
+def _store_empty(out_ptr, lse_ptr, seq, row_block, rows_per_seq, h_q, stride_ob, stride_os, stride_oh, stride_lb,
+                 stride_lh, stride_ls, ROWS: gl.constexpr):
+    """The output of a sequence with no keys (FlashMLA's convention: out = 0, lse = +inf), for the fused combine."""
+    m_l: gl.constexpr = _merge_layout(ROWS)
+    rows = row_block * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, m_l))
+    cols = gl.arange(0, DV, layout=gl.SliceLayout(0, m_l))
+    row_ok = rows < rows_per_seq
+    o_rows, lse_rows = _row_ptrs(out_ptr, lse_ptr, seq, rows, h_q, stride_ob, stride_os, stride_oh, stride_lb,
+                                 stride_lh, stride_ls)
+    gl.store(o_rows[:, None] + cols[None, :], gl.zeros([ROWS, DV], out_ptr.dtype.element_ty, layout=m_l),
+             mask=row_ok[:, None])
+    gl.store(lse_rows, gl.full([ROWS], float("inf"), gl.float32, layout=gl.SliceLayout(1, m_l)), mask=row_ok)
+
+
+@gluon.jit
+def _count_part(counter_ptr, seq, row_block, row_blocks, first, last):
+    """``decode._count_part``: one release-acquire add at GPU scope after every thread's stores; True for the
+    program storing the last of the sequence's parts."""
+    _cta_barrier()
+    done = gl.atomic_add(counter_ptr + seq * row_blocks + row_block, 1, sem="acq_rel", scope="gpu")
+    return done == last - first
+
+
+@gluon.jit
+def _merge_parts_t(o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, seq, seq_g0, first, last, total, parts, row_block,
+                   rows_per_seq, h_q, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
+                   ROWS: gl.constexpr):
+    """``decode._merge_parts`` for ROWS query rows of all 512 columns: a split sequence's output from its parts'
+    partial rows (L2 loads: other SMs wrote them during this kernel)."""
+    m_l: gl.constexpr = _merge_layout(ROWS)
+    r_l: gl.constexpr = gl.SliceLayout(1, m_l)
+    rows = row_block * ROWS + gl.arange(0, ROWS, layout=r_l)
+    cols = gl.arange(0, DV, layout=gl.SliceLayout(0, m_l))
+    row_ok = rows < rows_per_seq
+    # the first part holds this sequence in slot 0 only if its range starts at the sequence
+    first_slot = first * 2 + gl.where(((total.to(gl.int64) * first) // parts).to(gl.int32) == seq_g0, 0, 1)
+    m = gl.full([ROWS], float("-inf"), gl.float32, layout=r_l)
+    acc = gl.zeros([ROWS, DV], gl.float32, layout=m_l)
+    wsum = gl.zeros([ROWS], gl.float32, layout=r_l)
+    for p in range(first, last + 1):
+        slot = gl.where(p == first, first_slot, p * 2)
+        part_rows = slot.to(gl.int64) * rows_per_seq + rows
+        lse2 = gl.load(lse_part_ptr + part_rows, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        o = gl.load(o_part_ptr + (part_rows * DV)[:, None] + cols[None, :], mask=row_ok[:, None], other=0.0,
+                    cache_modifier=".cg")
+        m_new = gl.maximum(m, lse2)
+        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = gl.exp2(m - m_safe)
+        w = gl.exp2(lse2 - m_safe)
+        acc = acc * alpha[:, None] + w[:, None] * o
+        wsum = wsum * alpha + w
+        m = m_new
+    m_safe = gl.where(m == float("-inf"), 0.0, m)
+    empty = wsum == 0.0
+    o_rows, lse_rows = _row_ptrs(out_ptr, lse_ptr, seq, rows, h_q, stride_ob, stride_os, stride_oh, stride_lb,
+                                 stride_lh, stride_ls)
+    gl.store(o_rows[:, None] + cols[None, :], (acc / gl.where(empty, 1.0, wsum)[:, None]).to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
+    gl.store(lse_rows, gl.where(empty, float("inf"), (m_safe + gl.log2(gl.where(empty, 1.0, wsum))) * LN2),
+             mask=row_ok)
+
+
 @gluon.jit
 def _decode_sm90_fp8_kernel(
     q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
@@ -726,28 +806,38 @@ def _decode_sm90_fp8_kernel(
     stride_seqlens,
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh, stride_ls,
-    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale,
+    batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale, counter_ptr,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False,
     LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False, L2_AHEAD: gl.constexpr = False,
+    FUSED: gl.constexpr = False,
 ):
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
-    ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead."""
+    ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead. FUSED: no combine kernel
+    follows (``decode._decode_kernel``'s FUSED: the program storing a split sequence's last part merges its parts,
+    ``counter_ptr`` b x row blocks int32 zeroed; empty sequences are written by the part at their place)."""
     s_l: gl.constexpr = _mma_layout(ROWS)
     q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES, QK_E4M3)
 
     part = gl.program_id(0)
     row_block = gl.program_id(1)
-    g_lo, g_hi, seq, seq_g0 = _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part,
-                                          MIN_BLOCKS_PER_PART, BLOCK_N, WARPS)
+    g_lo, g_hi, seq, seq_g0, total, parts = _part_plan(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part,
+                                                       MIN_BLOCKS_PER_PART, BLOCK_N, WARPS, FUSED)
     rows_per_seq = s_q * h_q
+    row_blocks = (rows_per_seq + ROWS - 1) // ROWS
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     rows_s = row_block * ROWS + gl.arange(0, ROWS, layout=col_l)
+    # (FUSED) the last part also visits the empty sequences after the last block
+    tail = (part == parts - 1) & FUSED
 
     g = g_lo
-    while g < g_hi:
+    while (g < g_hi) | (tail & (seq < batch)):
         n, seg_hi, lo, hi, row_limit = _segment(seqlens_ptr, stride_seqlens, seq, g, g_hi, seq_g0, max_len, rows_s, s_q,
                                                 h_q, BLOCK_N, CAUSAL)
+        if FUSED:
+            if n == 0:
+                _store_empty(out_ptr, lse_ptr, seq, row_block, rows_per_seq, h_q, stride_ob, stride_os, stride_oh,
+                             stride_lb, stride_lh, stride_ls, ROWS)
         if n > 0:
             table_row = block_table_ptr + seq.to(gl.int64) * stride_btb
             # every warp is done with the previous segment's buffers before they are refilled
@@ -775,6 +865,14 @@ def _decode_sm90_fp8_kernel(
                 _store_part(acc3, 3, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
                             out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_ob, stride_os, stride_oh, stride_lb,
                             stride_lh, stride_ls, ROWS)
+            if FUSED:
+                if not whole:
+                    p_first = (((seq_g0.to(gl.int64) + 1) * parts - 1) // gl.maximum(total, 1)).to(gl.int32)
+                    p_last = (((seq_g0.to(gl.int64) + n) * parts - 1) // gl.maximum(total, 1)).to(gl.int32)
+                    if _count_part(counter_ptr, seq, row_block, row_blocks, p_first, p_last):
+                        _merge_parts_t(o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, seq, seq_g0, p_first, p_last,
+                                       total, parts, row_block, rows_per_seq, h_q, stride_ob, stride_os, stride_oh,
+                                       stride_lb, stride_lh, stride_ls, ROWS)
         g = seg_hi
         seq_g0 += n
         seq += 1
@@ -1003,17 +1101,22 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
     rows_blk = block_rows(rows)
     dual = rows_blk == DUAL_ROWS  # (decode_sm90 sends more than 16 rows only where dual_enabled)
     kernel = _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel
-    kernel[(num_parts, cdiv(rows, rows_blk))](
+    # (the dual program keeps the combine kernel)
+    fused = not dual and fused_combine(config)
+    row_blocks = cdiv(rows, rows_blk)
+    kernel[(num_parts, row_blocks)](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
+        *((part_counters(b, row_blocks, q.device) if fused else lse_part,) if not dual else ()),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
         PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config),
-        **(dual_constexprs(config, rows_blk) if dual else tile_constexprs(config, rows_blk)),
+        **(dual_constexprs(config, rows_blk) if dual else dict(tile_constexprs(config, rows_blk), FUSED=fused)),
         num_warps=WARPS.value,
     )
-    common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=16, BLOCK_N=BLOCK_N.value,
-                  MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
-    _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
+    if not fused:
+        common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=16, BLOCK_N=BLOCK_N.value,
+                      MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)
+        _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
     return out, lse
 
 
@@ -1030,4 +1133,5 @@ def compile_specs(entry):
                    f"page_tile={page})",
                    _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel, ptrs,
                    dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
-                        **(dual_constexprs(entry, rows) if dual else tile_constexprs(entry, rows))), WARPS.value, 1)
+                        **(dual_constexprs(entry, rows) if dual
+                           else dict(tile_constexprs(entry, rows), FUSED=fused_combine(entry)))), WARPS.value, 1)
