@@ -36,6 +36,9 @@ VARIANTS = {
     # one program an SM with four raw tiles (188 KB at 16 rows): more tiles in flight a program, half the programs
     "1x4 stages": dict(PARTS_PER_SM=1, RAW_STAGES=4),
     "1x4 l2": dict(PARTS_PER_SM=1, RAW_STAGES=4, L2_AHEAD=True),
+    # twenty-fourth session: the combine fused into the decode kernel (the last part of a split sequence merges)
+    "fused": dict(FUSED_COMBINE=True),
+    "pairs lazy fused": dict(PAIR_KEYS=True, LAZY_MAX=True, FUSED_COMBINE=True),
 }
 if os.environ.get("VARIANTS"):  # a comma-separated subset of the names above
     VARIANTS = {k: VARIANTS[k] for k in os.environ["VARIANTS"].split(",")}

@@ -3,19 +3,22 @@ bound by Python and the launches. Prints, per path, host us a call (wall clock o
 the call as a CUDA graph, then cProfile's top functions of N calls.
 
     PYTHONPATH=. [HO_CASES=bf16_h16,fp8_h16,...] [HO_PROF=...] [HO_TOP=18] python3 benchmarks/explore/host_overhead.py
+        [overrides-json]
 """
 import cProfile
 import functools
 import io
+import json
 import os
 import pstats
+import sys
 import time
 
 import torch
 import triton
 
 import triton_mla as tm
-from triton_mla import bench, bench_sparse
+from triton_mla import bench, bench_sparse, configs
 
 N = 300
 
@@ -41,7 +44,14 @@ def cases():
 
 
 def main():
-    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
+    overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    with configs.overridden(**overrides):
+        run_all(overrides)
+
+
+def run_all(overrides):
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, "overrides",
+          overrides, flush=True)
     all_cases = cases()
     names = os.environ.get("HO_CASES", ",".join(all_cases)).split(",")
     top = int(os.environ.get("HO_TOP", "18"))
