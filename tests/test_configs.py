@@ -263,11 +263,12 @@ def test_fp8_keys_on_m_entries_compile_what_they_serve(monkeypatch):
     assert rows_of(old) == {"8", "16"} and lockstep(old)
 
 
-@pytest.mark.parametrize("options", [{}, dict(PAIR_KEYS=True, LAZY_MAX=True, L2_AHEAD=True)],
-                         ids=["e4m3", "pairs_lazy_l2"])
+@pytest.mark.parametrize("options", [{}, dict(PAIR_KEYS=True, LAZY_MAX=True, FUSED_COMBINE=True)],
+                         ids=["e4m3", "pairs_lazy_fused"])
 def test_qk_e4m3_programs_build_for_sm90(options):
     """The keys-on-M programs with the scores through e4m3 MMAs (``QK_E4M3``), and with V^T's bytes paired by key,
-    the lazy running max and L2 prefetches (``PAIR_KEYS``, ``LAZY_MAX``, ``L2_AHEAD``; not the dual program),
+    the lazy running max and the fused combine (``PAIR_KEYS``, ``LAZY_MAX``, ``FUSED_COMBINE``; not the dual program
+    nor sparse decode),
     compile for sm90 and fit two programs an SM (one for the 32-row dual program, where this Triton builds it),
     dense and sparse, whether or not a shipped entry turns them on (check-configs compiles only what ships)."""
     code = (
@@ -278,7 +279,7 @@ def test_qk_e4m3_programs_build_for_sm90(options):
         " MIN_BLOCKS_PER_PART=4, WGMMA=True, HW_CVT=True, KEYS_ON_M=True, DUAL_32=True, QK_E4M3=True)\n"
         "on = sys.argv[1] == 'on'\n"
         "if on:\n"
-        "    e.update(PAIR_KEYS=True, LAZY_MAX=True, L2_AHEAD=True, IDS_AHEAD=True)\n"
+        "    e.update(PAIR_KEYS=True, LAZY_MAX=True, FUSED_COMBINE=True, IDS_AHEAD=True)\n"
         "specs = [s for s in decode_sm90_fp8.compile_specs(dict(e, max_rows=32))"
         " if 'causal=True, page_tile=True' in s[0]]\n"
         "specs += [s for s in sparse_sm90.compile_specs(fp8=True, config=dict(e, KEYS_ON_M=True))"
@@ -286,7 +287,8 @@ def test_qk_e4m3_programs_build_for_sm90(options):
         "for name, fn, types, consts, w, st in specs:\n"
         "    dual = 'dual' in name  # (the dual program takes neither option)\n"
         "    assert consts['QK_E4M3'] and consts.get('PAIRS', False) == (on and not dual), name\n"
-        "    assert consts.get('LAZY', False) == consts.get('L2_AHEAD', False) == (on and not dual), name\n"
+        "    assert consts.get('LAZY', False) == (on and not dual), name\n"
+        "    assert consts.get('FUSED', False) == (on and not dual and 'sparse' not in name), name\n"
         "    print(name, check._compile(fn, types, consts, 90, w, st))\n"
     )
     res = _run_compiling(code, "on" if options else "off")

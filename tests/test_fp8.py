@@ -393,7 +393,6 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 # tile, and with that V^T's bytes paired by key and the lazy running max, or the tile after next prefetched into L2
 KEYS_ON_M_VARIANTS = dict(f16=dict(QK_E4M3=False), e4m3=dict(QK_E4M3=True),
                           pairs_lazy=dict(QK_E4M3=True, PAIR_KEYS=True, LAZY_MAX=True),
-                          l2_ahead=dict(QK_E4M3=True, L2_AHEAD=True),
                           fused=dict(QK_E4M3=True, FUSED_COMBINE=True))
 
 
@@ -422,7 +421,7 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
-@pytest.mark.parametrize("variant", ["f16", "e4m3", "pairs_lazy", "l2_ahead", "fused"])
+@pytest.mark.parametrize("variant", ["f16", "e4m3", "pairs_lazy", "fused"])
 def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, variant, monkeypatch):
     """kernels/decode_sm90_fp8.py (<= 16 rows, keys on the MMA's M side, dims permuted in the register operands):
     8- and 16-row programs, every row count 1-16 that a head count and s_q make, causal s_q > 1, NaN bytes past each

@@ -30,12 +30,8 @@ VARIANTS = {
     # twenty-third session: V^T's bytes paired by key before the conversion, then also the lazy running max
     "pairs": dict(PAIR_KEYS=True),
     "pairs lazy": dict(PAIR_KEYS=True, LAZY_MAX=True),
-    # the tile after the next copy's prefetched into L2 (pages of whole tiles)
-    "l2 ahead": dict(L2_AHEAD=True),
-    "pairs lazy l2": dict(PAIR_KEYS=True, LAZY_MAX=True, L2_AHEAD=True),
     # one program an SM with four raw tiles (188 KB at 16 rows): more tiles in flight a program, half the programs
     "1x4 stages": dict(PARTS_PER_SM=1, RAW_STAGES=4),
-    "1x4 l2": dict(PARTS_PER_SM=1, RAW_STAGES=4, L2_AHEAD=True),
     # twenty-fourth session: the combine fused into the decode kernel (the last part of a split sequence merges)
     "fused": dict(FUSED_COMBINE=True),
     "pairs lazy fused": dict(PAIR_KEYS=True, LAZY_MAX=True, FUSED_COMBINE=True),

@@ -40,8 +40,9 @@ before their conversion (``_pv_pair_layout``) with its scales loaded once a tile
 rescaled only when a row's max has grown by more than 2**8 (``RESCALE_AT``), nearly never after the first tiles.
 They take ~14% of a tile's instructions out; sparse decode at 16 heads gains 4% and ships them, dense decode at
 8/16 rows gains nothing (its programs wait on their tiles' arrival by now), and the dual program, which spills with
-them and ran 12% slower, does not take them (``benchmarks/NOTES.md``, twenty-third session). For the wait on tiles,
-``L2_AHEAD`` prefetches the tile after the next copy's into L2 (``_prefetch_l2``; not yet measured).
+them and ran 12% slower, does not take them (``benchmarks/NOTES.md``, twenty-third session). Prefetching the tile
+after the next copy's into L2 (one bulk prefetch a tile; sparse: one a token) was 11% slower in dense decode and 5% in
+sparse, and was removed (twenty-fourth session).
 
 Same split plan, partial slots and combine as ``decode.py`` / ``decode_sm90``.
 """
@@ -86,7 +87,6 @@ _PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinter
 BLOCK_N = gl.constexpr(64)  # keys a tile: the MMA's M for one warpgroup
 DUAL_ROWS = 32  # query rows of a dual program (17-32 rows: ``_decode_sm90_fp8_dual_kernel``)
 GROUP = gl.constexpr(128)  # dims a scale covers
-TOKEN_BYTES = gl.constexpr(656)  # a token of the FP8 cache: 512 e4m3 values, 4 fp32 scales, 64 bf16 rope values
 RESCALE_AT = gl.constexpr(8.0)  # log2 growth of a row's max past which O^T is rescaled (``_attend_t``)
 
 # wgmma's register-operand layout for one warpgroup (``gl.to_linear_layout`` of DotOperandLayout(0, ..., 2)):
@@ -228,36 +228,6 @@ def _e4m3_to_f16_scaled(raw, scale):
         mul.rn.f16x2 $1, $1, $4;
         }""",
         constraints="=r,=r,r,r,r", args=[raw, scale], dtype=gl.float16, is_pure=True, pack=4)
-
-
-@gluon.jit
-def _prefetch_l2(addr, nbytes):
-    """One bulk prefetch of [addr, addr + nbytes) into L2 (sm90's ``cp.async.bulk.prefetch``), issued by thread 0
-    only: a hint, nothing waits on it. ``addr`` 16-byte aligned, ``nbytes`` a multiple of 16."""
-    gl.inline_asm_elementwise(
-        asm="""{
-        .reg .pred p;
-        .reg .u32 t;
-        mov.u32 t, %tid.x;
-        setp.eq.u32 p, t, 0;
-        @p cp.async.bulk.prefetch.L2.global [$1], $2;
-        mov.u32 $0, 0;
-        }""",
-        constraints="=r,l,r", args=[addr, nbytes], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _prefetch_l2_tokens(addr, ok):
-    """Bulk prefetch into L2 of the cache's tokens (``TOKEN_BYTES`` each) at ``addr`` (a tensor of byte addresses)
-    where ``ok``; a thread holding a replicated element prefetches it too (a duplicate hint, harmless)."""
-    gl.inline_asm_elementwise(
-        asm="""{
-        .reg .pred p;
-        setp.ne.b32 p, $2, 0;
-        @p cp.async.bulk.prefetch.L2.global [$1], $3;
-        mov.u32 $0, 0;
-        }""",
-        constraints="=r,l,r,r", args=[addr, ok.to(gl.int32), TOKEN_BYTES], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -572,7 +542,7 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
               ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
               s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False, PAGE_TILE: gl.constexpr = False,
               FOLD_SCALES: gl.constexpr = False, STEP: gl.constexpr = 1, QK_E4M3: gl.constexpr = False,
-              LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False, L2_AHEAD: gl.constexpr = False):
+              LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False):
     """Keys [lo, hi) against the ROWS query rows in ``q_smem`` / ``qpe_smem`` (``_load_q``, its copies committed):
     raw tiles copied STAGES - 1 ahead, online softmax in log2 units. Keys are ``decode_sm90._key_offsets``'s
     (paged positions, or top-k entries with ``INDEXED``); key c counts for row r below ``row_limit[r]``.
@@ -582,9 +552,7 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     (``_dual_wg``: two warpgroups on alternate tiles). QK_E4M3: the scores by ``_scores_fp8`` (Q and the buffers
     as ``_buffers_t`` makes them with it). LAZY: the running max moves (and O^T is rescaled) only when a row's max
     has grown by more than RESCALE_AT; else on every tile. PAIRS: V^T's bytes paired by key before their
-    conversion, its scales loaded once a tile (``_values``). L2_AHEAD (with PAGE_TILE or IDS_AHEAD): the tile after
-    the next copy's is prefetched into L2 (paged: one bulk prefetch, its keys are contiguous; indexed: one a key, its
-    entries being loaded ahead anyway), so its copy finds it there.
+    conversion, its scales loaded once a tile (``_values``).
     Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
@@ -630,17 +598,8 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
                             INDEXED, BLOCK_N, WARPS, 8, ids_cp, tile_page)
         if PAGE_TILE:
             tile_page = _tile_page(table_row, nxt + TILE, hi, stride_table, limit, page_size)
-            if L2_AHEAD:
-                # (tokens end to end only: a wider token stride would prefetch the bytes between them too)
-                if (nxt + TILE < hi) & (stride_kt == TOKEN_BYTES):
-                    _prefetch_l2((k_ptr + tile_page.to(gl.int64) * stride_kb
-                                  + ((nxt + TILE) % page_size).to(gl.int64) * stride_kt).to(gl.int64, bitcast=True),
-                                 BLOCK_N * TOKEN_BYTES)
         if IDS_AHEAD:
             ids_cp = _entries(table_row, nxt + BLOCK_N, hi, stride_table, BLOCK_N, cp_keys)
-            if L2_AHEAD:
-                pf_off, pf_ok = _id_offsets(ids_cp, stride_kb, stride_kt, limit, page_size)
-                _prefetch_l2_tokens((k_ptr + pf_off).to(gl.int64, bitcast=True), pf_ok)
             _, key_ok = _id_offsets(ids_key, stride_kb, stride_kt, limit, page_size)
             ids_key = _entries(table_row, start + BLOCK_N, hi, stride_table, BLOCK_N, key_l)
         cp.commit_group()
@@ -809,8 +768,7 @@ def _decode_sm90_fp8_kernel(
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale, counter_ptr,
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False,
-    LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False, L2_AHEAD: gl.constexpr = False,
-    FUSED: gl.constexpr = False,
+    LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False, FUSED: gl.constexpr = False,
 ):
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
     ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead. FUSED: no combine kernel
@@ -848,8 +806,7 @@ def _decode_sm90_fp8_kernel(
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
                 q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit,
                 row_scale, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, False, ROWS, STAGES,
-                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE, QK_E4M3=QK_E4M3, LAZY=LAZY, PAIRS=PAIRS,
-                L2_AHEAD=L2_AHEAD)
+                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE, QK_E4M3=QK_E4M3, LAZY=LAZY, PAIRS=PAIRS)
             first = g == g_lo
             whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
             _store_part(acc0, 0, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
@@ -1037,10 +994,9 @@ def _parts(config, rows_blk):
 
 def tile_constexprs(config, rows_blk):
     """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike); config keys
-    ``LAZY_MAX``, ``PAIR_KEYS`` and ``L2_AHEAD``: ``_attend_t``'s LAZY, PAIRS and L2_AHEAD."""
+    ``LAZY_MAX`` and ``PAIR_KEYS``: ``_attend_t``'s LAZY and PAIRS."""
     return dict(ROWS=rows_blk, STAGES=_stages(config), QK_E4M3=qk_e4m3(config), **_parts(config, rows_blk),
-                LAZY=bool(config.get("LAZY_MAX", False)), PAIRS=bool(config.get("PAIR_KEYS", False)),
-                L2_AHEAD=bool(config.get("L2_AHEAD", False)))
+                LAZY=bool(config.get("LAZY_MAX", False)), PAIRS=bool(config.get("PAIR_KEYS", False)))
 
 
 @functools.cache

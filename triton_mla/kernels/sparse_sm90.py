@@ -233,7 +233,7 @@ def _sparse_sm90_fp8_t_kernel(
     ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
     HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr,
     IDS_AHEAD: gl.constexpr, QK_E4M3: gl.constexpr = False, LAZY: gl.constexpr = False,
-    PAIRS: gl.constexpr = False, L2_AHEAD: gl.constexpr = False,
+    PAIRS: gl.constexpr = False,
 ):
     """The FP8 cache at <= 16 heads: ``decode_sm90_fp8``'s program (keys on the MMA's M side, one warpgroup,
     ROWS = 8 or 16 heads, two programs an SM) over one query token's top-k entries, with this file's epilogue.
@@ -251,7 +251,7 @@ def _sparse_sm90_fp8_t_kernel(
     acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
         q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, idx_row, lo, hi, no_limit, down * qk_scale,
         stride_kb, stride_kt, stride_ik, num_tokens, page_size, qk_scale, True, ROWS, STAGES, PV_PARTS, QK_WAVES,
-        s_l, IDS_AHEAD, QK_E4M3=QK_E4M3, LAZY=LAZY, PAIRS=PAIRS, L2_AHEAD=L2_AHEAD)
+        s_l, IDS_AHEAD, QK_E4M3=QK_E4M3, LAZY=LAZY, PAIRS=PAIRS)
     _epilogue_t(acc0, 0, PV_PARTS, m_i, l_i, rb, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
                 max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
                 ROWS, HAS_SINK, MAX_LOGITS, SPLIT)
