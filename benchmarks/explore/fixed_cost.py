@@ -14,18 +14,11 @@ import sys
 
 import torch
 import triton
+from l2_resident import graph_us  # (this folder: a script's own folder is on sys.path)
 
 import triton_mla as tm
 from triton_mla import configs
 from triton_mla.bench import fp8_cache_of, make_decode_case
-
-
-def graph_us(run):
-    run()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        run()
-    return triton.testing.do_bench(g.replay, warmup=25, rep=200, return_mode="median") * 1e3
 
 
 def kernel_us(run):
