@@ -75,9 +75,8 @@ def _part_range(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BL
 
 
 @triton.jit
-def _merge_parts(o_part_ptr, lse_part_ptr, o_ptrs, lse_ptrs, out_mask, lse_mask, seq_g0, first, last, total, parts,
-                 rows, row_ok, offs_dv, rows_per_seq, O_STRIDE: tl.constexpr, BLOCK_H: tl.constexpr,
-                 BLOCK_DV: tl.constexpr):
+def _merge_parts(o_part_ptr, lse_part_ptr, o_ptrs, lse_ptrs, seq_g0, first, last, total, parts, rows, row_ok,
+                 offs_dv, dv_ok, rows_per_seq, BLOCK_H: tl.constexpr, BLOCK_DV: tl.constexpr):
     """A split sequence's output from its parts' partial rows (the fused combine: run by the program that wrote
     the last of them, ``_count_part``), one part at a time with the max kept online, as ``_combine_kernel``. The
     loads go through L2 (.cg): another SM wrote those rows during this kernel."""
@@ -90,7 +89,7 @@ def _merge_parts(o_part_ptr, lse_part_ptr, o_ptrs, lse_ptrs, out_mask, lse_mask,
         slot = tl.where(p == first, first_slot, p * 2)
         part_rows = slot.to(tl.int64) * rows_per_seq + rows
         lse2 = tl.load(lse_part_ptr + part_rows, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-        o = tl.load(o_part_ptr + part_rows[:, None] * O_STRIDE + offs_dv[None, :], mask=row_ok[:, None], other=0.0,
+        o = tl.load(o_part_ptr + part_rows[:, None] * BLOCK_DV + offs_dv[None, :], mask=row_ok[:, None], other=0.0,
                     cache_modifier=".cg")
         m_new = tl.maximum(m, lse2)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -101,9 +100,10 @@ def _merge_parts(o_part_ptr, lse_part_ptr, o_ptrs, lse_ptrs, out_mask, lse_mask,
         m = m_new
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     empty = wsum == 0.0
-    tl.store(o_ptrs, (acc / tl.where(empty, 1.0, wsum)[:, None]).to(o_ptrs.dtype.element_ty), mask=out_mask)
+    tl.store(o_ptrs, (acc / tl.where(empty, 1.0, wsum)[:, None]).to(o_ptrs.dtype.element_ty),
+             mask=row_ok[:, None] & dv_ok[None, :])
     tl.store(lse_ptrs, tl.where(empty, float("inf"), (m_safe + tl.math.log2(tl.where(empty, 1.0, wsum))) * LN2),
-             mask=lse_mask)
+             mask=row_ok)
 
 
 @triton.jit
@@ -271,9 +271,8 @@ def _decode_kernel(
                     if _count_part(counter_ptr, seq, row_block, row_blocks, first, last):
                         o_ptrs, lse_ptrs = output_ptrs(out_ptr, lse_ptr, seq, row_s, row_h, offs_dv, stride_ob,
                                                        stride_os, stride_oh, stride_lb, stride_lh, stride_ls)
-                        _merge_parts(o_part_ptr, lse_part_ptr, o_ptrs, lse_ptrs, row_ok[:, None] & dv_ok[None, :],
-                                     row_ok, seq_g0, first, last, total, parts, rows, row_ok, offs_dv, rows_per_seq,
-                                     BLOCK_DV, BLOCK_H, BLOCK_DV)
+                        _merge_parts(o_part_ptr, lse_part_ptr, o_ptrs, lse_ptrs, seq_g0, first, last, total, parts,
+                                     rows, row_ok, offs_dv, dv_ok, rows_per_seq, BLOCK_H, BLOCK_DV)
         g = seg_hi
         seq_g0 += n
         seq += 1

@@ -496,14 +496,26 @@ def o_layout():
 
 
 @gluon.jit
+def _part_start(total, part, parts):
+    """``_common.part_start``: the first global block of part ``part``."""
+    return ((total.to(gl.int64) * part) // parts).to(gl.int32)
+
+
+@gluon.jit
+def _part_of_block(g, total, parts):
+    """``_common.part_of_block``: the part whose range holds global block g."""
+    return (((g.to(gl.int64) + 1) * parts - 1) // gl.maximum(total, 1)).to(gl.int32)
+
+
+@gluon.jit
 def _part_plan(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part, MIN_BLOCKS_PER_PART: gl.constexpr,
                BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS, EMPTY_AT_G: gl.constexpr = False):
     """Part ``part``'s global blocks [g_lo, g_hi) of the split plan, the sequence holding g_lo and the global index
     of that sequence's first block, the plan's total blocks and part count."""
     total, longest = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N, WARPS)
     parts = _effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
-    g_lo = ((total.to(gl.int64) * part) // parts).to(gl.int32)
-    g_hi = ((total.to(gl.int64) * (part + 1)) // parts).to(gl.int32)
+    g_lo = _part_start(total, part, parts)
+    g_hi = _part_start(total, part + 1, parts)
     if part >= parts:
         g_hi = g_lo
     seq, seq_g0 = _find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, WARPS, EMPTY_AT_G)

@@ -71,8 +71,10 @@ from .decode_sm90 import (
     _id_offsets,
     _issue_fp8_tile,
     _key_offsets,
+    _part_of_block,
     _part_plan,
     _part_range,
+    _part_start,
     _q_offsets,
     _segment,
     _store_segment,
@@ -729,7 +731,7 @@ def _merge_parts_t(o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, seq, seq_g0, firs
     cols = gl.arange(0, DV, layout=gl.SliceLayout(0, m_l))
     row_ok = rows < rows_per_seq
     # the first part holds this sequence in slot 0 only if its range starts at the sequence
-    first_slot = first * 2 + gl.where(((total.to(gl.int64) * first) // parts).to(gl.int32) == seq_g0, 0, 1)
+    first_slot = first * 2 + gl.where(_part_start(total, first, parts) == seq_g0, 0, 1)
     m = gl.full([ROWS], float("-inf"), gl.float32, layout=r_l)
     acc = gl.zeros([ROWS, DV], gl.float32, layout=m_l)
     wsum = gl.zeros([ROWS], gl.float32, layout=r_l)
@@ -824,8 +826,8 @@ def _decode_sm90_fp8_kernel(
                             stride_lh, stride_ls, ROWS)
             if FUSED:
                 if not whole:
-                    p_first = (((seq_g0.to(gl.int64) + 1) * parts - 1) // gl.maximum(total, 1)).to(gl.int32)
-                    p_last = (((seq_g0.to(gl.int64) + n) * parts - 1) // gl.maximum(total, 1)).to(gl.int32)
+                    p_first = _part_of_block(seq_g0, total, parts)
+                    p_last = _part_of_block(seq_g0 + n - 1, total, parts)
                     if _count_part(counter_ptr, seq, row_block, row_blocks, p_first, p_last):
                         _merge_parts_t(o_part_ptr, lse_part_ptr, out_ptr, lse_ptr, seq, seq_g0, p_first, p_last,
                                        total, parts, row_block, rows_per_seq, h_q, stride_ob, stride_os, stride_oh,
@@ -1063,7 +1065,7 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
     kernel[(num_parts, row_blocks)](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
-        *((part_counters(b, row_blocks, q.device) if fused else lse_part,) if not dual else ()),
+        *(() if dual else (part_counters(b, row_blocks, q.device) if fused else lse_part,)),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
         PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config),
         **(dual_constexprs(config, rows_blk) if dual else dict(tile_constexprs(config, rows_blk), FUSED=fused)),
