@@ -492,43 +492,6 @@ def test_gpu_sm90_keys_on_m_dual(page_size, split_heavy, variant, monkeypatch):
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
-@pytest.mark.parametrize("rows_first", [False, True])
-@pytest.mark.parametrize("split_heavy", [False, True])
-def test_gpu_sm90_keys_on_m_row_blocks(split_heavy, rows_first, monkeypatch):
-    """17-64 rows through 16-row keys-on-M programs, one a row block (``KEYS_ON_M_ROWS``), the grid parts first or
-    row blocks first (``ROWS_FIRST``), the fused combine counting each (sequence, row block) apart: every row count
-    a head count and s_q make, causal, partial last row blocks; 65 rows go to decode_sm90's kernel."""
-    from triton_mla import api
-
-    calls = []
-    launch = api._decode_sm90._decode_fp8_keys_on_m
-    monkeypatch.setattr(api._decode_sm90, "_decode_fp8_keys_on_m", lambda *a, **k: calls.append(1) or launch(*a, **k))
-    lens = [0, 1, 63, 64, 65, 1000, 2049]
-    split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
-    shapes = [(32, 1), (16, 2), (24, 1), (11, 3), (64, 1), (20, 3), (65, 1)]
-    with configs.overridden(WGMMA=True, KEYS_ON_M=True, DUAL_32=False, KEYS_ON_M_ROWS=64, ROWS_FIRST=rows_first,
-                            RAW_STAGES=2, FUSED_COMBINE=True, **KEYS_ON_M_VARIANTS["e4m3"], **split):
-        for i, (h_q, s_q) in enumerate(shapes):
-            check_fp8_decode(lens, s_q, h_q, 64, dtype=torch.bfloat16, causal=True, seed=17 + i, outliers=i == 0)
-    assert len(calls) == len(shapes) - 1
-
-
-def test_keys_on_m_row_counts():
-    """Which program sizes the keys-on-M FP8 entry runs: 8 and 16 rows, 32 with the dual program (where this
-    Triton builds it), or up to ``KEYS_ON_M_ROWS`` rows in 16-row blocks without it."""
-    dsf = pytest.importorskip("triton_mla.kernels.decode_sm90_fp8")
-    plain = dict(KEYS_ON_M=True)
-    assert dsf.max_rows(plain) == 16
-    assert [dsf.block_rows(r, plain) for r in (1, 8, 9, 16, 17, 32)] == [8, 8, 16, 16, 16, 16]
-    blocks = dict(plain, KEYS_ON_M_ROWS=64)
-    assert dsf.max_rows(blocks) == 64 and dsf.block_rows(64, blocks) == 16
-    dual = dict(plain, DUAL_32=True)
-    assert dsf.max_rows(dual) == (32 if dsf.dual_builds() else 16)
-    assert dsf.block_rows(17, dual) == (32 if dsf.dual_builds() else 16)
-    assert dsf.block_rows(17) == 32  # (sparse's head blocks: no entry given)
-
-
-@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("rows", [8, 16, 32])
 @pytest.mark.parametrize("ramp", [0.002, 0.02])
 def test_gpu_sm90_keys_on_m_growing_scores(rows, ramp):
