@@ -35,13 +35,6 @@ VARIANTS = {
     # twenty-fourth session: the combine fused into the decode kernel (the last part of a split sequence merges)
     "fused": dict(FUSED_COMBINE=True),
     "pairs lazy fused": dict(PAIR_KEYS=True, LAZY_MAX=True, FUSED_COMBINE=True),
-    # twenty-fifth session: 17-64 rows as 16-row programs, one a row block (2 or 4 a part, 264 programs in all),
-    # instead of the dual program (32 rows) or the 64-row lockstep kernel: the tile converted once a row block, but
-    # read from HBM about once if a part's row blocks run side by side (ROWS_FIRST) and share it through L2
-    "16-row blocks": dict(DUAL_32=False, KEYS_ON_M=True, KEYS_ON_M_ROWS=64, BLOCK_H=16, PARTS_PER_SM=2,
-                          QK_E4M3=True, FUSED_COMBINE=True, RAW_STAGES=2, ROWS_FIRST=True),
-    "16-row blocks parts first": dict(DUAL_32=False, KEYS_ON_M=True, KEYS_ON_M_ROWS=64, BLOCK_H=16, PARTS_PER_SM=2,
-                                      QK_E4M3=True, FUSED_COMBINE=True, RAW_STAGES=2),
 }
 if os.environ.get("VARIANTS"):  # a comma-separated subset of the names above
     VARIANTS = {k: VARIANTS[k] for k in os.environ["VARIANTS"].split(",")}

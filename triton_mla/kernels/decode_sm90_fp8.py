@@ -771,23 +771,16 @@ def _decode_sm90_fp8_kernel(
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False,
     LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False, FUSED: gl.constexpr = False,
-    ROWS_FIRST: gl.constexpr = False,
 ):
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
     ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead. FUSED: no combine kernel
     follows (``decode._decode_kernel``'s FUSED: the program storing a split sequence's last part merges its parts,
-    ``counter_ptr`` b x row blocks int32 zeroed; empty sequences are written by the part at their place).
-    ROWS_FIRST: the grid is (row blocks, parts), so a part's row blocks are neighbours in launch order and run at
-    the same time, one reading each key tile from HBM and the others from L2."""
+    ``counter_ptr`` b x row blocks int32 zeroed; empty sequences are written by the part at their place)."""
     s_l: gl.constexpr = _mma_layout(ROWS)
     q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES, QK_E4M3)
 
-    if ROWS_FIRST:
-        part = gl.program_id(1)
-        row_block = gl.program_id(0)
-    else:
-        part = gl.program_id(0)
-        row_block = gl.program_id(1)
+    part = gl.program_id(0)
+    row_block = gl.program_id(1)
     g_lo, g_hi, seq, seq_g0, total, parts = _part_plan(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part,
                                                        MIN_BLOCKS_PER_PART, BLOCK_N, WARPS, FUSED)
     rows_per_seq = s_q * h_q
@@ -1039,10 +1032,8 @@ def dual_enabled(config) -> bool:
 
 
 def max_rows(config) -> int:
-    """The most query rows a call may have to run here (with ``KEYS_ON_M``): 32 with the dual program, else 16;
-    config key ``KEYS_ON_M_ROWS`` (a multiple of 16) sends up to that many through 16-row programs, one a row
-    block (``ROWS_FIRST`` puts a part's row blocks side by side in the grid)."""
-    return int(config.get("KEYS_ON_M_ROWS", 0)) or (DUAL_ROWS if dual_enabled(config) else 16)
+    """The most query rows a call may have to run here (with ``KEYS_ON_M``): 32 with the dual program, else 16."""
+    return DUAL_ROWS if dual_enabled(config) else 16
 
 
 def dual_constexprs(config, rows_blk):
@@ -1051,10 +1042,9 @@ def dual_constexprs(config, rows_blk):
     return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=qk_e4m3(config))
 
 
-def block_rows(rows: int, config=None) -> int:
-    """Query rows a program: 8 or 16 (the MMA's N; one warpgroup), 32 (a dual program, where ``config`` enables
-    it; else 16-row programs, several a part)."""
-    return 8 if rows <= 8 else 16 if rows <= 16 or (config is not None and not dual_enabled(config)) else DUAL_ROWS
+def block_rows(rows: int) -> int:
+    """Query rows a program: 8 or 16 (the MMA's N; one warpgroup), 32 (a dual program)."""
+    return 8 if rows <= 8 else 16 if rows <= 16 else DUAL_ROWS
 
 
 def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, num_parts, config, out, lse):
@@ -1066,21 +1056,19 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
     max_len = block_table.shape[1] * page_size
     o_part = torch.empty(2 * num_parts, rows, DV.value, dtype=torch.float32, device=q.device)
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
-    rows_blk = block_rows(rows, config)
-    dual = rows_blk == DUAL_ROWS
+    rows_blk = block_rows(rows)
+    dual = rows_blk == DUAL_ROWS  # (decode_sm90 sends more than 16 rows only where dual_enabled)
     kernel = _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel
     # (the dual program keeps the combine kernel)
     fused = not dual and fused_combine(config)
     row_blocks = cdiv(rows, rows_blk)
-    rows_first = not dual and bool(config.get("ROWS_FIRST", False))
-    kernel[(row_blocks, num_parts) if rows_first else (num_parts, row_blocks)](
+    kernel[(num_parts, row_blocks)](
         *launch_tensors(q, k_cache, block_table, cache_seqlens, out, lse, o_part, lse_part),
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         *(() if dual else (part_counters(b, row_blocks, q.device) if fused else lse_part,)),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
         PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config),
-        **(dual_constexprs(config, rows_blk) if dual
-           else dict(tile_constexprs(config, rows_blk), FUSED=fused, ROWS_FIRST=rows_first)),
+        **(dual_constexprs(config, rows_blk) if dual else dict(tile_constexprs(config, rows_blk), FUSED=fused)),
         num_warps=WARPS.value,
     )
     if not fused:
@@ -1095,8 +1083,8 @@ def compile_specs(entry):
     ptrs = dict(q_ptr="*bf16", k_ptr="*u8", out_ptr="*bf16", lse_ptr="*fp32", o_part_ptr="*fp32",
                 lse_part_ptr="*fp32")
     # the program sizes of the rows this entry serves here (more go to decode_sm90's kernel)
-    top = min(entry["max_rows"] or max_rows(entry), max_rows(entry))
-    for rows in sorted({block_rows(r, entry) for r in range(1, top + 1)}):
+    top = min(entry["max_rows"] or DUAL_ROWS, max_rows(entry))
+    for rows in sorted({block_rows(r) for r in range(1, top + 1)}):
         dual = rows == DUAL_ROWS
         for causal, page in ((False, False), (True, False), (False, True), (True, True)):
             yield (f"decode_sm90_fp8_keys_on_m{'_dual' if dual else ''}(rows={rows}, causal={causal}, "
@@ -1104,5 +1092,4 @@ def compile_specs(entry):
                    _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel, ptrs,
                    dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
                         **(dual_constexprs(entry, rows) if dual
-                           else dict(tile_constexprs(entry, rows), FUSED=fused_combine(entry),
-                                     ROWS_FIRST=bool(entry.get("ROWS_FIRST", False))))), WARPS.value, 1)
+                           else dict(tile_constexprs(entry, rows), FUSED=fused_combine(entry)))), WARPS.value, 1)
