@@ -46,9 +46,6 @@ VARIANTS = {
     # t_q8 with V^T's bytes paired by key and the lazy running max (FP8_PAIR_KEYS, FP8_LAZY_MAX), then also V^T whole
     "t_q8_pl": dict(T_Q8, FP8_PAIR_KEYS=True, FP8_LAZY_MAX=True),
     "t_q8_p2_pl": dict(T_Q8, FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1, FP8_PAIR_KEYS=True, FP8_LAZY_MAX=True),
-    # the same with the splits merged in the kernel (no combine kernel: FP8_FUSED_COMBINE), twenty-fifth session
-    "t_q8_p2_pl_fused": dict(T_Q8, FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1, FP8_PAIR_KEYS=True, FP8_LAZY_MAX=True,
-                             FP8_FUSED_COMBINE=True),
     # 16-bit cache at 64+ heads: the warp-specialized kernel (decode_sm90_ws's pipeline), fifteenth session
     "lockstep": dict(WGMMA=True, WS=False),
     "ws": dict(WGMMA=True, WS=True, COPY_FIRST=False),

@@ -526,9 +526,8 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     )
     launch = dict(BLOCK_H=block_h, BLOCK_N=block_n, SPLIT=splits > 1, num_warps=config["num_warps"],
                   num_stages=config["num_stages"], **flags)
-    fused = False  # (whether the kernel merged the splits itself)
     if use_sm90:
-        fused = _sm90.launch(args, splits, grid, flags, fp8, config, h_q, tokens)
+        _sm90.launch(args, splits, grid, flags, fp8, config, h_q)
     elif fp8:
         _sparse_fp8_kernel[grid](*args, NATIVE_FP8=native_fp8(q.device), **fp8_variant(config), **launch)
     else:
@@ -536,7 +535,7 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
         _sparse_kernel[grid](*args, DV=dv, DR=dr, BLOCK_DV=block_dv,
                              BLOCK_DR=max(16, next_pow2(dr)) if dr > 0 else 16,
                              DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **launch)
-    if splits > 1 and not fused:
+    if splits > 1:
         block_c = min(block_dv, COMBINE_BLOCK_C)
         _combine_kernel[(tokens * cdiv(h_q, COMBINE_BLOCK_H) * (block_dv // block_c),)](
             o_part, stat_part, attn_sink, out, lse, max_logits,

@@ -18,21 +18,10 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
 from ._common import LN2, LOG2E
-from .decode import fused_combine, part_counters
 from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, per_row, row_layout, s_layout
 from .decode_sm90_fp8 import BLOCK_N as T_BLOCK_N
 from .decode_sm90_fp8 import WARPS as T_WARPS
-from .decode_sm90_fp8 import (
-    _attend_t,
-    _buffers_t,
-    _count_part,
-    _load_q,
-    _merge_layout,
-    _mma_layout,
-    block_rows,
-    part_out,
-    tile_constexprs,
-)
+from .decode_sm90_fp8 import _attend_t, _buffers_t, _load_q, _mma_layout, block_rows, part_out, tile_constexprs
 from .decode_sm90_ws import (
     HALF,
     WG_WARPS,
@@ -112,54 +101,6 @@ def _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sin
             gl.store(lse_ptr + stat, gl.where(empty, float("inf"), lse2 * LN2), mask=head_ok)
             if MAX_LOGITS:
                 gl.store(max_ptr + stat, m_o * LN2, mask=head_ok)  # -inf for a row with no valid key
-
-
-@gluon.jit
-def _merge_splits(o_part_ptr, stat_part_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, tok, seq, s, rb, splits, h_q,
-                  stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, ROWS: gl.constexpr,
-                  HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr):
-    """``sparse._combine_kernel`` inside the sparse kernel (FUSED): query token ``tok``'s heads [ROWS rb, ROWS rb +
-    ROWS), all 512 columns, from the partial rows of its ``splits`` splits (L2 loads: other SMs wrote them during
-    this kernel), merged in split order with a running max, then the sink; out, lse (and max_logits)."""
-    m_l: gl.constexpr = _merge_layout(ROWS)
-    r_l: gl.constexpr = gl.SliceLayout(1, m_l)
-    heads = rb * ROWS + gl.arange(0, ROWS, layout=r_l)
-    cols = gl.arange(0, DV, layout=gl.SliceLayout(0, m_l))
-    head_ok = heads < h_q
-    m = gl.full([ROWS], float("-inf"), gl.float32, layout=r_l)
-    m_max = gl.full([ROWS], float("-inf"), gl.float32, layout=r_l)
-    acc = gl.zeros([ROWS, DV], gl.float32, layout=m_l)
-    wsum = gl.zeros([ROWS], gl.float32, layout=r_l)
-    for sp in range(splits):
-        rows = (tok.to(gl.int64) * splits + sp) * h_q + heads
-        lse2 = gl.load(stat_part_ptr + rows * 2, mask=head_ok, other=float("-inf"), cache_modifier=".cg")
-        if MAX_LOGITS:
-            m_max = gl.maximum(m_max, gl.load(stat_part_ptr + rows * 2 + 1, mask=head_ok, other=float("-inf"),
-                                              cache_modifier=".cg"))
-        o = gl.load(o_part_ptr + (rows * DV)[:, None] + cols[None, :], mask=head_ok[:, None], other=0.0,
-                    cache_modifier=".cg")
-        m_new = gl.maximum(m, lse2)
-        m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = gl.exp2(m - m_safe)
-        w = gl.exp2(lse2 - m_safe)
-        acc = acc * alpha[:, None] + w[:, None] * o
-        wsum = wsum * alpha + w
-        m = m_new
-    empty = wsum == 0.0
-    lse2 = gl.where(empty, float("-inf"), gl.where(empty, 0.0, m) + gl.log2(gl.where(empty, 1.0, wsum)))
-    inv = 1.0 / gl.where(empty, 1.0, wsum)
-    if HAS_SINK:
-        # as ``_epilogue``: out * exp(lse) / (exp(lse) + exp(sink))
-        sink2 = gl.load(sink_ptr + heads, mask=head_ok, other=0.0) * LOG2E
-        inv = inv / (1.0 + gl.exp2(sink2 - gl.where(empty, 0.0, lse2)))
-    inv = gl.where(empty, 0.0, inv)
-    o_rows = out_ptr + seq.to(gl.int64) * stride_ob + s.to(gl.int64) * stride_os + heads.to(gl.int64) * stride_oh
-    gl.store(o_rows[:, None] + cols[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty),
-             mask=head_ok[:, None])
-    stat = seq.to(gl.int64) * stride_lb + heads.to(gl.int64) * stride_lh + s.to(gl.int64) * stride_ls
-    gl.store(lse_ptr + stat, gl.where(empty, float("inf"), lse2 * LN2), mask=head_ok)
-    if MAX_LOGITS:
-        gl.store(max_ptr + stat, m_max * LN2, mask=head_ok)
 
 
 @gluon.jit
@@ -288,17 +229,15 @@ def _sparse_sm90_fp8_t_kernel(
     stride_tl,
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh, stride_ls,
-    s_q, h_q, topk, num_tokens, page_size, splits, qk_scale, counter_ptr,
+    s_q, h_q, topk, num_tokens, page_size, splits, qk_scale,
     ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
     HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr,
     IDS_AHEAD: gl.constexpr, QK_E4M3: gl.constexpr = False, LAZY: gl.constexpr = False,
-    PAIRS: gl.constexpr = False, FUSED: gl.constexpr = False,
+    PAIRS: gl.constexpr = False,
 ):
     """The FP8 cache at <= 16 heads: ``decode_sm90_fp8``'s program (keys on the MMA's M side, one warpgroup,
     ROWS = 8 or 16 heads, two programs an SM) over one query token's top-k entries, with this file's epilogue.
-    Same arguments and program order as ``_sparse_sm90_kernel``, plus ``counter_ptr``: with FUSED (and SPLIT) no
-    combine kernel follows; the program storing a head block's last split merges them (``_merge_splits``;
-    ``counter_ptr`` tokens x head blocks int32, zeroed)."""
+    Same arguments and program order as ``_sparse_sm90_kernel``."""
     # (with LAZY, ``_attend_t``'s running max is consistent with the sums and lse, but not each row's max logit)
     gl.static_assert(not (MAX_LOGITS and LAZY), "a lazy running max is not max_logits")
     s_l: gl.constexpr = _mma_layout(ROWS)
@@ -326,12 +265,6 @@ def _sparse_sm90_fp8_t_kernel(
         _epilogue_t(acc3, 3, PV_PARTS, m_i, l_i, rb, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
                     max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
                     stride_ls, ROWS, HAS_SINK, MAX_LOGITS, SPLIT)
-    if FUSED and SPLIT:
-        row_blocks = (h_q + ROWS - 1) // ROWS
-        if _count_part(counter_ptr, tok, rb, row_blocks, 0, splits - 1):
-            _merge_splits(o_part_ptr, stat_part_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, tok, seq, s, rb, splits,
-                          h_q, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, ROWS, HAS_SINK,
-                          MAX_LOGITS)
 
 
 @gluon.jit
@@ -377,26 +310,22 @@ def use_ws(config, fp8) -> bool:
     return not fp8 and bool(config.get("WS", False)) and ws_supported()
 
 
-def launch(args, splits, grid, flags, fp8, config, h_q, tokens) -> bool:
+def launch(args, splits, grid, flags, fp8, config, h_q):
     """Launch over ``sparse.sparse_attention``'s argument tuple (same kernel signature as ``_sparse_kernel``) for an
     entry ``config`` (its ``FP8_*`` fields applied with ``fp8``); FP8 raw tiles in flight: ``RAW_STAGES``; a 16-bit
-    cache with ``WS``: the warp-specialized kernel (``COPY_FIRST`` as in ``decode_sm90_ws``). Returns whether the
-    splits were merged in the kernel (``FUSED_COMBINE``, keys-on-M kernel only): no combine kernel is needed."""
+    cache with ``WS``: the warp-specialized kernel (``COPY_FIRST`` as in ``decode_sm90_ws``)."""
     if use_ws(config, fp8):
         _sparse_ws_kernel[grid](*args, BLOCK_N=BLOCK_N, SPLIT=splits > 1,
                                 COPY_FIRST=bool(config.get("COPY_FIRST", False)), num_warps=WG_WARPS.value, **flags)
-        return False
+        return
     if keys_on_m(config, h_q, fp8):
         rows = block_rows(h_q)
-        fused = splits > 1 and fused_combine(config)
-        counters = part_counters(tokens, (h_q + rows - 1) // rows, args[0].device) if fused else args[9]
-        _sparse_sm90_fp8_t_kernel[grid](*args, counters, SPLIT=splits > 1, FUSED=fused, num_warps=T_WARPS.value,
-                                        **_t_constexprs(config, rows), **flags)
-        return fused
+        _sparse_sm90_fp8_t_kernel[grid](*args, SPLIT=splits > 1, num_warps=T_WARPS.value, **_t_constexprs(config, rows),
+                                        **flags)
+        return
     _sparse_sm90_kernel[grid](*args, BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, SPLIT=splits > 1, FP8=bool(fp8),
                               RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, num_warps=NUM_WARPS.value,
                               **flags)
-    return False
 
 
 def compile_specs(prefill=False, fp8=False, config=None):
@@ -411,9 +340,7 @@ def compile_specs(prefill=False, fp8=False, config=None):
         if keys_on_m(config, 16, fp8):
             for rows in (8, 16):
                 yield (f"sparse_sm90_fp8_keys_on_m(rows={rows}, split={int(split)})", _sparse_sm90_fp8_t_kernel,
-                       dict(types, counter_ptr="*i32"),
-                       dict(SPLIT=split, FUSED=split and fused_combine(config), **_t_constexprs(config, rows),
-                            **flags),
+                       types, dict(SPLIT=split, **_t_constexprs(config, rows), **flags),
                        T_WARPS.value, 1)
         elif use_ws(config, fp8):
             yield (f"sparse_sm90_ws(split={int(split)})", _sparse_ws_kernel, types,
