@@ -390,7 +390,7 @@ def test_gpu_batch128_4096(h_q, scale_tile):
 
 SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 # the keys-on-M programs' options under test: the scores by float16 MMAs on converted keys, by e4m3 MMAs on the raw
-# tile, and with that V^T's bytes paired by key and the lazy running max, or the tile after next prefetched into L2
+# tile, and with that V^T's bytes paired by key and the lazy running max, or the combine fused into the kernel
 KEYS_ON_M_VARIANTS = dict(f16=dict(QK_E4M3=False), e4m3=dict(QK_E4M3=True),
                           pairs_lazy=dict(QK_E4M3=True, PAIR_KEYS=True, LAZY_MAX=True),
                           fused=dict(QK_E4M3=True, FUSED_COMBINE=True))
