@@ -230,6 +230,43 @@ def test_host_launch_arithmetic_matches_triton():
     assert all(next_pow2(n) == triton.next_power_of_2(n) for n in range(1, 3000))
 
 
+def test_every_launch_asks_for_fused_multiply_adds():
+    """Each kernel launch in ``triton_mla/kernels`` passes ``**FP_FUSION``: the kernels are measured with fused
+    multiply-adds, and Triton 3.10 turns them off by default (3.9 warns at every compile that leaves it unset)."""
+    import ast
+    import pathlib
+
+    from triton_mla.kernels._common import FP_FUSION
+
+    assert FP_FUSION == {"enable_fp_fusion": True}
+    launches = 0
+    for path in sorted(pathlib.Path(configs.__file__).parent.parent.joinpath("kernels").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            # kernel[grid](...): a call of a subscript
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
+                launches += 1
+                spread = [k.value.id for k in node.keywords if k.arg is None and isinstance(k.value, ast.Name)]
+                assert "FP_FUSION" in spread, f"{path.name}:{node.lineno} launches without **FP_FUSION"
+    assert launches >= 20
+
+
+def test_compiling_for_a_gpu_raises_no_fp_fusion_warning():
+    """``check-configs``' compile names the option too: no Triton warning about its default."""
+    code = (
+        "import warnings; warnings.simplefilter('error')\n"
+        "from triton_mla.configs import check\n"
+        "from triton_mla.kernels import decode as k\n"
+        "ptrs = dict(q_ptr='*bf16', k_ptr='*bf16', out_ptr='*bf16', lse_ptr='*fp32', o_part_ptr='*fp32',"
+        " lse_part_ptr='*fp32')\n"
+        "spec = next(k.combine_specs(ptrs, 512, 64, 4))\n"
+        "check.compile_for(spec[1], spec[2], spec[3], 90, spec[4], spec[5])\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in _compiling_env().items() if k != "TRITON_DEFAULT_FP_FUSION"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_fp8_keys_on_m_entries_compile_what_they_serve(monkeypatch):
     """check-configs compiles the FP8 kernels an sm90 ``decode_fp8`` entry can launch: with KEYS_ON_M, the
     keys-on-M programs for the rows it serves (8 and 16 rows, and the 32-row dual program with DUAL_32 where Triton

@@ -23,6 +23,7 @@ import sys
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 
+from ..kernels._common import FP_FUSION
 from . import load_family, triton_at_least
 
 # family -> (compute capability used to compile, shared memory per block, bytes)
@@ -91,7 +92,7 @@ def source(fn, types, constexprs):
 def compile_for(fn, types, constexprs, cap, num_warps, num_stages):
     """The compiled kernel for compute capability ``cap`` (no GPU needed)."""
     return compile(source(fn, types, constexprs), target=GPUTarget("cuda", cap, 32),
-                   options=dict(num_warps=num_warps, num_stages=num_stages))
+                   options=dict(num_warps=num_warps, num_stages=num_stages, **FP_FUSION))
 
 
 def _compile(fn, types, constexprs, cap, num_warps, num_stages):

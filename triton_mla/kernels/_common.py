@@ -14,6 +14,10 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 # parts of at most this many keys are aligned with sequence ends (effective_parts)
 ALIGN_MAX_KEYS = tl.constexpr(8192)
+# Every launch asks for fused multiply-adds (ptxas --fmad=true), the form every figure in benchmarks/ was measured
+# in: Triton 3.9 warns when a launch leaves the choice to its default, and 3.10 changes that default to off (more
+# instructions, other rounding). The interpreter ignores it.
+FP_FUSION = {"enable_fp_fusion": True}
 
 
 @triton.jit

@@ -7,7 +7,7 @@ Two layouts: the plain cache (c_kv and k_pe side by side in the cache's dtype) a
 import triton
 import triton.language as tl
 
-from ._common import next_pow2
+from ._common import FP_FUSION, next_pow2
 from ._fp8 import GROUP, NOPE, ROPE, ROPE_BYTE, SCALE_BYTE, f32_to_e4m3, pow2_ceil
 
 
@@ -73,10 +73,10 @@ def write_kv(k_cache, kv_c, k_pe, slot_mapping, fp8=False):
             num_blocks * page_size, page_size)
     if fp8:
         assert r == NOPE and dr == ROPE
-        _write_kv_fp8_kernel[(num_tokens,)](*args, num_warps=4)
+        _write_kv_fp8_kernel[(num_tokens,)](*args, **FP_FUSION, num_warps=4)
         return k_cache
     _write_kv_kernel[(num_tokens,)](
         *args, R=r, DR=dr, BLOCK_R=next_pow2(r), BLOCK_DR=next_pow2(max(dr, 1)),
-        num_warps=4,
+        **FP_FUSION, num_warps=4,
     )
     return k_cache

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    FP_FUSION,
     LN2,
     LOG2E,
     cdiv,
@@ -388,7 +389,7 @@ def decode_splitkv(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_s
         part_counters(b, row_blocks, q.device) if fused else lse_part,
         DR=dr, BLOCK_DR=block_dr, CAUSAL=bool(causal and s_q > 1), DOT_PRECISION=precision, ROWS_FIRST=rows_first,
         LAZY_RESCALE=bool(config.get("LAZY_RESCALE", False)), PREFETCH_PAGES=bool(config.get("PREFETCH_PAGES", False)),
-        FUSED=fused, num_warps=config["num_warps"], num_stages=config["num_stages"], **common,
+        FUSED=fused, **FP_FUSION, num_warps=config["num_warps"], num_stages=config["num_stages"], **common,
     )
     if not fused:
         _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, common)
@@ -451,7 +452,7 @@ def _combine(o_part, lse_part, cache_seqlens, out, lse, max_len, num_parts, comm
         b, s_q, h_q, max_len, num_parts,
         DV=common["DV"], O_STRIDE=o_stride, BLOCK_DV=block_dv, BLOCK_H=block_h, PARTS=parts,
         BLOCK_N=common["BLOCK_N"], MIN_BLOCKS_PER_PART=common["MIN_BLOCKS_PER_PART"], CHUNK_B=common["CHUNK_B"],
-        num_warps=4,
+        **FP_FUSION, num_warps=4,
     )
 
 
@@ -517,6 +518,6 @@ def plan(cache_seqlens, max_len, num_parts, config):
         return part_info, splits
     _plan_kernel[(max(num_parts, b),)](
         cache_seqlens, cache_seqlens.stride(0), part_info, splits[1:], b, max_len, num_parts,
-        BLOCK_N=config["BLOCK_N"], MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128,
+        BLOCK_N=config["BLOCK_N"], MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128, **FP_FUSION,
     )
     return part_info, torch.cumsum(splits, 0, dtype=torch.int32)

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .._checks import interpreting
-from ._common import LN2, LOG2E, cdiv, output_ptrs, query_rows
+from ._common import FP_FUSION, LN2, LOG2E, cdiv, output_ptrs, query_rows
 from ._fp8 import GROUP, ROPE, SCALE_BYTE, load_fp8_rope
 from .decode import _combine, _part_range, _program_coords, combine_specs, launch_tensors
 
@@ -323,7 +323,7 @@ def decode_splitkv_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, ca
         b, s_q, h_q, num_blocks, page_size, max_len, num_parts, softmax_scale * LOG2E.value,
         BLOCK_H=block_h, BLOCK_N=block_n, MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"],
         CAUSAL=bool(causal and s_q > 1), CHUNK_B=128, ROWS_FIRST=rows_first, **read_variants(config),
-        num_warps=config["num_warps"], num_stages=config["num_stages"],
+        **FP_FUSION, num_warps=config["num_warps"], num_stages=config["num_stages"],
     )
     common = dict(DV=FP8_DV.value, BLOCK_DV=FP8_DV.value, BLOCK_H=block_h, BLOCK_N=block_n,
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LN2, LOG2E, cdiv, next_pow2, output_ptrs, query_rows
+from ._common import FP_FUSION, LN2, LOG2E, cdiv, next_pow2, output_ptrs, query_rows
 from ._fp8 import GROUP
 from .decode import _attend_range, launch_tensors
 from .decode_fp8 import _attend_range_fp8, _load_q_fp8, _store_rows_fp8, read_variants
@@ -173,7 +173,7 @@ def decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr, BLOCK_H=block_h, BLOCK_N=block_n,
         CHUNK_BLOCKS=chunk_blocks, CAUSAL=bool(causal and s_q > 1), DOT_PRECISION=precision,
         **(dict(FP8=True, **read_variants(config)) if fp8 else {}),
-        num_warps=config["num_warps"], num_stages=config["num_stages"],
+        **FP_FUSION, num_warps=config["num_warps"], num_stages=config["num_stages"],
     )
     combine_h = min(block_h, 16)
     _invariant_combine_kernel[(b, cdiv(rows, combine_h))](
@@ -182,6 +182,7 @@ def decode_invariant(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
         s_q, h_q, max_len, max_chunks,
-        DV=dv, BLOCK_DV=block_dv, BLOCK_H=combine_h, BLOCK_N=block_n, CHUNK_BLOCKS=chunk_blocks, num_warps=4,
+        DV=dv, BLOCK_DV=block_dv, BLOCK_H=combine_h, BLOCK_N=block_n, CHUNK_BLOCKS=chunk_blocks,
+        **FP_FUSION, num_warps=4,
     )
     return out, lse

@@ -21,7 +21,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from ._common import ALIGN_MAX_KEYS, LN2, LOG2E, cdiv
+from ._common import ALIGN_MAX_KEYS, FP_FUSION, LN2, LOG2E, cdiv
 from .decode import _combine, launch_tensors
 
 # renamed between Triton 3.6 (thread_barrier) and 3.8 (barrier)
@@ -718,7 +718,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1), ROWS_FIRST=rows_first,
         FP8=bool(fp8), RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1,
         **extra,
-        num_warps=NUM_WARPS.value // 2 if ws else NUM_WARPS.value,
+        **FP_FUSION, num_warps=NUM_WARPS.value // 2 if ws else NUM_WARPS.value,
     )
     common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=BLOCK_H.value, BLOCK_N=config["BLOCK_N"],
                   MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CHUNK_B=128)

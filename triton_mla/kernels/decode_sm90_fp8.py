@@ -60,7 +60,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from ._common import LN2, LOG2E, cdiv
+from ._common import FP_FUSION, LN2, LOG2E, cdiv
 from .decode import _combine, fused_combine, launch_tensors, part_counters
 from .decode_sm90 import (
     DR,
@@ -1069,7 +1069,7 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
         PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config),
         **(dual_constexprs(config, rows_blk) if dual else dict(tile_constexprs(config, rows_blk), FUSED=fused)),
-        num_warps=WARPS.value,
+        **FP_FUSION, num_warps=WARPS.value,
     )
     if not fused:
         common = dict(DV=DV.value, BLOCK_DV=DV.value, BLOCK_H=16, BLOCK_N=BLOCK_N.value,

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LN2, LOG2E, cdiv, next_pow2
+from ._common import FP_FUSION, LN2, LOG2E, cdiv, next_pow2
 from ._fp8 import load_fp8_group, load_fp8_nope, load_fp8_rope, pv_excess
 
 try:  # the Gluon kernel for sm90 (64 rows a program, warpgroup MMA); needs triton.experimental.gluon
@@ -374,7 +374,7 @@ def extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_q, h
         DV=dv, DR=dr, BLOCK_DV=max(16, next_pow2(dv)),
         BLOCK_DR=max(16, next_pow2(dr)) if dr > 0 else 16,
         IS_FP8=fp8, DOT_PRECISION=_dot_precision(q.dtype), **consts,
-        num_warps=num_warps, num_stages=num_stages,
+        **FP_FUSION, num_warps=num_warps, num_stages=num_stages,
     )
     return out, lse
 

@@ -12,7 +12,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
-from ._common import LN2, cdiv
+from ._common import FP_FUSION, LN2, cdiv
 from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, page_tile, s_layout
 
 
@@ -85,7 +85,7 @@ def launch(args, max_seqlen_q, fp8=False):
     h_q, b, k_cache = args[0].shape[1], args[3].shape[0], args[1]
     _extend_sm90_kernel[(cdiv(max_seqlen_q * h_q, BLOCK_H.value), b)](
         *args, **_tiles(fp8), PAGE_TILE=page_tile(k_cache.shape[1], BLOCK_N, k_cache.stride(1)),
-        num_warps=NUM_WARPS.value)
+        **FP_FUSION, num_warps=NUM_WARPS.value)
 
 
 def compile_specs(fp8=False):

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .._checks import interpreting
-from ._common import LN2, LOG2E, cdiv, next_pow2
+from ._common import FP_FUSION, LN2, LOG2E, cdiv, next_pow2
 
 try:  # the Gluon kernel for sm90 (FlashAttention-3's structure); needs triton.experimental.gluon
     from . import decode_sm90 as _gluon
@@ -329,7 +329,7 @@ def prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, softmax_scale
         D1=d1, D2=d2, BLOCK_D2=bd2, DV=d_v, BLOCK_DV=bdv, BLOCK_M=block_m, BLOCK_N=block_n,
         CAUSAL=bool(causal), USE_TMA=bool(use_tma),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=config["num_warps"], num_stages=config["num_stages"],
+        **FP_FUSION, num_warps=config["num_warps"], num_stages=config["num_stages"],
     )
     return out, lse
 

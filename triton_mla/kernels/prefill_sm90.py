@@ -33,7 +33,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from ._common import LN2, LOG2E, cdiv
+from ._common import FP_FUSION, LN2, LOG2E, cdiv
 from .decode_sm90 import _cta_barrier
 
 # renamed between Triton 3.6 (async_copy_global_to_shared) and 3.9 (async_load)
@@ -328,7 +328,7 @@ def prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, softmax_scale
         cu_seqlens_q, cu_seqlens_k, out, lse,
         q.stride(1), k.stride(1), v.stride(1), out.stride(0), out.stride(1), lse.stride(0),
         total_q, total_k, h // h_kv, softmax_scale * LOG2E.value,
-        BLOCK_N=block_n, STAGES=config["STAGES"], CAUSAL=bool(causal), num_warps=4,
+        BLOCK_N=block_n, STAGES=config["STAGES"], CAUSAL=bool(causal), **FP_FUSION, num_warps=4,
     )
     return out, lse
 

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LN2, LOG2E, cdiv, next_pow2
+from ._common import FP_FUSION, LN2, LOG2E, cdiv, next_pow2
 from ._fp8 import GROUP, ROPE, SCALE_BYTE, fp8_to_f16, load_fp8_rope, pv_excess
 
 try:  # the Gluon kernel for sm90 (64 heads a program, warpgroup MMA); needs triton.experimental.gluon
@@ -529,12 +529,12 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
     if use_sm90:
         _sm90.launch(args, splits, grid, flags, fp8, config, h_q)
     elif fp8:
-        _sparse_fp8_kernel[grid](*args, NATIVE_FP8=native_fp8(q.device), **fp8_variant(config), **launch)
+        _sparse_fp8_kernel[grid](*args, NATIVE_FP8=native_fp8(q.device), **fp8_variant(config), **launch, **FP_FUSION)
     else:
         dr = d - dv
         _sparse_kernel[grid](*args, DV=dv, DR=dr, BLOCK_DV=block_dv,
                              BLOCK_DR=max(16, next_pow2(dr)) if dr > 0 else 16,
-                             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **launch)
+                             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **launch, **FP_FUSION)
     if splits > 1:
         block_c = min(block_dv, COMBINE_BLOCK_C)
         _combine_kernel[(tokens * cdiv(h_q, COMBINE_BLOCK_H) * (block_dv // block_c),)](
@@ -543,7 +543,7 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
             lse.stride(0), lse.stride(1), lse.stride(2),
             s_q, h_q, splits,
             DV=dv, PART_W=block_dv, BLOCK_C=block_c, BLOCK_H=COMBINE_BLOCK_H, HAS_SINK=flags["HAS_SINK"],
-            MAX_LOGITS=flags["MAX_LOGITS"], num_warps=4,
+            MAX_LOGITS=flags["MAX_LOGITS"], **FP_FUSION, num_warps=4,
         )
     return out, lse, max_logits
 

@@ -17,7 +17,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
-from ._common import LN2, LOG2E
+from ._common import FP_FUSION, LN2, LOG2E
 from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, per_row, row_layout, s_layout
 from .decode_sm90_fp8 import BLOCK_N as T_BLOCK_N
 from .decode_sm90_fp8 import WARPS as T_WARPS
@@ -316,16 +316,17 @@ def launch(args, splits, grid, flags, fp8, config, h_q):
     cache with ``WS``: the warp-specialized kernel (``COPY_FIRST`` as in ``decode_sm90_ws``)."""
     if use_ws(config, fp8):
         _sparse_ws_kernel[grid](*args, BLOCK_N=BLOCK_N, SPLIT=splits > 1,
-                                COPY_FIRST=bool(config.get("COPY_FIRST", False)), num_warps=WG_WARPS.value, **flags)
+                                COPY_FIRST=bool(config.get("COPY_FIRST", False)), **FP_FUSION,
+                                num_warps=WG_WARPS.value, **flags)
         return
     if keys_on_m(config, h_q, fp8):
         rows = block_rows(h_q)
-        _sparse_sm90_fp8_t_kernel[grid](*args, SPLIT=splits > 1, num_warps=T_WARPS.value, **_t_constexprs(config, rows),
-                                        **flags)
+        _sparse_sm90_fp8_t_kernel[grid](*args, SPLIT=splits > 1, **FP_FUSION, num_warps=T_WARPS.value,
+                                        **_t_constexprs(config, rows), **flags)
         return
     _sparse_sm90_kernel[grid](*args, BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, SPLIT=splits > 1, FP8=bool(fp8),
-                              RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, num_warps=NUM_WARPS.value,
-                              **flags)
+                              RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, **FP_FUSION,
+                              num_warps=NUM_WARPS.value, **flags)
 
 
 def compile_specs(prefill=False, fp8=False, config=None):
