@@ -10,23 +10,26 @@ spends beyond tiles x period (its fixed cost), and the programs' start and end s
     git checkout triton_mla/kernels/decode_sm90_fp8.py triton_mla/kernels/sparse_sm90.py
 
 Environment: SHAPES="kind,b,len,h,s_q;..." (kind dense: len = s_k; kind sparse: len = topk over 32768-token
-sequences), DUMP=DIR (the raw stamps saved there as .pt). Each shape's output is checked against the float32 oracle
+sequences), VARIANTS='{}|{"LAZY_MAX": true}|...' (config overrides, each shape run under each; the plan is made
+under them too), DUMP=DIR (the raw stamps saved there as .pt). Each output is checked against the float32 oracle
 first (the instrumented build must stay right).
 """
 import functools
+import json
 import os
 import statistics
 
 import torch
 
 import triton_mla as tm
-from triton_mla import bench, bench_sparse
+from triton_mla import bench, bench_sparse, configs
 from triton_mla.kernels import decode_sm90_fp8
 
 SHAPES = [("dense", 128, 8192, 16, 1), ("dense", 128, 4096, 16, 1), ("dense", 128, 1024, 16, 1),
           ("dense", 128, 8192, 8, 1), ("sparse", 128, 2048, 16, 1), ("sparse", 128, 2048, 8, 1)]
 if os.environ.get("SHAPES"):
     SHAPES = [(k, *(int(x) for x in rest)) for k, *rest in (s.split(",") for s in os.environ["SHAPES"].split(";"))]
+VARIANTS = [json.loads(v) for v in os.environ.get("VARIANTS", "{}").split("|")]
 W = 1024  # int64 stamps a program (the diff's row width)
 
 
@@ -114,20 +117,23 @@ def main():
     decode_sm90_fp8.DBG = torch.zeros(8192, W, dtype=torch.int64, device="cuda")
     for shape in SHAPES:
         kind, b, n, h, s_q = shape
-        run, err = case(*shape)
-        e = err()
-        _, graph_ms = bench._time(run)
-        decode_sm90_fp8.DBG.zero_()
-        run()
-        torch.cuda.synchronize()
-        print(f"{kind} b={b} {'s_k' if kind == 'dense' else 'topk'}={n} h={h} s_q={s_q}: rel err {e:.2e}, graph "
-              f"{graph_ms * 1e3:.1f} us (instrumented)", flush=True)
-        stamps = decode_sm90_fp8.DBG.cpu()
-        print(analyse(stamps), flush=True)
-        if os.environ.get("DUMP"):
-            torch.save(stamps[stamps[:, 2] != 0], f"{os.environ['DUMP']}/stamps_{kind}_b{b}_{n}_h{h}_q{s_q}.pt")
-        del run, err
-        torch.cuda.empty_cache()
+        for vi, variant in enumerate(VARIANTS):
+            with configs.overridden(**variant):
+                run, err = case(*shape)
+                e = err()
+                _, graph_ms = bench._time(run)
+                decode_sm90_fp8.DBG.zero_()
+                run()
+                torch.cuda.synchronize()
+            print(f"{kind} b={b} {'s_k' if kind == 'dense' else 'topk'}={n} h={h} s_q={s_q} {variant}: rel err "
+                  f"{e:.2e}, graph {graph_ms * 1e3:.1f} us (instrumented)", flush=True)
+            stamps = decode_sm90_fp8.DBG.cpu()
+            print(analyse(stamps), flush=True)
+            if os.environ.get("DUMP"):
+                torch.save(stamps[stamps[:, 2] != 0],
+                           f"{os.environ['DUMP']}/stamps_{kind}_b{b}_{n}_h{h}_q{s_q}_v{vi}.pt")
+            del run, err
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

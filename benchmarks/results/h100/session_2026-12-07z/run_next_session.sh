@@ -15,6 +15,13 @@ if [ "${T_TL:-150}" != 0 ]; then
   { patch -s -p1 < benchmarks/explore/fp8_timeline.diff || git apply benchmarks/explore/fp8_timeline.diff; } && mkdir -p $OUT/stamps && \
     DUMP=$OUT/stamps timeout -k 3 ${T_TL:-150} python3 benchmarks/explore/fp8_timeline.py > $OUT/fp8_timeline_full.log 2>&1
   echo "timeline rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "$NOISE" $OUT/fp8_timeline_full.log | tee $OUT/fp8_timeline.log
+  # chain or copy latency? the same program with a shorter tile loop (pairs + lazy max: ~14% fewer instructions a
+  # tile), and alone on its SM with three tiles in flight
+  t0=$(date +%s)
+  SHAPES="dense,128,8192,16,1" VARIANTS='{}|{"LAZY_MAX": true, "PAIR_KEYS": true}|{"PARTS_PER_SM": 1, "RAW_STAGES": 4}' \
+    timeout -k 3 ${T_TL:-150} python3 benchmarks/explore/fp8_timeline.py > $OUT/fp8_timeline_variants_full.log 2>&1
+  echo "timeline variants rc=$? in $(( $(date +%s) - t0 )) s"
+  grep -v "$NOISE" $OUT/fp8_timeline_variants_full.log | tee $OUT/fp8_timeline_variants.log
   cp /tmp/dsf.py $K/decode_sm90_fp8.py && cp /tmp/ss.py $K/sparse_sm90.py
 fi
 if [ "${T_SPARSE:-90}" != 0 ]; then
