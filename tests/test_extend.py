@@ -280,6 +280,9 @@ def _valid():
         (lambda a: a.update(softmax_scale="x"), TypeError, "softmax_scale"),
         (lambda a: a.update(softmax_scale=float("nan")), ValueError, "softmax_scale"),
         (lambda a: a.update(is_fp8_kvcache=True), TypeError, "k_cache"),
+        # (a flag, not a truthy value: "no" would read as True)
+        (lambda a: a.update(is_fp8_kvcache="no"), TypeError, "is_fp8_kvcache"),
+        (lambda a: a.update(is_fp8_kvcache=0), TypeError, "is_fp8_kvcache"),
         (lambda a: a.update(out=torch.empty(1, 2, 64, dtype=a["q"].dtype)), ValueError, "out"),
         (lambda a: a.update(lse=torch.empty(2, 7, dtype=torch.float16)), TypeError, "lse"),
         # value checks (TRITON_MLA_CHECK=1, set by conftest)
@@ -383,6 +386,8 @@ def test_decompress_kv_bad_input():
         decompress_kv(k_cache, block_table, lens, w_uk, w_uv, start=torch.zeros(3, dtype=torch.int32))
     with pytest.raises(ValueError, match="total_k"):
         decompress_kv(k_cache, block_table, lens, w_uk, w_uv, total_k=5, max_seqlen_k=20)
+    with pytest.raises(TypeError, match="is_fp8_kvcache"):
+        decompress_kv(k_cache, block_table, lens, w_uk, w_uv, is_fp8_kvcache="no")
     # one size passed alone is checked against the computed one (it used to be taken as is)
     with pytest.raises(ValueError, match="total_k"):
         decompress_kv(k_cache, block_table, lens, w_uk, w_uv, total_k=19)

@@ -207,6 +207,7 @@ def _valid():
         (lambda a: a.update(softmax_scale="0.1"), TypeError, "softmax_scale"),
         (lambda a: a.update(softmax_scale=float("inf")), ValueError, "softmax_scale"),
         (lambda a: a.update(causal=1), TypeError, "causal"),
+        (lambda a: a.update(causal="yes"), TypeError, "causal"),
         (lambda a: a.update(out=torch.empty(30, 2, 16, dtype=a["q"].dtype)), ValueError, "out"),
         (lambda a: a.update(lse=torch.empty(30, 2)), ValueError, "lse"),
     ],

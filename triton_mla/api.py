@@ -151,7 +151,9 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     cache_seqlens: (b,) int32: tokens of each sequence in the cache (0 allowed).
     head_dim_v: dv, 512 for DeepSeek (any value 1..512 with d - dv <= 128).
     tile_scheduler_metadata, num_splits: from :func:`get_mla_metadata`, or None.
-    softmax_scale: default d ** -0.5. causal: for s_q > 1, query row i sees keys [0, len - s_q + i].
+    softmax_scale: default d ** -0.5 (scores times the scale are float32: a row with one past float32's range,
+    about 3.4e38, e.g. with a scale of 1e37, comes out NaN).
+    causal: for s_q > 1, query row i sees keys [0, len - s_q + i].
     is_fp8_kvcache: k_cache is the FP8 layout (num_blocks, page_size, 1, 656) uint8 (``triton_mla.fp8``);
     then d = 576 and head_dim_v = 512, and q is bfloat16/float16.
     indices, attn_sink, topk_length: sparse (DSA) decode, see ``triton_mla.sparse.sparse_decode``;

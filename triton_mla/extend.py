@@ -20,6 +20,7 @@ from . import configs
 from . import fp8 as _fp8
 from ._checks import (
     FLOAT_DTYPES,
+    check_bool,
     check_grid_yz,
     check_int,
     check_runnable,
@@ -137,7 +138,7 @@ def mla_extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_
     if h_q < 1:
         raise ValueError(f"q: needs at least one head, got shape {list(q.shape)}")
     device = q.device
-    fp8 = bool(is_fp8_kvcache)
+    fp8 = check_bool(is_fp8_kvcache, "is_fp8_kvcache")
     if head_dim_v is None:
         if d < MAX_HEAD_DIM_V:
             raise ValueError(f"head_dim_v: q's head dim {d} is not DeepSeek's 576: pass head_dim_v")
@@ -247,7 +248,7 @@ def decompress_kv(k_cache, block_table, cache_seqlens, w_kc, w_vc, start=None, e
     check_tensor(w_vc, "w_vc", ndim=3, dtype=w_kc.dtype, device=device, last_contiguous=True)
     if w_vc.shape[0] != h or w_vc.shape[2] != r:
         raise ValueError(f"w_vc: expected shape [{h}, d_v, {r}] (w_kc's heads and rank), got {list(w_vc.shape)}")
-    fp8 = bool(is_fp8_kvcache)
+    fp8 = check_bool(is_fp8_kvcache, "is_fp8_kvcache")
     d = _check_cache(k_cache, None, device, fp8)
     if fp8 and r != _fp8.NOPE_DIM:
         raise ValueError(f"w_kc: the FP8 layout holds a latent of {_fp8.NOPE_DIM}, got rank {r}")

@@ -7,6 +7,7 @@ import torch
 from . import configs
 from ._checks import (
     FLOAT_DTYPES,
+    check_bool,
     check_grid_yz,
     check_int,
     check_runnable,
@@ -90,8 +91,7 @@ def mla_prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
     max_seqlen_q = check_int(max_seqlen_q, "max_seqlen_q", low=0)
     max_seqlen_k = check_int(max_seqlen_k, "max_seqlen_k", low=0)
     softmax_scale = check_scale(softmax_scale, "softmax_scale", d_qk ** -0.5)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    causal = check_bool(causal, "causal")
     if out is None:
         out = torch.empty(total_q, h, d_v, dtype=q.dtype, device=device)
     else:
