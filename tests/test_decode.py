@@ -381,6 +381,32 @@ def test_out_of_range_values_clamped_without_checks(monkeypatch):
     assert torch.isfinite(out.float()).all()
 
 
+def test_value_checks_run_by_default_on_host_tensors(monkeypatch):
+    """TRITON_MLA_CHECK unset: values on the CPU are checked (reading them costs no sync), values on a GPU are not
+    (a sync a serving step cannot afford); set, it decides."""
+    from triton_mla._checks import value_checks_enabled
+
+    monkeypatch.delenv("TRITON_MLA_CHECK", raising=False)
+    assert value_checks_enabled(torch.device("cpu")) and value_checks_enabled("cpu")
+    assert not value_checks_enabled(torch.device("cuda", 0)) and not value_checks_enabled(None)
+    monkeypatch.setenv("TRITON_MLA_CHECK", "0")
+    assert not value_checks_enabled(torch.device("cpu"))
+    monkeypatch.setenv("TRITON_MLA_CHECK", "1")
+    assert value_checks_enabled(torch.device("cuda", 0))
+    monkeypatch.delenv("TRITON_MLA_CHECK")
+    if torch.device(DEVICE).type != "cpu":
+        return  # (CPU tensors run only under the interpreter)
+    q, k_cache, block_table, cache_seqlens = make_case([10, 20], s_q=1, h_q=2, spare_pages=0)
+    bad = cache_seqlens.clone()
+    bad[1] = -3
+    with pytest.raises(ValueError, match="cache_seqlens"):
+        tm.flash_mla_with_kvcache(q, k_cache, block_table, bad, 64)
+    bad_table = block_table.clone()
+    bad_table[0, 0] = 1 << 30
+    with pytest.raises(ValueError, match="block_table"):
+        tm.flash_mla_with_kvcache(q, k_cache, bad_table, cache_seqlens, 64)
+
+
 # -- GPU -------------------------------------------------------------------------------------------
 @gpu
 @pytest.mark.parametrize("h_q", [1, 4, 8, 12, 16, 32, 64, 96, 128])

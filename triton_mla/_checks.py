@@ -42,8 +42,14 @@ def _cuda_index(t):
     return t.get_device() if isinstance(t, torch.Tensor) and t.is_cuda else None
 
 
-def value_checks_enabled() -> bool:
-    return os.environ.get("TRITON_MLA_CHECK", "0") not in ("", "0")
+def value_checks_enabled(device=None) -> bool:
+    """Whether the checks of values (lengths, page ids, cu_seqlens) run: TRITON_MLA_CHECK=1 always, =0 never;
+    unset, where the values already lie on the host (a CPU ``device``), since reading them there costs no sync.
+    On a GPU they read device memory, a sync serving cannot afford (and CUDA graph capture forbids)."""
+    env = os.environ.get("TRITON_MLA_CHECK", "")
+    if env != "":
+        return env != "0"
+    return device is not None and torch.device(device).type == "cpu"
 
 
 def batch_invariant_default() -> bool:

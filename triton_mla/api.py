@@ -224,7 +224,7 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
         num_parts = _num_parts(s_q * h_q, config, device)
     if num_splits is not None:
         check_tensor(num_splits, "num_splits", shape=(b + 1,), dtype=torch.int32, device=device)
-    if value_checks_enabled():
+    if value_checks_enabled(device):
         _check_values(k_cache, block_table, cache_seqlens)
 
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=device)

@@ -62,7 +62,7 @@ def write_kv_cache(k_cache, kv_c, k_pe, slot_mapping):
     check_tensor(slot_mapping, "slot_mapping", shape=(num_tokens,), dtype=(torch.int64, torch.int32),
                  device=device)
     check_runnable(device, "k_cache")
-    if value_checks_enabled() and num_tokens:
+    if value_checks_enabled(device) and num_tokens:
         num_slots = k_cache.shape[0] * k_cache.shape[1]
         slots = slot_mapping.cpu()
         bad = slots[(slots < -1) | (slots >= num_slots)]

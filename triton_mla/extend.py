@@ -174,7 +174,7 @@ def mla_extend(q, k_cache, block_table, cache_seqlens, cu_seqlens_q, max_seqlen_
     else:
         check_tensor(lse, "lse", shape=(h_q, total_q), dtype=torch.float32, device=device)
     check_runnable(device)
-    if value_checks_enabled() and b > 0:
+    if value_checks_enabled(device) and b > 0:
         _check_chunks(cu_seqlens_q, cache_seqlens, total_q, max_seqlen_q)
         _check_cache_values(k_cache, block_table, cache_seqlens)
     if b == 0 or total_q == 0 or max_seqlen_q == 0:
@@ -260,7 +260,7 @@ def decompress_kv(k_cache, block_table, cache_seqlens, w_kc, w_vc, start=None, e
         total_k = check_int(total_k, "total_k", low=0)
     if max_seqlen_k is not None:
         max_seqlen_k = check_int(max_seqlen_k, "max_seqlen_k", low=0)
-    if value_checks_enabled():
+    if value_checks_enabled(device):
         _check_cache_values(k_cache, block_table, cache_seqlens)
 
     lens = cache_seqlens.long().clamp(min=0, max=block_table.shape[1] * k_cache.shape[1])
@@ -271,7 +271,7 @@ def decompress_kv(k_cache, block_table, cache_seqlens, w_kc, w_vc, start=None, e
     n = (hi - lo).clamp(min=0)
     cu = torch.zeros(b + 1, dtype=torch.int64, device=device)
     torch.cumsum(n, 0, out=cu[1:])
-    if total_k is None or max_seqlen_k is None or value_checks_enabled():
+    if total_k is None or max_seqlen_k is None or value_checks_enabled(device):
         sizes = torch.stack([cu[-1], n.max() if b else cu[-1]]).cpu()  # the one host sync
         real_total, real_max = int(sizes[0]), int(sizes[1])
         # what was passed is checked against the ranges (the sizes are on the host by now)

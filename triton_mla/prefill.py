@@ -103,7 +103,7 @@ def mla_prefill_mha(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
         if total_q > 1 and lse.stride(1) != 1:
             raise ValueError(f"lse: the token dimension must be contiguous, got strides {lse.stride()}")
     check_runnable(device)
-    if value_checks_enabled():
+    if value_checks_enabled(device):
         _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", total_q, max_seqlen_q, "max_seqlen_q")
         _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", total_k, max_seqlen_k, "max_seqlen_k")
     if b == 0 or max_seqlen_q == 0 or total_q == 0:
