@@ -283,22 +283,41 @@ def test_state_dict_is_hugging_faces(q_lora_rank):
 
 
 def test_absorbed_weights_follow_the_weights():
+    """W_UK / W_UV are views of kv_b_proj.weight: every way of changing the weight shows in them, and a captured
+    graph reads the weight's own memory."""
     layer = make_layer(4, 24, torch.float32)
-    w_uk, w_uv = layer.absorbed_weights()
-    again = layer.absorbed_weights()
-    assert again[0] is w_uk and again[1] is w_uv  # not rebuilt when nothing changed
-    new = make_layer(4, 24, torch.float32, seed=9)
-    layer.load_state_dict(new.state_dict())
+    w = layer.kv_b_proj.weight
     uk, uv = layer.absorbed_weights()
-    assert uk.data_ptr() == w_uk.data_ptr()  # refreshed in place: a captured graph sees the new values
+    assert uk.untyped_storage().data_ptr() == w.untyped_storage().data_ptr()
+    new = make_layer(4, 24, torch.float32, seed=9)
     want_uk, want_uv = split_kv_b_proj(new.kv_b_proj.weight, 4, 16, 16)
-    torch.testing.assert_close(uk, want_uk)
-    torch.testing.assert_close(uv, want_uv.transpose(1, 2))
+    layer.load_state_dict(new.state_dict())
+    torch.testing.assert_close(layer.absorbed_weights()[0], want_uk)
+    torch.testing.assert_close(layer.absorbed_weights()[1], want_uv.transpose(1, 2))
     with torch.no_grad():
         layer.kv_b_proj.weight.mul_(2)
     torch.testing.assert_close(layer.absorbed_weights()[0], 2 * want_uk)
+    layer.kv_b_proj.weight.data.copy_(new.kv_b_proj.weight)  # a weight loader's way: no version bump
+    torch.testing.assert_close(layer.absorbed_weights()[1], want_uv.transpose(1, 2))
     layer.to(torch.float16)
     assert layer.absorbed_weights()[0].dtype == torch.float16
+
+
+def test_layer_weights_updated_under_inference_mode():
+    """Weights made and changed under inference_mode (a serving engine's weight sync) reach the absorbed path,
+    and a step under inference_mode does not leave tensors that later grad-mode steps cannot use."""
+    with torch.inference_mode():
+        layer = make_layer(4, 24, torch.float32)
+        new = make_layer(4, 24, torch.float32, seed=9)
+        layer.absorbed_weights()
+        layer.kv_b_proj.weight.copy_(new.kv_b_proj.weight)
+        want_uk, _ = split_kv_b_proj(new.kv_b_proj.weight, 4, 16, 16)
+        torch.testing.assert_close(layer.absorbed_weights()[0], want_uk)
+    plain = make_layer(4, 24, torch.float32)
+    with torch.inference_mode():
+        plain.absorbed_weights()
+    uk, _ = plain.absorbed_weights()  # outside inference_mode again
+    assert not uk.is_inference()
 
 
 # -- bad input ---------------------------------------------------------------------------------------------

@@ -147,10 +147,6 @@ class MLAAttention(nn.Module):
         self.rotary_emb = RotaryEmbedding(qk_rope_head_dim, self.rope_parameters, max_position_embeddings, rope_layout)
         if device is not None:
             self.rotary_emb.to(device)
-        # absorbed weights: derived from kv_b_proj.weight, not saved in the state dict
-        self.register_buffer("w_uk", None, persistent=False)  # (h, d_nope, r)
-        self.register_buffer("w_uv", None, persistent=False)  # (h, r, d_v)
-        self._absorbed_key = None
 
     @classmethod
     def from_config(cls, config, layer_idx: int = 0, **kwargs) -> MLAAttention:
@@ -172,31 +168,16 @@ class MLAAttention(nn.Module):
 
     # -- weights ----------------------------------------------------------------------------------------------
     def absorbed_weights(self):
-        """(W_UK (h, d_nope, r), W_UV (h, r, d_v)) from ``kv_b_proj.weight``, rebuilt only when it changed.
+        """(W_UK (h, d_nope, r), W_UV (h, r, d_v)): views of ``kv_b_proj.weight``, made at each call.
 
-        The check reads host-side attributes (version counter, address, dtype): no sync, and a CUDA graph
-        captured after the first call keeps reading the same buffers (refreshed in place).
+        Views, not copies kept beside the weight: whatever changes the weight (a load, ``.data.copy_``, an update
+        under ``inference_mode``, which leaves no version counter to notice it by) changes them, and a CUDA graph
+        captured over a step reads the weight's own memory. ``torch.bmm`` takes both as they are (W_UK row-major,
+        W_UV column-major matrices at a batch stride): no copy.
         """
-        w = self.kv_b_proj.weight
-        try:
-            version = w._version
-        except RuntimeError:  # inference tensors have no version counter
-            version = None
-        key = (version, w.data_ptr(), w.dtype, w.device, tuple(w.shape))
-        if key != self._absorbed_key or self.w_uk is None:
-            with torch.no_grad():
-                wk = w.detach().view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
-                uk = wk[:, : self.qk_nope_head_dim]
-                uv = wk[:, self.qk_nope_head_dim:].transpose(1, 2)
-                if self.w_uk is not None and self.w_uk.shape == uk.shape and self.w_uk.dtype == uk.dtype \
-                        and self.w_uk.device == uk.device:
-                    self.w_uk.copy_(uk)
-                    self.w_uv.copy_(uv)
-                else:
-                    self.w_uk = uk.contiguous()
-                    self.w_uv = uv.contiguous()
-            self._absorbed_key = key
-        return self.w_uk, self.w_uv
+        w = self.kv_b_proj.weight.detach()
+        wk = w.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        return wk[:, : self.qk_nope_head_dim], wk[:, self.qk_nope_head_dim:].transpose(1, 2)
 
     # -- forward ----------------------------------------------------------------------------------------------
     def _check(self, hidden_states, plan, k_cache):

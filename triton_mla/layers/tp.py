@@ -61,6 +61,4 @@ def shard_heads(layer: MLAAttention, rank: int | None = None, world_size: int | 
             o.bias = None
     layer.num_heads = h
     layer.tp_size, layer.tp_rank, layer.tp_group = world_size, rank, group
-    layer.w_uk = layer.w_uv = None  # rebuilt for the kept heads on the next call
-    layer._absorbed_key = None
     return layer
