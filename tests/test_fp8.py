@@ -160,7 +160,9 @@ def test_memory_accounting():
                                (dict(num_layers=1.5), TypeError, "num_layers"),
                                (dict(num_layers=0), ValueError, "num_layers"),
                                (dict(gib="1"), TypeError, "gib"),
-                               (dict(gib=-1.0), ValueError, "gib")]:
+                               (dict(gib=-1.0), ValueError, "gib"),
+                               (dict(gib=float("inf")), ValueError, "gib"),
+                               (dict(gib=float("nan")), ValueError, "gib")]:
         with pytest.raises(exc, match=match):
             tm.tokens_that_fit(**{"gib": 1.0, **kwargs})
     with pytest.raises(TypeError, match="dtype"):

@@ -356,6 +356,20 @@ def test_bad_input():
         MLAAttention(64, 2, rope_layout="zigzag")
     with pytest.raises(NotImplementedError, match="rope_type"):
         MLAAttention(64, 2, rope_parameters=dict(rope_type="longrope", rope_theta=1e4))
+    with pytest.raises(TypeError, match="rope_parameters"):
+        MLAAttention(64, 2, rope_parameters="yarn")
+    with pytest.raises(ValueError, match="rope_layout"):
+        MLAAttention(64, 2, rope_layout="foo")
+    for eps in (-1.0, 0.0, float("nan"), "1e-6"):
+        with pytest.raises(ValueError, match="norm_eps"):
+            MLAAttention(64, 2, norm_eps=eps)
+    for bad in (dict(factor=-4.0), dict(factor=float("inf")), dict(rope_theta=0.0)):
+        yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 1e4, **bad}
+        with pytest.raises(ValueError, match="rope_parameters: '(factor|rope_theta)'"):
+            MLAAttention(64, 2, rope_parameters=yarn)
+    # latents() checks its input as forward() does
+    with pytest.raises(TypeError, match="hidden_states"):
+        layer.latents(x.half(), torch.arange(1, device=DEVICE))
 
 
 # -- against Hugging Face's attention module ---------------------------------------------------------------

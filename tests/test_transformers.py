@@ -162,6 +162,10 @@ def test_bad_use():
     split.model.layers[-1].self_attn.to("meta")
     with pytest.raises(ValueError, match="attention layers are on"):
         patch_model(split)
+    # a 16/32-bit cache is read in the model's dtype: another one is refused here, not at the first forward
+    with pytest.raises(ValueError, match="cache_dtype"):
+        patch_model(make_model("v3-plain"), max_batch_size=2, max_seq_len=16, page_size=4,
+                    cache_dtype=torch.float16 if next(model.parameters()).dtype != torch.float16 else torch.float32)
 
 
 def test_out_of_pages_leaves_no_half_grown_sequences():

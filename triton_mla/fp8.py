@@ -112,6 +112,6 @@ def tokens_that_fit(gib: float, num_layers: int = 1, dtype="bf16", kv_lora_rank:
     if isinstance(gib, bool) or not isinstance(gib, (int, float)):
         raise TypeError(f"gib: expected a number, got {type(gib).__name__}")
     num_layers = check_int(num_layers, "num_layers", low=1)  # a float count would make the result a float
-    if gib < 0:
-        raise ValueError(f"gib: need gib >= 0, got {gib}")
+    if not 0 <= gib < float("inf"):  # (NaN fails too)
+        raise ValueError(f"gib: need a finite gib >= 0, got {gib}")
     return int(gib * 2**30) // (num_layers * cache_bytes_per_token(dtype, kv_lora_rank, rope_dim))

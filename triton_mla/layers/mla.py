@@ -23,6 +23,10 @@ step. This module imports only the library's public Python functions, no Triton.
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Mapping
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -30,7 +34,7 @@ from torch import nn
 from .. import flash_mla_with_kvcache
 from .. import fp8 as _fp8
 from ..cache import write_kv_cache
-from .rope import RotaryEmbedding, softmax_scale
+from .rope import LAYOUTS, RotaryEmbedding, softmax_scale
 
 __all__ = ["MLAAttention", "RMSNorm"]
 
@@ -109,6 +113,12 @@ class MLAAttention(nn.Module):
             raise ValueError(f"q_lora_rank: expected a positive int or None, got {q_lora_rank!r}")
         if prefill_mode not in PREFILL_MODES:
             raise ValueError(f"prefill_mode: expected one of {PREFILL_MODES}, got {prefill_mode!r}")
+        if rope_parameters is not None and not isinstance(rope_parameters, Mapping):
+            raise TypeError(f"rope_parameters: expected a dict or None, got {type(rope_parameters).__name__}")
+        if rope_layout not in LAYOUTS:
+            raise ValueError(f"rope_layout: expected one of {LAYOUTS}, got {rope_layout!r}")
+        if isinstance(norm_eps, bool) or not isinstance(norm_eps, numbers.Real) or not 0 < norm_eps < math.inf:
+            raise ValueError(f"norm_eps: expected a positive finite float, got {norm_eps!r}")
         # the absorbed kernels' latent limits (decode and extend run every config): fail here, not at the first step
         from ..extend import MAX_HEAD_DIM_V, MAX_ROPE_DIM
 
@@ -293,6 +303,9 @@ class MLAAttention(nn.Module):
                 raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
         if hidden_states.dim() != 2 or hidden_states.shape[1] != self.hidden_size:
             raise ValueError(f"hidden_states: expected shape [T, {self.hidden_size}], got {list(hidden_states.shape)}")
+        wdtype = self.kv_a_proj_with_mqa.weight.dtype
+        if hidden_states.dtype != wdtype:
+            raise TypeError(f"hidden_states: expected dtype {wdtype} (the weights'), got {hidden_states.dtype}")
         # a (T, 1) or float tensor broadcast into wrong latents without an error
         if positions.is_floating_point() or positions.is_complex() or positions.shape != (hidden_states.shape[0],):
             raise ValueError(f"positions: expected an integer tensor of shape [{hidden_states.shape[0]}], got "

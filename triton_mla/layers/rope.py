@@ -17,6 +17,7 @@ attention factor; DeepSeek also multiplies the softmax scale by ``mscale(factor,
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -31,6 +32,13 @@ def yarn_get_mscale(scale: float = 1.0, mscale: float = 1.0) -> float:
     if scale <= 1:
         return 1.0
     return 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _positive(value, key) -> float:
+    """A rope parameter that must be a positive finite number (a negative YaRN factor gave NaN frequencies)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        raise ValueError(f"rope_parameters: {key!r} must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def _yarn_factor(params: dict, max_position_embeddings: int | None) -> float:
@@ -69,7 +77,7 @@ def rope_frequencies(dim: int, rope_parameters: dict | None, max_position_embedd
     ``mscale``, ``mscale_all_dim``, ``attention_factor``, ``truncate`` (True)).
     """
     params = dict(rope_parameters or {})
-    base = float(params.get("rope_theta", 10000.0))
+    base = _positive(params.get("rope_theta", 10000.0), "rope_theta")
     rope_type = params.get("rope_type", params.get("type", "default"))
     pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     if rope_type == "default":
@@ -79,7 +87,8 @@ def rope_frequencies(dim: int, rope_parameters: dict | None, max_position_embedd
     original = params.get("original_max_position_embeddings") or max_position_embeddings
     if original is None:
         raise ValueError("rope_parameters: YaRN needs original_max_position_embeddings")
-    factor = _yarn_factor(params, max_position_embeddings)
+    factor = _positive(_yarn_factor(params, max_position_embeddings), "factor")
+    original = _positive(original, "original_max_position_embeddings")
     attention_factor = params.get("attention_factor")
     if attention_factor is None:
         mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
