@@ -322,6 +322,74 @@ def test_decode_fp8_extras():
     assert_close(out, ref_out, torch.float16)
 
 
+def check_extra_cache(fp8, split, dtype=torch.float16, h_q=5, dv=64, dr=16, pages=(16, 8), seed=11):
+    """Newer FlashMLA's extra cache: each query token also attends to its entries of a second cache (another page
+    size), one softmax over both lists; lengths cut each list, a sequence may have entries in one list only or in
+    neither (out 0, lse +inf), and the sink is applied once."""
+    g = torch.Generator().manual_seed(seed)
+    if fp8:
+        dv, dr = 512, 64
+    d = dv + dr
+    k_cache, used = make_cache(80 // pages[0], pages[0], d, dtype, fp8, g)
+    extra_cache, extra_used = make_cache(24 // pages[1], pages[1], d, dtype, fp8, g)
+    b, s_q = 4, 2
+    indices = make_indices(used, 80, (b, s_q, 30), g)
+    extra = make_indices(extra_used, 24, (b, s_q, 12), g)
+    q = torch.randn(b, s_q, h_q, d, generator=g).to(dtype)
+    lens = torch.tensor([30, 7, 0, 0], dtype=torch.int32)
+    extra_lens = torch.tensor([12, 0, 5, 0], dtype=torch.int32)
+    sink = torch.randn(h_q, generator=g)
+    sink[:2] = torch.tensor([float("inf"), float("-inf")])[: min(2, h_q)]
+    args = [t.to(DEVICE) for t in (q, k_cache, indices, lens, sink, extra_cache, extra, extra_lens)]
+    with configs.overridden(**(SPLIT_HEAVY if split else {})):
+        out, lse = tm.flash_mla_with_kvcache(args[0], args[1], None, None, dv, tm.get_mla_metadata()[0], None,
+                                             is_fp8_kvcache=fp8, indices=args[2], attn_sink=args[4],
+                                             topk_length=args[3], extra_k_cache=args[5],
+                                             extra_indices_in_kvcache=args[6], extra_topk_length=args[7])
+    ref_out, ref_lse = sparse_decode_ref(args[0].double(), dequantized(args[1], fp8), args[2], dv, None, args[4],
+                                         args[3], extra_k_cache=dequantized(args[5], fp8), extra_indices=args[6],
+                                         extra_topk_length=args[7])
+    lse_dtype = torch.float32 if dtype == torch.float32 else torch.float16
+    assert out.dtype == dtype and out.shape == (b, s_q, h_q, dv) and lse.shape == (b, h_q, s_q)
+    assert_close(out, ref_out, dtype)
+    assert_close(lse, ref_lse, lse_dtype, "lse")
+    assert (out[3] == 0).all() and (lse[3] == float("inf")).all()
+    # without lengths or sink, through sparse_decode
+    out, lse = sparse_decode(args[0], args[1], args[2], dv, is_fp8_kvcache=fp8, extra_k_cache=args[5],
+                             extra_indices_in_kvcache=args[6])
+    ref_out, ref_lse = sparse_decode_ref(args[0].double(), dequantized(args[1], fp8), args[2], dv,
+                                         extra_k_cache=dequantized(args[5], fp8), extra_indices=args[6])
+    assert_close(out, ref_out, dtype)
+    assert_close(lse, ref_lse, lse_dtype, "lse")
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("split", [False, True])
+def test_decode_extra_cache(fp8, split):
+    check_extra_cache(fp8, split)
+
+
+def test_decode_extra_cache_bad_input():
+    g = torch.Generator().manual_seed(12)
+    k_cache, used = make_cache(2, 16, 80, torch.float16, False, g)
+    q = torch.randn(2, 1, 2, 80, generator=g).half().to(DEVICE)
+    k_cache = k_cache.to(DEVICE)
+    indices = make_indices(used, 32, (2, 1, 8), g).to(DEVICE)
+    with pytest.raises(ValueError, match="extra_k_cache, extra_indices_in_kvcache"):
+        sparse_decode(q, k_cache, indices, 64, extra_k_cache=k_cache)
+    with pytest.raises(ValueError, match="extra_indices_in_kvcache"):
+        sparse_decode(q, k_cache, indices, 64, extra_k_cache=k_cache, extra_indices_in_kvcache=indices[:1])
+    with pytest.raises(TypeError, match="extra_k_cache"):
+        sparse_decode(q, k_cache, indices, 64, extra_k_cache=k_cache.float(), extra_indices_in_kvcache=indices)
+    with pytest.raises(ValueError, match="extra_topk_length"):
+        sparse_decode(q, k_cache, indices, 64, extra_k_cache=k_cache, extra_indices_in_kvcache=indices,
+                      extra_topk_length=torch.zeros(3, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match="extra_k_cache"):  # dense decode has no extra cache
+        table = torch.zeros(2, 1, dtype=torch.int32, device=DEVICE)
+        tm.flash_mla_with_kvcache(q, k_cache, table, torch.ones(2, dtype=torch.int32, device=DEVICE), 64,
+                                  extra_k_cache=k_cache)
+
+
 # -- prefill ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 @pytest.mark.parametrize("h_q", [1, 3, 16, 64, 128])
@@ -520,6 +588,15 @@ def sm90_calls(monkeypatch):
     launch = sparse_kernels._sm90.launch
     monkeypatch.setattr(sparse_kernels._sm90, "launch", lambda *a: calls.append(1) or launch(*a))
     return calls
+
+
+@gpu
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("h_q", [8, 16, 64, 128])
+def test_gpu_decode_extra_cache(h_q, fp8):
+    """The extra cache over DeepSeek's latent in bfloat16, pages of 16 and 8, each path's kernel (keys-on-M at <= 16
+    heads over FP8)."""
+    check_extra_cache(fp8, h_q == 16, torch.bfloat16, h_q, 512, 64, pages=(16, 8), seed=h_q)
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")

@@ -163,16 +163,12 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     variable TRITON_MLA_BATCH_INVARIANT=1. Costs parallelism on small batches. Sparse decode: see
     ``sparse_decode``.
     extra_k_cache, extra_indices_in_kvcache, extra_topk_length: newer FlashMLA's second (extra) cache for
-    sparse decode; accepted as None (its test helpers and engines pass them so), a tensor is not supported.
+    sparse decode, see ``sparse_decode``.
     enable_batch_invariant: newer FlashMLA's name for ``batch_invariant`` (give one of the two).
 
     Returns out (b, s_q, h_q, head_dim_v) in q's dtype, softmax_lse (b, h_q, s_q) float32 (natural log;
     +inf for a query with no keys, whose out is 0). Semantics: ``triton_mla.reference.decode_ref``.
     """
-    for name, extra in (("extra_k_cache", extra_k_cache), ("extra_indices_in_kvcache", extra_indices_in_kvcache),
-                        ("extra_topk_length", extra_topk_length)):
-        if extra is not None:
-            raise ValueError(f"{name}: a second (extra) cache is not supported; pass None")
     if enable_batch_invariant is not None:
         if batch_invariant is not None:
             raise TypeError("enable_batch_invariant: newer FlashMLA's name for batch_invariant; give only one")
@@ -186,9 +182,14 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
 
         return sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=softmax_scale,
                              is_fp8_kvcache=is_fp8_kvcache, attn_sink=attn_sink, topk_length=topk_length,
-                             causal=causal, batch_invariant=batch_invariant)
+                             causal=causal, batch_invariant=batch_invariant, extra_k_cache=extra_k_cache,
+                             extra_indices_in_kvcache=extra_indices_in_kvcache, extra_topk_length=extra_topk_length)
     if attn_sink is not None or topk_length is not None:
         raise ValueError("attn_sink, topk_length: only sparse decode (indices=...) takes them")
+    for name, extra in (("extra_k_cache", extra_k_cache), ("extra_indices_in_kvcache", extra_indices_in_kvcache),
+                        ("extra_topk_length", extra_topk_length)):
+        if extra is not None:
+            raise ValueError(f"{name}: only sparse decode (indices=...) takes an extra cache")
     b, s_q, h_q, d, fp8 = check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache)
     device = q.device
     k_shape = k_cache.shape  # each .shape builds a new torch.Size

@@ -222,19 +222,37 @@ def _sparse_attention_ref(q, kv, ids, lengths, softmax_scale, head_dim_v, attn_s
 
 
 def sparse_decode_ref(q, k_cache, indices, head_dim_v, softmax_scale=None, attn_sink=None, topk_length=None,
-                      dtype=torch.float64):
+                      dtype=torch.float64, extra_k_cache=None, extra_indices=None, extra_topk_length=None):
     """Reference for :func:`triton_mla.sparse.sparse_decode` (``flash_mla_with_kvcache(..., indices=...)``).
 
     q [b, s_q, h_q, d]; k_cache [num_blocks, page_size, 1, d] floats (an FP8 cache: pass
     ``triton_mla.fp8.dequantize_latent(k_cache)``); indices [b, s_q, topk]: flat token ids
     page * page_size + offset, anything outside [0, num_blocks * page_size) invalid; topk_length [b]
     (first entries only, clamped to [0, topk]); attn_sink [h_q]: out *= exp(lse) / (exp(lse) + exp(sink)).
+    extra_k_cache, extra_indices, extra_topk_length: a second cache and its lists (floats, as k_cache), attended
+    to with the first as one softmax: here the two caches laid end to end and each query's two lists (cut at
+    their lengths) joined.
     Returns out [b, s_q, h_q, head_dim_v] and lse [b, h_q, s_q] in ``dtype``.
     """
     b, s_q, h_q, d = q.shape
     if softmax_scale is None:
         softmax_scale = d ** -0.5
     kv = k_cache.reshape(-1, k_cache.shape[-1])
+    if extra_k_cache is not None:
+        def cut(ids, lengths):
+            if lengths is None:
+                return ids.long()
+            keep = torch.arange(ids.shape[-1], device=ids.device) < lengths.long().view(-1, 1, 1)
+            return torch.where(keep, ids.long(), -1)
+
+        n, n_extra = kv.shape[0], extra_k_cache.numel() // extra_k_cache.shape[-1]
+        main = cut(indices, topk_length)
+        main = torch.where((main >= 0) & (main < n), main, -1)  # (an id past n would land in the extra cache)
+        extra = cut(extra_indices, extra_topk_length)
+        extra = torch.where((extra >= 0) & (extra < n_extra), extra + n, -1)
+        indices = torch.cat([main, extra], dim=-1)
+        kv = torch.cat([kv, extra_k_cache.reshape(-1, extra_k_cache.shape[-1]).to(kv.dtype)])
+        topk_length = None
     lengths = None if topk_length is None else topk_length.repeat_interleave(s_q)
     out, _, lse = _sparse_attention_ref(q.reshape(b * s_q, h_q, d), kv, indices.reshape(b * s_q, -1), lengths,
                                         softmax_scale, head_dim_v, attn_sink, dtype)

@@ -54,7 +54,8 @@ def _check_extras(attn_sink, topk_length, h_q, rows, device):
 
 @on_tensor_device("q", 0)
 def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kvcache=False, attn_sink=None,
-                  topk_length=None, causal=False, batch_invariant=None):
+                  topk_length=None, causal=False, batch_invariant=None, *, extra_k_cache=None,
+                  extra_indices_in_kvcache=None, extra_topk_length=None):
     """Token-level sparse MLA decode (DSA): each query token attends to its own top-k cache tokens.
 
     q: (b, s_q, h_q, d) bfloat16/float16/float32, d = head_dim_v + rope dims (576 for DeepSeek). Any h_q.
@@ -74,6 +75,10 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
     batch_invariant: cut each top-k list into splits that depend on topk alone (not on b or s_q), so a query
         token's output is bitwise the same whatever else is in the batch; default: the environment variable
         TRITON_MLA_BATCH_INVARIANT=1. Costs parallelism on small batches.
+    extra_k_cache, extra_indices_in_kvcache, extra_topk_length: newer FlashMLA's second cache: each query token
+        also attends to its extra_indices_in_kvcache (b, s_q, extra_topk) entries of extra_k_cache (the same
+        format as k_cache, any page size; extra_topk_length (b,) as topk_length), as one softmax over both lists.
+        Run as two passes merged by their lse (the sink applied once, after), so it costs both lists' reads.
 
     Returns out (b, s_q, h_q, head_dim_v) in q's dtype and lse (b, h_q, s_q) float32 (natural log of
     the scaled logits); a query with no valid entry gets out = 0 and lse = +inf. No host sync; the
@@ -90,6 +95,9 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
         batch_invariant = check_bool(batch_invariant, "batch_invariant")
     if check_bool(causal, "causal"):
         raise ValueError("causal: sparse decode has no causal mask (indices choose the keys); pass causal=False")
+    if extra_k_cache is not None or extra_indices_in_kvcache is not None or extra_topk_length is not None:
+        return _with_extra(q, k_cache, indices, head_dim_v, softmax_scale, is_fp8_kvcache, attn_sink, topk_length,
+                           batch_invariant, extra_k_cache, extra_indices_in_kvcache, extra_topk_length)
     b, s_q, h_q, d, fp8 = check_query_and_cache(q, k_cache, head_dim_v, is_fp8_kvcache)
     device = q.device
     if not fp8 and k_cache.shape[3] != d:
@@ -119,6 +127,48 @@ def sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale=None, is_fp8_kv
     _sparse.sparse_attention(q, cache, indices, topk_length, attn_sink, out, lse, None, softmax_scale, fp8, config,
                              configs.num_sms(device), batch_invariant=bool(batch_invariant))
     return out, lse
+
+
+# what the extra list's pass names its arguments in an error: the caller passed them as extra_*
+_EXTRA_NAMES = (("k_cache:", "extra_k_cache:"), ("indices:", "extra_indices_in_kvcache:"),
+                ("topk_length:", "extra_topk_length:"))
+
+
+def _with_extra(q, k_cache, indices, head_dim_v, softmax_scale, fp8, attn_sink, topk_length, batch_invariant,
+                extra_k_cache, extra_indices, extra_topk_length):
+    """``sparse_decode`` over two (cache, indices) lists: each list's pass without the sink, the two results merged
+    by their lse in float32, then the sink. A list with no valid entry has lse +inf and output 0 (the kernels'
+    convention): it gets weight 0, and a query with none in either list keeps out 0, lse +inf."""
+    if extra_k_cache is None or extra_indices is None:
+        raise ValueError("extra_k_cache, extra_indices_in_kvcache: give both (or neither)")
+    out1, lse1 = sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale, fp8, None, topk_length,
+                               batch_invariant=batch_invariant)
+    if attn_sink is not None:  # (checked before the second pass runs)
+        _check_extras(attn_sink, None, q.shape[2], 0, q.device)
+    try:
+        out2, lse2 = sparse_decode(q, extra_k_cache, extra_indices, head_dim_v, softmax_scale, fp8, None,
+                                   extra_topk_length, batch_invariant=batch_invariant)
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        for name, extra in _EXTRA_NAMES:
+            if msg.startswith(name):
+                raise type(e)(extra + msg[len(name):]) from e
+        raise
+    inf = float("inf")
+    l1 = torch.where(lse1 == inf, -inf, lse1)  # (b, h_q, s_q)
+    l2 = torch.where(lse2 == inf, -inf, lse2)
+    lse = torch.logaddexp(l1, l2)
+    none = lse == -inf
+    safe = torch.where(none, 0.0, lse)
+    w1 = torch.exp(l1 - safe).transpose(1, 2).unsqueeze(-1)  # (b, s_q, h_q, 1): exp(-inf) = 0 for an empty list
+    w2 = torch.exp(l2 - safe).transpose(1, 2).unsqueeze(-1)
+    out = out1.float() * w1 + out2.float() * w2
+    lse = torch.where(none, inf, lse)
+    if attn_sink is not None:
+        # exp(lse) / (exp(lse) + exp(sink)) = sigmoid(lse - sink): sink +inf gives 0, -inf leaves out as it is
+        keep = torch.sigmoid(torch.where(none, 0.0, lse) - attn_sink[None, :, None])
+        out = out * keep.transpose(1, 2).unsqueeze(-1)
+    return out.to(q.dtype), lse
 
 
 @on_tensor_device("q", 0)

@@ -29,13 +29,13 @@ if [ "${T_SPARSE:-90}" != 0 ]; then
   timeout -k 3 ${T_SPARSE:-90} python3 -m triton_mla.bench_sparse --out $OUT/sparse.json > $OUT/sparse_full.txt 2>&1
   echo "sparse rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "^{\|$NOISE" $OUT/sparse_full.txt | tee $OUT/sparse.txt
 fi
-D=benchmarks/results/h100/session_2026-12-07x
 if [ "${T_TESTS:-200}" != 0 ]; then
-  for list in gpu_tests_not_run_still; do
+  # this session's new GPU tests (the sparse extra cache) first, then the backlog
+  for list in session_2026-12-07z/gpu_tests_new session_2026-12-07x/gpu_tests_not_run_still; do
     t0=$(date +%s)
-    mapfile -t ids < $D/$list.txt
-    timeout -k 3 ${T_TESTS:-200} python3 -m pytest -v -n 4 -p no:cacheprovider -p failwriter --tb=short "${ids[@]}" > $OUT/$list.log 2>&1
-    echo "$list rc=$? in $(( $(date +%s) - t0 )) s: PASSED $(grep -c PASSED $OUT/$list.log) of ${#ids[@]}, FAILED $(grep -c FAILED $OUT/$list.log)"
-    grep -E "^FAILED|Error" $OUT/$list.log | head -10
+    mapfile -t ids < benchmarks/results/h100/$list.txt
+    timeout -k 3 ${T_TESTS:-200} python3 -m pytest -v -n 4 -p no:cacheprovider -p failwriter --tb=short "${ids[@]}" > $OUT/${list#*/}.log 2>&1
+    echo "$list rc=$? in $(( $(date +%s) - t0 )) s: PASSED $(grep -c PASSED $OUT/${list#*/}.log) of ${#ids[@]}, FAILED $(grep -c FAILED $OUT/${list#*/}.log)"
+    grep -E "^FAILED|Error" $OUT/${list#*/}.log | head -10
   done
 fi
