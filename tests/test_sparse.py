@@ -377,6 +377,8 @@ def test_decode_extra_cache_bad_input():
     indices = make_indices(used, 32, (2, 1, 8), g).to(DEVICE)
     with pytest.raises(ValueError, match="extra_k_cache, extra_indices_in_kvcache"):
         sparse_decode(q, k_cache, indices, 64, extra_k_cache=k_cache)
+    with pytest.raises(ValueError, match="extra_topk_length"):
+        sparse_decode(q, k_cache, indices, 64, extra_topk_length=torch.zeros(2, dtype=torch.int32, device=DEVICE))
     with pytest.raises(ValueError, match="extra_indices_in_kvcache"):
         sparse_decode(q, k_cache, indices, 64, extra_k_cache=k_cache, extra_indices_in_kvcache=indices[:1])
     with pytest.raises(TypeError, match="extra_k_cache"):

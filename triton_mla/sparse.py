@@ -139,6 +139,8 @@ def _with_extra(q, k_cache, indices, head_dim_v, softmax_scale, fp8, attn_sink, 
     """``sparse_decode`` over two (cache, indices) lists: each list's pass without the sink, the two results merged
     by their lse in float32, then the sink. A list with no valid entry has lse +inf and output 0 (the kernels'
     convention): it gets weight 0, and a query with none in either list keeps out 0, lse +inf."""
+    if extra_k_cache is None and extra_indices is None:
+        raise ValueError("extra_topk_length: given without extra_k_cache and extra_indices_in_kvcache")
     if extra_k_cache is None or extra_indices is None:
         raise ValueError("extra_k_cache, extra_indices_in_kvcache: give both (or neither)")
     out1, lse1 = sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale, fp8, None, topk_length,
