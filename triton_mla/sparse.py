@@ -136,17 +136,18 @@ _EXTRA_NAMES = (("k_cache:", "extra_k_cache:"), ("indices:", "extra_indices_in_k
 
 def _with_extra(q, k_cache, indices, head_dim_v, softmax_scale, fp8, attn_sink, topk_length, batch_invariant,
                 extra_k_cache, extra_indices, extra_topk_length):
-    """``sparse_decode`` over two (cache, indices) lists: each list's pass without the sink, the two results merged
-    by their lse in float32, then the sink. A list with no valid entry has lse +inf and output 0 (the kernels'
-    convention): it gets weight 0, and a query with none in either list keeps out 0, lse +inf."""
+    """``sparse_decode`` over two (cache, indices) lists: each list's pass without the sink, then one kernel merges
+    the two results by their lse in float32 and applies the sink (``kernels.sparse.merge_lists``). A list with no
+    valid entry has lse +inf and output 0 (the kernels' convention): it gets weight 0, and a query with none in
+    either list keeps out 0, lse +inf."""
     if extra_k_cache is None and extra_indices is None:
         raise ValueError("extra_topk_length: given without extra_k_cache and extra_indices_in_kvcache")
     if extra_k_cache is None or extra_indices is None:
         raise ValueError("extra_k_cache, extra_indices_in_kvcache: give both (or neither)")
     out1, lse1 = sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale, fp8, None, topk_length,
                                batch_invariant=batch_invariant)
-    if attn_sink is not None:  # (checked before the second pass runs)
-        _check_extras(attn_sink, None, q.shape[2], 0, q.device)
+    if attn_sink is not None:  # (checked before the second pass runs; the merge reads it densely)
+        attn_sink, _ = _check_extras(attn_sink, None, q.shape[2], 0, q.device)
     try:
         out2, lse2 = sparse_decode(q, extra_k_cache, extra_indices, head_dim_v, softmax_scale, fp8, None,
                                    extra_topk_length, batch_invariant=batch_invariant)
@@ -156,21 +157,8 @@ def _with_extra(q, k_cache, indices, head_dim_v, softmax_scale, fp8, attn_sink, 
             if msg.startswith(name):
                 raise type(e)(extra + msg[len(name):]) from e
         raise
-    inf = float("inf")
-    l1 = torch.where(lse1 == inf, -inf, lse1)  # (b, h_q, s_q)
-    l2 = torch.where(lse2 == inf, -inf, lse2)
-    lse = torch.logaddexp(l1, l2)
-    none = lse == -inf
-    safe = torch.where(none, 0.0, lse)
-    w1 = torch.exp(l1 - safe).transpose(1, 2).unsqueeze(-1)  # (b, s_q, h_q, 1): exp(-inf) = 0 for an empty list
-    w2 = torch.exp(l2 - safe).transpose(1, 2).unsqueeze(-1)
-    out = out1.float() * w1 + out2.float() * w2
-    lse = torch.where(none, inf, lse)
-    if attn_sink is not None:
-        # exp(lse) / (exp(lse) + exp(sink)) = sigmoid(lse - sink): sink +inf gives 0, -inf leaves out as it is
-        keep = torch.sigmoid(torch.where(none, 0.0, lse) - attn_sink[None, :, None])
-        out = out * keep.transpose(1, 2).unsqueeze(-1)
-    return out.to(q.dtype), lse
+    # (in place into the first pass's out and lse: one read of each pass's rows, one write)
+    return _sparse.merge_lists(out1, lse1, out2, lse2, attn_sink)
 
 
 @on_tensor_device("q", 0)

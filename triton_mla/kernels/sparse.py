@@ -582,3 +582,54 @@ def compile_specs(section, entry, cap=None):
     yield ("sparse_combine", _combine_kernel, types,
            dict(DV=FP8_DV, PART_W=FP8_DV, BLOCK_C=COMBINE_BLOCK_C, BLOCK_H=COMBINE_BLOCK_H, HAS_SINK=True,
                 MAX_LOGITS=prefill), 4, 1)
+
+
+# -- two top-k lists' results merged (sparse decode's extra cache) ---------------------------------------------------
+@triton.jit
+def _merge_lists_kernel(out_ptr, lse_ptr, out2_ptr, lse2_ptr, sink_ptr, s_q, h_q, DV: tl.constexpr,
+                        BLOCK_DV: tl.constexpr, HAS_SINK: tl.constexpr):
+    """One query row (b, s, h) of two sparse passes over disjoint key lists, merged in place into the first's out
+    (b, s_q, h_q, DV) and lse (b, h_q, s_q), both contiguous like the second's: the rows weighted by exp(lse_i -
+    lse), lse = log(exp(lse_1) + exp(lse_2)), then the sink (out *= 1 / (1 + exp(sink - lse))). A pass with no
+    valid entry has lse +inf and a zero row: weight 0; with none in either, out stays 0 and lse +inf."""
+    row = tl.program_id(0).to(tl.int64)  # (b * s_q + s) * h_q + h, out's row order
+    h = row % h_q
+    bs = row // h_q
+    at = (bs // s_q * h_q + h) * s_q + bs % s_q  # lse's (b, h, s)
+    l1 = tl.load(lse_ptr + at)
+    l2 = tl.load(lse2_ptr + at)
+    l1 = tl.where(l1 == float("inf"), float("-inf"), l1)
+    l2 = tl.where(l2 == float("inf"), float("-inf"), l2)
+    m = tl.maximum(l1, l2)
+    none = m == float("-inf")
+    m = tl.where(none, 0.0, m)
+    e1 = tl.exp(l1 - m)
+    e2 = tl.exp(l2 - m)
+    total = tl.where(none, 1.0, e1 + e2)
+    lse = m + tl.log(total)
+    w1 = e1 / total
+    w2 = e2 / total
+    if HAS_SINK:
+        keep = 1.0 / (1.0 + tl.exp(tl.load(sink_ptr + h) - lse))  # (sink +inf: 0, -inf: 1)
+        w1 *= keep
+        w2 *= keep
+    cols = tl.arange(0, BLOCK_DV)
+    ok = cols < DV
+    o1 = tl.load(out_ptr + row * DV + cols, mask=ok, other=0.0).to(tl.float32)
+    o2 = tl.load(out2_ptr + row * DV + cols, mask=ok, other=0.0).to(tl.float32)
+    o = tl.where(none, 0.0, o1 * w1 + o2 * w2)
+    tl.store(out_ptr + row * DV + cols, o.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(lse_ptr + at, tl.where(none, float("inf"), lse))
+
+
+def merge_lists(out, lse, out2, lse2, attn_sink):
+    """``_merge_lists_kernel`` over every query row: ``out``, ``lse`` (contiguous, as ``sparse_decode`` makes
+    them) hold the merged result afterwards. attn_sink: (h_q,) float32 contiguous or None."""
+    b, s_q, h_q, dv = out.shape
+    if b * s_q * h_q == 0:
+        return out, lse
+    _merge_lists_kernel[(b * s_q * h_q,)](
+        out, lse, out2, lse2, attn_sink if attn_sink is not None else lse, s_q, h_q,
+        DV=dv, BLOCK_DV=next_pow2(dv), HAS_SINK=attn_sink is not None, **FP_FUSION, num_warps=4,
+    )
+    return out, lse
