@@ -184,6 +184,10 @@ class PageAllocator:
         return lens.to(device) if device is not None else lens
 
 
+# what a cache dtype may be given as for the FP8 layout
+FP8_DTYPES = ("fp8", torch.float8_e4m3fn, torch.uint8)
+
+
 class PagedLatentCache:
     """Per-layer paged latent caches sharing one page allocator.
 
@@ -197,7 +201,7 @@ class PagedLatentCache:
         kv_lora_rank = check_int(kv_lora_rank, "kv_lora_rank", low=1)
         rope_dim = check_int(rope_dim, "rope_dim", low=0)
         num_layers = check_int(num_layers, "num_layers", low=1)
-        self.is_fp8 = dtype in ("fp8", torch.float8_e4m3fn, torch.uint8)
+        self.is_fp8 = dtype in FP8_DTYPES
         if self.is_fp8:
             if (kv_lora_rank, rope_dim) != (_fp8.NOPE_DIM, _fp8.ROPE_DIM):
                 raise ValueError(f"dtype: the FP8 layout needs kv_lora_rank {_fp8.NOPE_DIM} and rope_dim "

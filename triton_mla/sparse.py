@@ -144,10 +144,11 @@ def _with_extra(q, k_cache, indices, head_dim_v, softmax_scale, fp8, attn_sink, 
         raise ValueError("extra_topk_length: given without extra_k_cache and extra_indices_in_kvcache")
     if extra_k_cache is None or extra_indices is None:
         raise ValueError("extra_k_cache, extra_indices_in_kvcache: give both (or neither)")
+    if attn_sink is not None:  # (checked before either pass runs; the merge reads it densely)
+        check_tensor(q, "q", ndim=4)
+        attn_sink, _ = _check_extras(attn_sink, None, q.shape[2], 0, q.device)
     out1, lse1 = sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale, fp8, None, topk_length,
                                batch_invariant=batch_invariant)
-    if attn_sink is not None:  # (checked before the second pass runs; the merge reads it densely)
-        attn_sink, _ = _check_extras(attn_sink, None, q.shape[2], 0, q.device)
     try:
         out2, lse2 = sparse_decode(q, extra_k_cache, extra_indices, head_dim_v, softmax_scale, fp8, None,
                                    extra_topk_length, batch_invariant=batch_invariant)

@@ -27,7 +27,7 @@ import weakref
 
 import torch
 
-from ..cache import PagedLatentCache
+from ..cache import FP8_DTYPES, PagedLatentCache
 from ..layers.mla import MLAAttention
 from ..layers.rope import RotaryEmbedding
 from ..serving import MLABackend
@@ -233,8 +233,7 @@ def patch_model(model, *, max_batch_size: int = 8, max_seq_len: int = 4096, page
                          "is not supported)")
     param = attn_params[0] if attn_params else next(model.parameters())
     device, dtype = param.device, param.dtype
-    fp8 = isinstance(cache_dtype, str) and cache_dtype == "fp8" or cache_dtype in (torch.uint8, torch.float8_e4m3fn)
-    if cache_dtype is not None and not fp8 and cache_dtype != dtype:
+    if cache_dtype is not None and cache_dtype not in FP8_DTYPES and cache_dtype != dtype:
         # (the kernels read a 16/32-bit cache in the queries' dtype, i.e. the model's)
         raise ValueError(f"cache_dtype: a {cache_dtype} cache needs a {cache_dtype} model, this one is {dtype}; "
                          "pass None (the model's dtype) or 'fp8'")
