@@ -464,6 +464,21 @@ def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("batch", [255, 256, 257, 400])
+@pytest.mark.parametrize("ws", [False, True])
+def test_gpu_sm90_many_sequences(batch, ws):
+    """The Gluon kernels' split plan read in one pass of the lengths (up to 256 sequences at 8 warps) or in
+    chunks (more): random lengths with empty sequences among them, split-heavy, 64-row and warp-specialized."""
+    if ws and not configs.triton_at_least("3.7"):
+        pytest.skip("the warp-specialized kernel builds from Triton 3.7 on")
+    rnd = random.Random(batch)
+    lens = [rnd.choice([0, 1, 64, 65, rnd.randint(0, 500)]) for _ in range(batch)]
+    with configs.overridden(WGMMA=True, BLOCK_N=64, MIN_BLOCKS_PER_PART=1, PARTS_PER_SM=4, WS=ws,
+                            WS_MIN_TILES_PER_PART=0):
+        check_decode(lens, s_q=1, h_q=64, dv=512, dr=64, page_size=64, dtype=torch.bfloat16, seed=batch)
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [16, 64, 128])
 @pytest.mark.parametrize("h_q", [128, 16])
 @pytest.mark.parametrize("fp8", [False, True])

@@ -395,7 +395,8 @@ SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] == 9
 # tile, and with that V^T's bytes paired by key and the lazy running max, or the combine fused into the kernel
 KEYS_ON_M_VARIANTS = dict(f16=dict(QK_E4M3=False), e4m3=dict(QK_E4M3=True),
                           pairs_lazy=dict(QK_E4M3=True, PAIR_KEYS=True, LAZY_MAX=True),
-                          fused=dict(QK_E4M3=True, FUSED_COMBINE=True))
+                          fused=dict(QK_E4M3=True, FUSED_COMBINE=True),
+                          copy_first=dict(QK_E4M3=True, FUSED_COMBINE=True, COPY_BEFORE_Q=True))
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
@@ -423,13 +424,13 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
-@pytest.mark.parametrize("variant", ["f16", "e4m3", "pairs_lazy", "fused"])
+@pytest.mark.parametrize("variant", ["f16", "e4m3", "pairs_lazy", "fused", "copy_first"])
 def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, variant, monkeypatch):
     """kernels/decode_sm90_fp8.py (<= 16 rows, keys on the MMA's M side, dims permuted in the register operands):
     8- and 16-row programs, every row count 1-16 that a head count and s_q make, causal s_q > 1, NaN bytes past each
     sequence, outliers, one sequence per part or many; the scores by float16 MMAs on converted keys or by e4m3 MMAs
-    on the raw tile (QK_E4M3), and with that V^T's bytes paired by key and the lazy running max, or L2 prefetches
-    (a hint: results unchanged, addresses in bounds)."""
+    on the raw tile (QK_E4M3), and with that V^T's bytes paired by key and the lazy running max, or the combine
+    fused, with or without a segment's first tile copied before its Q (COPY_BEFORE_Q)."""
     from triton_mla import api
 
     calls = []
@@ -443,6 +444,20 @@ def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, variant, monkeypatch)
             check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
                              outliers=i == 0)
     assert len(calls) == len(shapes)
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("batch", [127, 128, 129, 300])
+@pytest.mark.parametrize("copy_first", [False, True])
+def test_gpu_sm90_keys_on_m_many_sequences(batch, copy_first):
+    """The split plan read in one pass of the lengths (up to 128 sequences: the program's 128 threads) or in chunks
+    (more): random lengths with empty sequences among them, split-heavy, the combine fused."""
+    rnd = random.Random(batch)
+    lens = [rnd.choice([0, 1, 64, 65, rnd.randint(0, 700)]) for _ in range(batch)]
+    with configs.overridden(WGMMA=True, KEYS_ON_M=True, QK_E4M3=True, FUSED_COMBINE=True, COPY_BEFORE_Q=copy_first,
+                            **SPLIT_HEAVY):
+        check_fp8_decode(lens, 1, 16, 64, dtype=torch.bfloat16, seed=batch)
+        check_fp8_decode(lens, 2, 4, 16, dtype=torch.bfloat16, causal=True, seed=batch + 1)
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")

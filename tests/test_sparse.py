@@ -634,15 +634,20 @@ def test_gpu_sm90_sparse_decode(h_q, s_q, split_heavy, cache, sm90_calls):
                                          FP8_IDS_AHEAD=True, FP8_QK_E4M3=True),
                                     dict(FP8_PV_PARTS_16=2, FP8_QK_WAVES_16=1, FP8_PV_PARTS_8=4, FP8_QK_WAVES_8=2,
                                          FP8_IDS_AHEAD=True, FP8_QK_E4M3=True, FP8_PAIR_KEYS=True,
-                                         FP8_LAZY_MAX=True)],
-                         ids=["a", "b", "e4m3", "pairs_lazy"])
+                                         FP8_LAZY_MAX=True),
+                                    dict(FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2, FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1,
+                                         FP8_IDS_AHEAD=True, FP8_QK_E4M3=True, FP8_COPY_BEFORE_Q=True),
+                                    dict(FP8_IDS_AHEAD=True, FP8_QK_E4M3=True, FP8_COPY_BEFORE_Q=True,
+                                         FP8_KEYS_ON_M_PROGRAMS_PER_SM=1, FP8_RAW_STAGES=4)],
+                         ids=["a", "b", "e4m3", "pairs_lazy", "copy_first", "alone_4"])
 @pytest.mark.parametrize("split_heavy", [False, True])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (5, 2), (8, 1), (9, 4), (12, 1), (16, 2)])
 def test_gpu_sm90_sparse_fp8_keys_on_m(h_q, s_q, split_heavy, pieces, monkeypatch):
     """The FP8 keys-on-M kernel (<= 16 heads, 8 or 16 rows a program) against the reference: odd topk,
     topk_length (0 included), sinks, invalid and duplicate ids, pages of 64 and of 1, one split or many, the
     register operands whole or in pieces, top-k entries read in the iteration or one ahead, the scores by e4m3
-    MMAs (QK_E4M3), V^T's bytes paired by key and the lazy running max (PAIR_KEYS, LAZY_MAX)."""
+    MMAs (QK_E4M3), V^T's bytes paired by key and the lazy running max (PAIR_KEYS, LAZY_MAX), the first tile
+    copied before Q (COPY_BEFORE_Q), one program an SM with four raw tiles."""
     calls = []
     kernel = sparse_kernels._sm90._sparse_sm90_fp8_t_kernel
 

@@ -539,12 +539,25 @@ def _buffers_t(ROWS: gl.constexpr, STAGES: gl.constexpr, QK_E4M3: gl.constexpr =
 
 
 @gluon.jit
+def _first_copy(stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, stride_kb, stride_kt, stride_table, limit,
+                page_size, INDEXED: gl.constexpr, PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False):
+    """Tile 0 of ``_attend_t``'s keys [lo, hi) issued into stage 0, uncommitted (``_attend_t``'s ISSUED): called
+    before Q's load, so Q's ~2.5 us round trip overlaps the tile's (benchmarks/NOTES.md, twenty-seventh session)."""
+    tile_page = None
+    if PAGE_TILE:
+        tile_page = _tile_page(table_row, lo, hi, stride_table, limit, page_size)
+    _issue_fp8_tile(_copy_view(stage.index(0), QK_E4M3), stage_scale.index(0), pe_bufs.index(0), k_ptr, table_row,
+                    lo, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, WARPS, 8, None,
+                    tile_page)
+
+
+@gluon.jit
 def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit, row_scale,
               stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, INDEXED: gl.constexpr,
               ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
               s_l: gl.constexpr, IDS_AHEAD: gl.constexpr = False, PAGE_TILE: gl.constexpr = False,
               FOLD_SCALES: gl.constexpr = False, STEP: gl.constexpr = 1, QK_E4M3: gl.constexpr = False,
-              LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False):
+              LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False, ISSUED: gl.constexpr = False):
     """Keys [lo, hi) against the ROWS query rows in ``q_smem`` / ``qpe_smem`` (``_load_q``, its copies committed):
     raw tiles copied STAGES - 1 ahead, online softmax in log2 units. Keys are ``decode_sm90._key_offsets``'s
     (paged positions, or top-k entries with ``INDEXED``); key c counts for row r below ``row_limit[r]``.
@@ -554,7 +567,8 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     (``_dual_wg``: two warpgroups on alternate tiles). QK_E4M3: the scores by ``_scores_fp8`` (Q and the buffers
     as ``_buffers_t`` makes them with it). LAZY: the running max moves (and O^T is rescaled) only when a row's max
     has grown by more than RESCALE_AT; else on every tile. PAIRS: V^T's bytes paired by key before their
-    conversion, its scales loaded once a tile (``_values``).
+    conversion, its scales loaded once a tile (``_values``). ISSUED: the caller has issued tile 0's copy
+    (``_first_copy``, before Q's load), uncommitted: Q's rope copy joins its group.
     Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
@@ -562,7 +576,7 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     tile_page = None  # (with PAGE_TILE: the page of the next tile to copy)
     gl.static_assert(STEP == 1 or not IDS_AHEAD, "entries are loaded ahead for consecutive tiles")
     TILE: gl.constexpr = STEP * BLOCK_N  # keys from one of this loop's tiles to the next
-    for i in gl.static_range(STAGES - 1):
+    for i in gl.static_range(1 if ISSUED else 0, STAGES - 1):
         if PAGE_TILE:
             tile_page = _tile_page(table_row, lo + i * TILE, hi, stride_table, limit, page_size)
         # a tile past hi is all masked: its copy only zero-fills
@@ -771,11 +785,13 @@ def _decode_sm90_fp8_kernel(
     ROWS: gl.constexpr, STAGES: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr, PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False,
     LAZY: gl.constexpr = False, PAIRS: gl.constexpr = False, FUSED: gl.constexpr = False,
+    COPY_BEFORE_Q: gl.constexpr = False,
 ):
     """``decode_sm90._decode_sm90_kernel``'s program over the FP8 cache (uint8, strides in bytes) for blocks of
     ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead. FUSED: no combine kernel
     follows (``decode._decode_kernel``'s FUSED: the program storing a split sequence's last part merges its parts,
-    ``counter_ptr`` b x row blocks int32 zeroed; empty sequences are written by the part at their place)."""
+    ``counter_ptr`` b x row blocks int32 zeroed; empty sequences are written by the part at their place).
+    COPY_BEFORE_Q: a segment's first tile is copied before its Q is loaded (``_first_copy``)."""
     s_l: gl.constexpr = _mma_layout(ROWS)
     q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES, QK_E4M3)
 
@@ -802,13 +818,17 @@ def _decode_sm90_fp8_kernel(
             table_row = block_table_ptr + seq.to(gl.int64) * stride_btb
             # every warp is done with the previous segment's buffers before they are refilled
             _cta_barrier()
+            if COPY_BEFORE_Q:
+                _first_copy(stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, stride_kb, stride_kt, stride_btp,
+                            num_blocks, page_size, False, PAGE_TILE, QK_E4M3)
             down = _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, ROWS,
                            s_l, QK_E4M3)
             row_scale = down * qk_scale
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
                 q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, row_limit,
                 row_scale, stride_kb, stride_kt, stride_btp, num_blocks, page_size, qk_scale, False, ROWS, STAGES,
-                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE, QK_E4M3=QK_E4M3, LAZY=LAZY, PAIRS=PAIRS)
+                PV_PARTS, QK_WAVES, s_l, False, PAGE_TILE, QK_E4M3=QK_E4M3, LAZY=LAZY, PAIRS=PAIRS,
+                ISSUED=COPY_BEFORE_Q)
             first = g == g_lo
             whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
             _store_part(acc0, 0, PV_PARTS, m_i, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q,
@@ -1042,6 +1062,11 @@ def dual_constexprs(config, rows_blk):
     return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=qk_e4m3(config))
 
 
+def copy_before_q(config) -> bool:
+    """Whether a segment's first tile is copied before its Q is loaded (config key ``COPY_BEFORE_Q``)."""
+    return bool(config.get("COPY_BEFORE_Q", False))
+
+
 def block_rows(rows: int) -> int:
     """Query rows a program: 8 or 16 (the MMA's N; one warpgroup), 32 (a dual program)."""
     return 8 if rows <= 8 else 16 if rows <= 16 else DUAL_ROWS
@@ -1068,7 +1093,8 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
         *(() if dual else (part_counters(b, row_blocks, q.device) if fused else lse_part,)),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
         PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config),
-        **(dual_constexprs(config, rows_blk) if dual else dict(tile_constexprs(config, rows_blk), FUSED=fused)),
+        **(dual_constexprs(config, rows_blk) if dual
+           else dict(tile_constexprs(config, rows_blk), FUSED=fused, COPY_BEFORE_Q=copy_before_q(config))),
         **FP_FUSION, num_warps=WARPS.value,
     )
     if not fused:
@@ -1092,4 +1118,5 @@ def compile_specs(entry):
                    _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel, ptrs,
                    dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
                         **(dual_constexprs(entry, rows) if dual
-                           else dict(tile_constexprs(entry, rows), FUSED=fused_combine(entry)))), WARPS.value, 1)
+                           else dict(tile_constexprs(entry, rows), FUSED=fused_combine(entry),
+                                     COPY_BEFORE_Q=copy_before_q(entry)))), WARPS.value, 1)

@@ -21,7 +21,17 @@ from ._common import FP_FUSION, LN2, LOG2E
 from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, per_row, row_layout, s_layout
 from .decode_sm90_fp8 import BLOCK_N as T_BLOCK_N
 from .decode_sm90_fp8 import WARPS as T_WARPS
-from .decode_sm90_fp8 import _attend_t, _buffers_t, _load_q, _mma_layout, block_rows, part_out, tile_constexprs
+from .decode_sm90_fp8 import (
+    _attend_t,
+    _buffers_t,
+    _first_copy,
+    _load_q,
+    _mma_layout,
+    block_rows,
+    copy_before_q,
+    part_out,
+    tile_constexprs,
+)
 from .decode_sm90_ws import (
     HALF,
     WG_WARPS,
@@ -233,25 +243,29 @@ def _sparse_sm90_fp8_t_kernel(
     ROWS: gl.constexpr, STAGES: gl.constexpr, PV_PARTS: gl.constexpr, QK_WAVES: gl.constexpr,
     HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr,
     IDS_AHEAD: gl.constexpr, QK_E4M3: gl.constexpr = False, LAZY: gl.constexpr = False,
-    PAIRS: gl.constexpr = False,
+    PAIRS: gl.constexpr = False, COPY_BEFORE_Q: gl.constexpr = False,
 ):
     """The FP8 cache at <= 16 heads: ``decode_sm90_fp8``'s program (keys on the MMA's M side, one warpgroup,
     ROWS = 8 or 16 heads, two programs an SM) over one query token's top-k entries, with this file's epilogue.
-    Same arguments and program order as ``_sparse_sm90_kernel``."""
+    Same arguments and program order as ``_sparse_sm90_kernel``; COPY_BEFORE_Q: the first tile is copied before Q
+    is loaded (``decode_sm90_fp8._first_copy``)."""
     # (with LAZY, ``_attend_t``'s running max is consistent with the sums and lse, but not each row's max logit)
     gl.static_assert(not (MAX_LOGITS and LAZY), "a lazy running max is not max_logits")
     s_l: gl.constexpr = _mma_layout(ROWS)
     q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES, QK_E4M3)
     rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, ROWS, T_BLOCK_N,
                                               HAS_TOPK_LEN)
+    idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
+    if COPY_BEFORE_Q:
+        _first_copy(stage, stage_scale, pe_bufs, k_ptr, idx_row, lo, hi, stride_kb, stride_kt, stride_ik, num_tokens,
+                    page_size, True, QK_E4M3=QK_E4M3)
     down = _load_q(q_smem, qpe_smem, q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0,
                      stride_qh, ROWS, s_l, QK_E4M3)
-    idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
     no_limit = gl.full([ROWS], INT32_MAX, gl.int32, layout=gl.SliceLayout(0, s_l))
     acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
         q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, idx_row, lo, hi, no_limit, down * qk_scale,
         stride_kb, stride_kt, stride_ik, num_tokens, page_size, qk_scale, True, ROWS, STAGES, PV_PARTS, QK_WAVES,
-        s_l, IDS_AHEAD, QK_E4M3=QK_E4M3, LAZY=LAZY, PAIRS=PAIRS)
+        s_l, IDS_AHEAD, QK_E4M3=QK_E4M3, LAZY=LAZY, PAIRS=PAIRS, ISSUED=COPY_BEFORE_Q)
     _epilogue_t(acc0, 0, PV_PARTS, m_i, l_i, rb, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
                 max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls,
                 ROWS, HAS_SINK, MAX_LOGITS, SPLIT)
@@ -293,15 +307,18 @@ def keys_on_m(config, h_q, fp8) -> bool:
 
 def plan_config(config, h_q, fp8=False):
     """The fields ``sparse.num_splits`` plans with when a kernel of this file runs: 64 heads and 64 keys a program,
-    one program an SM; with ``keys_on_m``, 8 or 16 heads a program and two programs an SM."""
+    one program an SM; with ``keys_on_m``, 8 or 16 heads a program and two programs an SM (config key
+    ``KEYS_ON_M_PROGRAMS_PER_SM``: one, with room for more raw tiles, ``RAW_STAGES``)."""
     if keys_on_m(config, h_q, fp8):
-        return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value, PROGRAMS_PER_SM=2)
+        return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value,
+                    PROGRAMS_PER_SM=config.get("KEYS_ON_M_PROGRAMS_PER_SM", 2))
     return dict(config, BLOCK_H=BLOCK_H.value, BLOCK_N=BLOCK_N, PROGRAMS_PER_SM=1)
 
 
 def _t_constexprs(config, rows):
     """``_sparse_sm90_fp8_t_kernel``'s constexprs from an entry (``FP8_*`` applied) for ``rows`` heads a program."""
-    return dict(tile_constexprs(config, rows), IDS_AHEAD=bool(config.get("IDS_AHEAD", False)))
+    return dict(tile_constexprs(config, rows), IDS_AHEAD=bool(config.get("IDS_AHEAD", False)),
+                COPY_BEFORE_Q=copy_before_q(config))
 
 
 def use_ws(config, fp8) -> bool:
