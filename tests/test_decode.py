@@ -192,10 +192,13 @@ def test_latent_sizes(dv, dr):
     check_decode([40, 17], s_q=1, h_q=3, dv=dv, dr=dr)
 
 
-def test_batch_128():
-    with configs.overridden(**SPLIT_HEAVY):
-        lens = [random.Random(i).randint(0, 90) for i in range(128)]
-        check_decode(lens, s_q=1, h_q=2, dv=32, dr=16)
+@pytest.mark.parametrize("batch,fused", [(128, False), (129, False), (129, True), (300, True)])
+def test_batch_128(batch, fused):
+    """The split plan read in one pass of the lengths (up to CHUNK_B = 128 sequences) or in chunks (more), with
+    the combine kernel or fused, empty sequences among the others."""
+    with configs.overridden(FUSED_COMBINE=fused, **SPLIT_HEAVY):
+        lens = [random.Random(i).choice([0, random.Random(-i).randint(0, 90)]) for i in range(batch)]
+        check_decode(lens, s_q=1, h_q=2, dv=32, dr=16, seed=batch)
 
 
 def test_softmax_scale():
