@@ -15,10 +15,11 @@ import os
 import statistics
 import sys
 
+import fp8_timeline
 import torch
 
 import triton_mla as tm
-from triton_mla import bench, bench_sparse, configs
+from triton_mla import bench, configs
 from triton_mla.reference import decode_ref
 
 SHAPES = [("fp8", 128, 8192, 16, 1), ("fp8", 128, 4096, 16, 1), ("fp8", 128, 8192, 8, 1), ("fp8", 32, 4096, 16, 1),
@@ -32,29 +33,18 @@ SCALE = 576 ** -0.5
 
 
 def case(kind, b, n, h, s_q):
-    """(the call, its error against the oracle)."""
-    if kind in ("bf16", "fp8"):
-        fp8 = kind == "fp8"
-        q, k_cache, bt, lens = bench.make_decode_case(b, n, h, s_q, False)
-        if fp8:
-            k_cache = bench.fp8_cache_of(k_cache)
-        md = tm.get_mla_metadata(lens, h * s_q, 1, is_fp8_kvcache=fp8)
-        run = functools.partial(tm.flash_mla_with_kvcache, q, k_cache, bt, lens, 512, md[0], md[1],
-                                softmax_scale=SCALE, causal=s_q > 1, is_fp8_kvcache=fp8)
+    """(the call, its error against the oracle): fp8 and sparse as ``fp8_timeline.case``'s dense and sparse."""
+    if kind != "bf16":
+        return fp8_timeline.case("dense" if kind == "fp8" else kind, b, n, h, s_q)
+    q, k_cache, bt, lens = bench.make_decode_case(b, n, h, s_q, False)
+    md = tm.get_mla_metadata(lens, h * s_q, 1)
+    run = functools.partial(tm.flash_mla_with_kvcache, q, k_cache, bt, lens, 512, md[0], md[1], softmax_scale=SCALE,
+                            causal=s_q > 1)
 
-        def err():
-            out, _ = run()
-            if fp8:
-                return bench.fp8_rel_err(out, q, k_cache, bt, lens, s_q > 1, SCALE, 4)
-            ref, _ = decode_ref(q[:4], k_cache, bt[:4], lens[:4], 512, SCALE, s_q > 1)
-            return ((out[:4].float() - ref).norm() / ref.norm()).item()
-    else:
-        q, cache, indices = bench_sparse.make_decode_case(b, s_q, h, n, 32768, True)
-        run = bench_sparse._decode_run(q, cache, indices, True)
-
-        def err():
-            out, _ = run()
-            return bench_sparse._decode_err(out, q, cache, indices, True)
+    def err():
+        out, _ = run()
+        ref, _ = decode_ref(q[:4], k_cache, bt[:4], lens[:4], 512, SCALE, s_q > 1)
+        return ((out[:4].float() - ref).norm() / ref.norm()).item()
     return run, err
 
 
