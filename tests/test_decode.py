@@ -194,8 +194,8 @@ def test_latent_sizes(dv, dr):
 
 @pytest.mark.parametrize("batch,fused", [(128, False), (129, False), (129, True), (300, True)])
 def test_batch_128(batch, fused):
-    """The split plan read in one pass of the lengths (up to CHUNK_B = 128 sequences) or in chunks (more), with
-    the combine kernel or fused, empty sequences among the others."""
+    """The split plan over one chunk of lengths (CHUNK_B = 128 sequences) or several, with the combine kernel or
+    fused, empty sequences among the others."""
     with configs.overridden(FUSED_COMBINE=fused, **SPLIT_HEAVY):
         lens = [random.Random(i).choice([0, random.Random(-i).randint(0, 90)]) for i in range(batch)]
         check_decode(lens, s_q=1, h_q=2, dv=32, dr=16, seed=batch)
@@ -470,8 +470,8 @@ def test_gpu_sm90_wgmma_kernel(tiles, page_size, split_heavy, monkeypatch):
 @pytest.mark.parametrize("batch", [255, 256, 257, 400])
 @pytest.mark.parametrize("ws", [False, True])
 def test_gpu_sm90_many_sequences(batch, ws):
-    """The Gluon kernels' split plan read in one pass of the lengths (up to 256 sequences at 8 warps) or in
-    chunks (more): random lengths with empty sequences among them, split-heavy, 64-row and warp-specialized."""
+    """The Gluon kernels' split plan over one chunk of lengths (256 sequences at 8 warps) or several: random
+    lengths with empty sequences among them, split-heavy, 64-row and warp-specialized."""
     if ws and not configs.triton_at_least("3.7"):
         pytest.skip("the warp-specialized kernel builds from Triton 3.7 on")
     rnd = random.Random(batch)

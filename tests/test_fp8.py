@@ -450,8 +450,8 @@ def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, variant, monkeypatch)
 @pytest.mark.parametrize("batch", [127, 128, 129, 300])
 @pytest.mark.parametrize("copy_first", [False, True])
 def test_gpu_sm90_keys_on_m_many_sequences(batch, copy_first):
-    """The split plan read in one pass of the lengths (up to 128 sequences: the program's 128 threads) or in chunks
-    (more): random lengths with empty sequences among them, split-heavy, the combine fused."""
+    """The split plan over one chunk of lengths (128 sequences: the program's 128 threads) or several: random
+    lengths with empty sequences among them, split-heavy, the combine fused, the first tile copied before Q or not."""
     rnd = random.Random(batch)
     lens = [rnd.choice([0, 1, 64, 65, rnd.randint(0, 700)]) for _ in range(batch)]
     with configs.overridden(WGMMA=True, KEYS_ON_M=True, QK_E4M3=True, FUSED_COMBINE=True, COPY_BEFORE_Q=copy_first,

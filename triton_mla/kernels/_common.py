@@ -55,25 +55,17 @@ def find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: tl.co
     for b0 in range(0, batch, CHUNK_B):
         idx = b0 + tl.arange(0, CHUNK_B)
         n = seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
-        c, end = found(n, idx, batch, g, running, EMPTY_AT_G)
-        count += c
-        start = tl.maximum(start, end)
+        cu_end = running + tl.cumsum(n, axis=0)
+        # cu_end is nondecreasing, so the sequences ending at or before g form a prefix (as do those ending
+        # before g, or at g with keys: an empty sequence at g comes after every sequence that ends at g with keys)
+        if EMPTY_AT_G:
+            done = ((cu_end < g) | ((cu_end == g) & (n > 0))) & (idx < batch)
+        else:
+            done = (cu_end <= g) & (idx < batch)
+        count += tl.sum(done.to(tl.int32), axis=0)
+        start = tl.maximum(start, tl.max(tl.where(done, cu_end, 0), axis=0))
         running += tl.sum(n, axis=0)
     return count, start
-
-
-@triton.jit
-def found(n, idx, batch, g, running, EMPTY_AT_G: tl.constexpr):
-    """Over one chunk of sequences ``idx`` (block counts ``n``, ``running`` blocks before it): how many of them lie
-    before global block ``g`` (``find_sequence``'s rule) and the largest global end among those."""
-    cu_end = running + tl.cumsum(n, axis=0)
-    # cu_end is nondecreasing, so the sequences ending at or before g form a prefix (as do those ending
-    # before g, or at g with keys: an empty sequence at g comes after every sequence that ends at g with keys)
-    if EMPTY_AT_G:
-        done = ((cu_end < g) | ((cu_end == g) & (n > 0))) & (idx < batch)
-    else:
-        done = (cu_end <= g) & (idx < batch)
-    return tl.sum(done.to(tl.int32), axis=0), tl.max(tl.where(done, cu_end, 0), axis=0)
 
 
 @triton.jit

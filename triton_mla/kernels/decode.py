@@ -19,7 +19,6 @@ from ._common import (
     cdiv,
     effective_parts,
     find_sequence,
-    found,
     next_pow2,
     output_ptrs,
     part_of_block,
@@ -57,22 +56,13 @@ def _part_plan(part, seqlens_ptr, stride_seqlens, batch, max_len, num_parts, BLO
                MIN_BLOCKS_PER_PART: tl.constexpr, CHUNK_B: tl.constexpr, EMPTY_AT_G: tl.constexpr = False):
     """Part ``part`` of the plan: (global blocks [g_lo, g_hi), the sequence holding g_lo and the global index
     of its first block, the plan's total blocks and part count). EMPTY_AT_G: see ``find_sequence``."""
-    if batch <= CHUNK_B:
-        # one load of the lengths serves both the totals and the search (decode_sm90._part_plan's reason)
-        idx = tl.arange(0, CHUNK_B)
-        n = seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
-        total = tl.sum(n, axis=0)
-        parts = effective_parts(total, tl.max(n, axis=0), batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
-        g_lo = part_start(total, part, parts)
-        seq, seq_g0 = found(n, idx, batch, g_lo, 0, EMPTY_AT_G)
-    else:
-        total, _, longest = plan_totals(seqlens_ptr, stride_seqlens, batch, 0, max_len, BLOCK_N, CHUNK_B)
-        parts = effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
-        g_lo = part_start(total, part, parts)
-        seq, seq_g0 = find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, CHUNK_B, EMPTY_AT_G)
+    total, _, longest = plan_totals(seqlens_ptr, stride_seqlens, batch, 0, max_len, BLOCK_N, CHUNK_B)
+    parts = effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
+    g_lo = part_start(total, part, parts)
     g_hi = part_start(total, part + 1, parts)
     if part >= parts:
         g_hi = g_lo  # this program has no work
+    seq, seq_g0 = find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, CHUNK_B, EMPTY_AT_G)
     return g_lo, g_hi, seq, seq_g0, total, parts
 
 

@@ -83,18 +83,6 @@ def _effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART: gl.c
 
 
 @gluon.jit
-def _found(n, idx, batch, g, running, EMPTY_AT_G: gl.constexpr):
-    """Over one chunk of sequences ``idx`` (block counts ``n``, ``running`` blocks before it): how many of them lie
-    before global block ``g`` (``_find_sequence``'s rule) and the largest global end among those."""
-    cu_end = running + gl.associative_scan(n, 0, _add)
-    if EMPTY_AT_G:
-        done = ((cu_end < g) | ((cu_end == g) & (n > 0))) & (idx < batch)
-    else:
-        done = (cu_end <= g) & (idx < batch)
-    return gl.sum(done.to(gl.int32), axis=0), gl.max(gl.where(done, cu_end, 0), axis=0)
-
-
-@gluon.jit
 def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.constexpr,
                    WARPS: gl.constexpr = NUM_WARPS, EMPTY_AT_G: gl.constexpr = False):
     """The sequence holding global block ``g`` and the global index of its first block (EMPTY_AT_G: the first
@@ -106,9 +94,13 @@ def _find_sequence(seqlens_ptr, stride_seqlens, batch, g, max_len, BLOCK_N: gl.c
     for b0 in range(0, batch, 32 * WARPS):
         idx = b0 + gl.arange(0, 32 * WARPS, layout=layout)
         n = _seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
-        c, end = _found(n, idx, batch, g, running, EMPTY_AT_G)
-        count += c
-        start = gl.maximum(start, end)
+        cu_end = running + gl.associative_scan(n, 0, _add)
+        if EMPTY_AT_G:
+            done = ((cu_end < g) | ((cu_end == g) & (n > 0))) & (idx < batch)
+        else:
+            done = (cu_end <= g) & (idx < batch)
+        count += gl.sum(done.to(gl.int32), axis=0)
+        start = gl.maximum(start, gl.max(gl.where(done, cu_end, 0), axis=0))
         running += gl.sum(n, axis=0)
     return count, start
 
@@ -520,24 +512,13 @@ def _part_plan(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part, MIN
                BLOCK_N: gl.constexpr, WARPS: gl.constexpr = NUM_WARPS, EMPTY_AT_G: gl.constexpr = False):
     """Part ``part``'s global blocks [g_lo, g_hi) of the split plan, the sequence holding g_lo and the global index
     of that sequence's first block, the plan's total blocks and part count."""
-    CHUNK: gl.constexpr = 32 * WARPS
-    if batch <= CHUNK:
-        # one load of the lengths serves both the totals and the search: one round trip to memory fewer before
-        # the first copy (benchmarks/NOTES.md, twenty-seventh session)
-        idx = gl.arange(0, CHUNK, layout=gl.BlockedLayout([1], [32], [WARPS], [0]))
-        n = _seq_blocks(seqlens_ptr, stride_seqlens, idx, idx < batch, max_len, BLOCK_N)
-        total = gl.sum(n, axis=0)
-        parts = _effective_parts(total, gl.max(n, axis=0), batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
-        g_lo = _part_start(total, part, parts)
-        seq, seq_g0 = _found(n, idx, batch, g_lo, 0, EMPTY_AT_G)
-    else:
-        total, longest = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N, WARPS)
-        parts = _effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
-        g_lo = _part_start(total, part, parts)
-        seq, seq_g0 = _find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, WARPS, EMPTY_AT_G)
+    total, longest = _plan_totals(seqlens_ptr, stride_seqlens, batch, max_len, BLOCK_N, WARPS)
+    parts = _effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART, BLOCK_N)
+    g_lo = _part_start(total, part, parts)
     g_hi = _part_start(total, part + 1, parts)
     if part >= parts:
         g_hi = g_lo
+    seq, seq_g0 = _find_sequence(seqlens_ptr, stride_seqlens, batch, g_lo, max_len, BLOCK_N, WARPS, EMPTY_AT_G)
     return g_lo, g_hi, seq, seq_g0, total, parts
 
 
