@@ -638,7 +638,7 @@ def test_gpu_sm90_sparse_decode(h_q, s_q, split_heavy, cache, sm90_calls):
                                     dict(FP8_PV_PARTS_16=4, FP8_QK_WAVES_16=2, FP8_PV_PARTS_8=2, FP8_QK_WAVES_8=1,
                                          FP8_IDS_AHEAD=True, FP8_QK_E4M3=True, FP8_COPY_BEFORE_Q=True),
                                     dict(FP8_IDS_AHEAD=True, FP8_QK_E4M3=True, FP8_COPY_BEFORE_Q=True,
-                                         FP8_KEYS_ON_M_PROGRAMS_PER_SM=1, FP8_RAW_STAGES=4)],
+                                         FP8_KEYS_ON_M_ALONE_STAGES=4)],
                          ids=["a", "b", "e4m3", "pairs_lazy", "copy_first", "alone_4"])
 @pytest.mark.parametrize("split_heavy", [False, True])
 @pytest.mark.parametrize("h_q,s_q", [(1, 1), (5, 2), (8, 1), (9, 4), (12, 1), (16, 2)])
@@ -647,7 +647,8 @@ def test_gpu_sm90_sparse_fp8_keys_on_m(h_q, s_q, split_heavy, pieces, monkeypatc
     topk_length (0 included), sinks, invalid and duplicate ids, pages of 64 and of 1, one split or many, the
     register operands whole or in pieces, top-k entries read in the iteration or one ahead, the scores by e4m3
     MMAs (QK_E4M3), V^T's bytes paired by key and the lazy running max (PAIR_KEYS, LAZY_MAX), the first tile
-    copied before Q (COPY_BEFORE_Q), one program an SM with four raw tiles."""
+    copied before Q (COPY_BEFORE_Q), one program an SM with four raw tiles (``KEYS_ON_M_ALONE_STAGES``: b = 3 fits
+    one wave)."""
     calls = []
     kernel = sparse_kernels._sm90._sparse_sm90_fp8_t_kernel
 
@@ -680,6 +681,25 @@ def test_sparse_keys_on_m_dispatch():
     assert sm90.plan_config(entry, 17, fp8=True)["BLOCK_H"] == 64
     assert sm90.plan_config(entry, 8, fp8=False)["BLOCK_H"] == 64
     assert sm90.plan_config(dict(entry, KEYS_ON_M=False), 8, fp8=True)["BLOCK_H"] == 64
+
+
+def test_sparse_keys_on_m_alone_only_within_one_wave():
+    """``KEYS_ON_M_ALONE_STAGES``: one program an SM with more raw tiles only where the tokens fit one wave of
+    programs alone; past it, and for batch-invariant calls (no token count), two programs an SM with the entry's
+    stages. The splits then keep the programs within one wave."""
+    sm90 = sparse_kernels._sm90
+    if sm90 is None:
+        pytest.skip("no triton.experimental.gluon")
+    entry = dict(KEYS_ON_M=True, KEYS_ON_M_ALONE_STAGES=4, MIN_CHUNKS_PER_SPLIT=2)
+    for tokens, alone in [(1, True), (64, True), (132, True), (133, False), (256, False), (None, False)]:
+        cfg = sm90.plan_config(entry, 16, fp8=True, tokens=tokens, num_sms=132)
+        assert (cfg["PROGRAMS_PER_SM"], cfg.get("RAW_STAGES")) == ((1, 4) if alone else (2, None)), tokens
+        if tokens:
+            splits = sparse_kernels.num_splits(tokens, 16, 2048, cfg, 132)
+            assert tokens * splits <= cfg["PROGRAMS_PER_SM"] * 132
+    # without the key, never alone
+    assert sm90.plan_config(dict(entry, KEYS_ON_M_ALONE_STAGES=None), 16, True, 8, 132)["PROGRAMS_PER_SM"] == 2
+    assert sm90.plan_config(entry, 16, fp8=False, tokens=8, num_sms=132)["PROGRAMS_PER_SM"] == 1  # (64-head kernel)
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")

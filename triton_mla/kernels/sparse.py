@@ -490,7 +490,7 @@ def sparse_attention(q, k_cache, indices, topk_length, attn_sink, out, lse, max_
         config = fp8_config(config)
     use_sm90 = _sm90 is not None and _gluon.supports(q, k_cache, dv, config, fp8)
     if use_sm90:
-        config = _sm90.plan_config(config, h_q, fp8)
+        config = _sm90.plan_config(config, h_q, fp8, None if batch_invariant else tokens, num_sms)
     block_h, block_n = config["BLOCK_H"], config["BLOCK_N"]
     if batch_invariant:
         splits = invariant_splits(topk, config)

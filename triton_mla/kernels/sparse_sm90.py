@@ -305,13 +305,21 @@ def keys_on_m(config, h_q, fp8) -> bool:
     return bool(fp8) and bool(config.get("KEYS_ON_M", False)) and h_q <= 16
 
 
-def plan_config(config, h_q, fp8=False):
+def plan_config(config, h_q, fp8=False, tokens=None, num_sms=None):
     """The fields ``sparse.num_splits`` plans with when a kernel of this file runs: 64 heads and 64 keys a program,
-    one program an SM; with ``keys_on_m``, 8 or 16 heads a program and two programs an SM (config key
-    ``KEYS_ON_M_PROGRAMS_PER_SM``: one, with room for more raw tiles, ``RAW_STAGES``)."""
+    one program an SM; with ``keys_on_m``, 8 or 16 heads a program and two programs an SM, or (config key
+    ``KEYS_ON_M_ALONE_STAGES``) one program an SM with that many raw tiles in flight where the ``tokens``
+    programs fit one wave of ``num_sms`` alone. Alone, a program runs a tile in ~2.6 us against ~4.3 us for each of
+    a pair (more tiles in flight, the SM to itself) but an SM holds half as many: at b = 128, s_q = 1 it is 3-4%
+    faster (benchmarks/NOTES.md, twenty-seventh session), past one wave it would leave half the programs for a
+    second. ``tokens`` None (batch-invariant calls): never alone, so the kernel does not depend on the batch."""
     if keys_on_m(config, h_q, fp8):
-        return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value,
-                    PROGRAMS_PER_SM=config.get("KEYS_ON_M_PROGRAMS_PER_SM", 2))
+        alone = config.get("KEYS_ON_M_ALONE_STAGES")
+        # (at <= 16 heads a token is one program before its splits)
+        if alone and tokens is not None and 0 < tokens <= num_sms:
+            return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value, PROGRAMS_PER_SM=1,
+                        RAW_STAGES=alone)
+        return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value, PROGRAMS_PER_SM=2)
     return dict(config, BLOCK_H=BLOCK_H.value, BLOCK_N=BLOCK_N, PROGRAMS_PER_SM=1)
 
 
@@ -356,10 +364,13 @@ def compile_specs(prefill=False, fp8=False, config=None):
     flags = dict(HAS_TOPK_LEN=True, HAS_SINK=True, MAX_LOGITS=prefill)
     for split in (False, True):
         if keys_on_m(config, 16, fp8):
-            for rows in (8, 16):
-                yield (f"sparse_sm90_fp8_keys_on_m(rows={rows}, split={int(split)})", _sparse_sm90_fp8_t_kernel,
-                       types, dict(SPLIT=split, **_t_constexprs(config, rows), **flags),
-                       T_WARPS.value, 1)
+            alone = config.get("KEYS_ON_M_ALONE_STAGES")
+            for stages in (None, alone) if alone else (None,):
+                cfg = dict(config, RAW_STAGES=stages) if stages else config
+                for rows in (8, 16):
+                    yield (f"sparse_sm90_fp8_keys_on_m(rows={rows}, split={int(split)}"
+                           f"{f', alone, stages={stages}' if stages else ''})", _sparse_sm90_fp8_t_kernel,
+                           types, dict(SPLIT=split, **_t_constexprs(cfg, rows), **flags), T_WARPS.value, 1)
         elif use_ws(config, fp8):
             yield (f"sparse_sm90_ws(split={int(split)})", _sparse_ws_kernel, types,
                    dict(BLOCK_N=BLOCK_N, SPLIT=split, COPY_FIRST=bool(config.get("COPY_FIRST", False)), **flags),
