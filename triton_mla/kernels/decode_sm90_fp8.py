@@ -539,16 +539,18 @@ def _buffers_t(ROWS: gl.constexpr, STAGES: gl.constexpr, QK_E4M3: gl.constexpr =
 
 
 @gluon.jit
-def _first_copy(stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, stride_kb, stride_kt, stride_table, limit,
-                page_size, INDEXED: gl.constexpr, PAGE_TILE: gl.constexpr = False, QK_E4M3: gl.constexpr = False):
-    """Tile 0 of ``_attend_t``'s keys [lo, hi) issued into stage 0, uncommitted (``_attend_t``'s ISSUED): called
-    before Q's load, so Q's ~2.5 us round trip overlaps the tile's (benchmarks/NOTES.md, twenty-seventh session)."""
+def _copy_ahead(stage, stage_scale, pe_bufs, slot: gl.constexpr, k_ptr, table_row, start, hi, stride_kb, stride_kt,
+                stride_table, limit, page_size, INDEXED: gl.constexpr, PAGE_TILE: gl.constexpr = False,
+                QK_E4M3: gl.constexpr = False):
+    """A tile of ``_attend_t``'s prologue (keys from ``start``, those past ``hi`` zero-filled) issued into stage
+    ``slot``, uncommitted. Slot 0 is also issued before Q's load (COPY_BEFORE_Q, ``_attend_t``'s ISSUED), so Q's
+    ~2.5 us round trip overlaps the tile's (benchmarks/NOTES.md, twenty-seventh session)."""
     tile_page = None
     if PAGE_TILE:
-        tile_page = _tile_page(table_row, lo, hi, stride_table, limit, page_size)
-    _issue_fp8_tile(_copy_view(stage.index(0), QK_E4M3), stage_scale.index(0), pe_bufs.index(0), k_ptr, table_row,
-                    lo, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N, WARPS, 8, None,
-                    tile_page)
+        tile_page = _tile_page(table_row, start, hi, stride_table, limit, page_size)
+    _issue_fp8_tile(_copy_view(stage.index(slot), QK_E4M3), stage_scale.index(slot), pe_bufs.index(slot), k_ptr,
+                    table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED, BLOCK_N,
+                    WARPS, 8, None, tile_page)
 
 
 @gluon.jit
@@ -568,7 +570,7 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     as ``_buffers_t`` makes them with it). LAZY: the running max moves (and O^T is rescaled) only when a row's max
     has grown by more than RESCALE_AT; else on every tile. PAIRS: V^T's bytes paired by key before their
     conversion, its scales loaded once a tile (``_values``). ISSUED: the caller has issued tile 0's copy
-    (``_first_copy``, before Q's load), uncommitted: Q's rope copy joins its group.
+    (``_copy_ahead``, before Q's load), uncommitted: Q's rope copy joins its group.
     Returns O^T in PV_PARTS row ranges (the last two unused with 2), the row max and the row sum."""
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
@@ -577,12 +579,9 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     gl.static_assert(STEP == 1 or not IDS_AHEAD, "entries are loaded ahead for consecutive tiles")
     TILE: gl.constexpr = STEP * BLOCK_N  # keys from one of this loop's tiles to the next
     for i in gl.static_range(1 if ISSUED else 0, STAGES - 1):
-        if PAGE_TILE:
-            tile_page = _tile_page(table_row, lo + i * TILE, hi, stride_table, limit, page_size)
         # a tile past hi is all masked: its copy only zero-fills
-        _issue_fp8_tile(_copy_view(stage.index(i), QK_E4M3), stage_scale.index(i), pe_bufs.index(i), k_ptr, table_row,
-                        lo + i * TILE, hi, stride_kb, stride_kt, stride_table, limit, page_size, INDEXED,
-                        BLOCK_N, WARPS, 8, None, tile_page)
+        _copy_ahead(stage, stage_scale, pe_bufs, i, k_ptr, table_row, lo + i * TILE, hi, stride_kb, stride_kt,
+                    stride_table, limit, page_size, INDEXED, PAGE_TILE, QK_E4M3)
         cp.commit_group()
     if PAGE_TILE:
         tile_page = _tile_page(table_row, lo + (STAGES - 1) * TILE, hi, stride_table, limit, page_size)
@@ -791,7 +790,7 @@ def _decode_sm90_fp8_kernel(
     ROWS (8 or 16) query rows, one warpgroup; raw tiles are copied STAGES - 1 ahead. FUSED: no combine kernel
     follows (``decode._decode_kernel``'s FUSED: the program storing a split sequence's last part merges its parts,
     ``counter_ptr`` b x row blocks int32 zeroed; empty sequences are written by the part at their place).
-    COPY_BEFORE_Q: a segment's first tile is copied before its Q is loaded (``_first_copy``)."""
+    COPY_BEFORE_Q: a segment's first tile is copied before its Q is loaded (``_copy_ahead``)."""
     s_l: gl.constexpr = _mma_layout(ROWS)
     q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs = _buffers_t(ROWS, STAGES, QK_E4M3)
 
@@ -819,8 +818,8 @@ def _decode_sm90_fp8_kernel(
             # every warp is done with the previous segment's buffers before they are refilled
             _cta_barrier()
             if COPY_BEFORE_Q:
-                _first_copy(stage, stage_scale, pe_bufs, k_ptr, table_row, lo, hi, stride_kb, stride_kt, stride_btp,
-                            num_blocks, page_size, False, PAGE_TILE, QK_E4M3)
+                _copy_ahead(stage, stage_scale, pe_bufs, 0, k_ptr, table_row, lo, hi, stride_kb, stride_kt,
+                            stride_btp, num_blocks, page_size, False, PAGE_TILE, QK_E4M3)
             down = _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, ROWS,
                            s_l, QK_E4M3)
             row_scale = down * qk_scale
@@ -1015,10 +1014,12 @@ def _parts(config, rows_blk):
 
 
 def tile_constexprs(config, rows_blk):
-    """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike); config keys
-    ``LAZY_MAX`` and ``PAIR_KEYS``: ``_attend_t``'s LAZY and PAIRS."""
+    """The tile loop's constexprs for ``rows_blk`` rows a program (launch and check-configs alike, dense and
+    sparse); config keys ``LAZY_MAX`` and ``PAIR_KEYS``: ``_attend_t``'s LAZY and PAIRS; ``COPY_BEFORE_Q``: a
+    segment's first tile copied before its Q (``_copy_ahead``)."""
     return dict(ROWS=rows_blk, STAGES=_stages(config), QK_E4M3=qk_e4m3(config), **_parts(config, rows_blk),
-                LAZY=bool(config.get("LAZY_MAX", False)), PAIRS=bool(config.get("PAIR_KEYS", False)))
+                LAZY=bool(config.get("LAZY_MAX", False)), PAIRS=bool(config.get("PAIR_KEYS", False)),
+                COPY_BEFORE_Q=bool(config.get("COPY_BEFORE_Q", False)))
 
 
 @functools.cache
@@ -1062,11 +1063,6 @@ def dual_constexprs(config, rows_blk):
     return dict(ROWS=rows_blk, STAGES=2, QK_E4M3=qk_e4m3(config))
 
 
-def copy_before_q(config) -> bool:
-    """Whether a segment's first tile is copied before its Q is loaded (config key ``COPY_BEFORE_Q``)."""
-    return bool(config.get("COPY_BEFORE_Q", False))
-
-
 def block_rows(rows: int) -> int:
     """Query rows a program: 8 or 16 (the MMA's N; one warpgroup), 32 (a dual program)."""
     return 8 if rows <= 8 else 16 if rows <= 16 else DUAL_ROWS
@@ -1093,8 +1089,7 @@ def decode_sm90_fp8(q, k_cache, block_table, cache_seqlens, softmax_scale, causa
         *(() if dual else (part_counters(b, row_blocks, q.device) if fused else lse_part,)),
         MIN_BLOCKS_PER_PART=config["MIN_BLOCKS_PER_PART"], CAUSAL=bool(causal and s_q > 1),
         PAGE_TILE=page_tile(page_size, BLOCK_N.value, k_cache.stride(1), config),
-        **(dual_constexprs(config, rows_blk) if dual
-           else dict(tile_constexprs(config, rows_blk), FUSED=fused, COPY_BEFORE_Q=copy_before_q(config))),
+        **(dual_constexprs(config, rows_blk) if dual else dict(tile_constexprs(config, rows_blk), FUSED=fused)),
         **FP_FUSION, num_warps=WARPS.value,
     )
     if not fused:
@@ -1118,5 +1113,4 @@ def compile_specs(entry):
                    _decode_sm90_fp8_dual_kernel if dual else _decode_sm90_fp8_kernel, ptrs,
                    dict(MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal, PAGE_TILE=page,
                         **(dual_constexprs(entry, rows) if dual
-                           else dict(tile_constexprs(entry, rows), FUSED=fused_combine(entry),
-                                     COPY_BEFORE_Q=copy_before_q(entry)))), WARPS.value, 1)
+                           else dict(tile_constexprs(entry, rows), FUSED=fused_combine(entry)))), WARPS.value, 1)

@@ -24,11 +24,10 @@ from .decode_sm90_fp8 import WARPS as T_WARPS
 from .decode_sm90_fp8 import (
     _attend_t,
     _buffers_t,
-    _first_copy,
+    _copy_ahead,
     _load_q,
     _mma_layout,
     block_rows,
-    copy_before_q,
     part_out,
     tile_constexprs,
 )
@@ -248,7 +247,7 @@ def _sparse_sm90_fp8_t_kernel(
     """The FP8 cache at <= 16 heads: ``decode_sm90_fp8``'s program (keys on the MMA's M side, one warpgroup,
     ROWS = 8 or 16 heads, two programs an SM) over one query token's top-k entries, with this file's epilogue.
     Same arguments and program order as ``_sparse_sm90_kernel``; COPY_BEFORE_Q: the first tile is copied before Q
-    is loaded (``decode_sm90_fp8._first_copy``)."""
+    is loaded (``decode_sm90_fp8._copy_ahead``)."""
     # (with LAZY, ``_attend_t``'s running max is consistent with the sums and lse, but not each row's max logit)
     gl.static_assert(not (MAX_LOGITS and LAZY), "a lazy running max is not max_logits")
     s_l: gl.constexpr = _mma_layout(ROWS)
@@ -257,8 +256,8 @@ def _sparse_sm90_fp8_t_kernel(
                                               HAS_TOPK_LEN)
     idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
     if COPY_BEFORE_Q:
-        _first_copy(stage, stage_scale, pe_bufs, k_ptr, idx_row, lo, hi, stride_kb, stride_kt, stride_ik, num_tokens,
-                    page_size, True, QK_E4M3=QK_E4M3)
+        _copy_ahead(stage, stage_scale, pe_bufs, 0, k_ptr, idx_row, lo, hi, stride_kb, stride_kt, stride_ik,
+                    num_tokens, page_size, True, QK_E4M3=QK_E4M3)
     down = _load_q(q_smem, qpe_smem, q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0,
                      stride_qh, ROWS, s_l, QK_E4M3)
     no_limit = gl.full([ROWS], INT32_MAX, gl.int32, layout=gl.SliceLayout(0, s_l))
@@ -325,8 +324,7 @@ def plan_config(config, h_q, fp8=False, tokens=None, num_sms=None):
 
 def _t_constexprs(config, rows):
     """``_sparse_sm90_fp8_t_kernel``'s constexprs from an entry (``FP8_*`` applied) for ``rows`` heads a program."""
-    return dict(tile_constexprs(config, rows), IDS_AHEAD=bool(config.get("IDS_AHEAD", False)),
-                COPY_BEFORE_Q=copy_before_q(config))
+    return dict(tile_constexprs(config, rows), IDS_AHEAD=bool(config.get("IDS_AHEAD", False)))
 
 
 def use_ws(config, fp8) -> bool:
