@@ -79,8 +79,9 @@ def effective_parts(total, longest, batch, num_parts, MIN_BLOCKS_PER_PART: tl.co
     the time; 64 instead of 66 parts at 128 rows was 4% faster at s_k = 4096 and no faster at 8192 (so longer
     parts keep the count), 256 instead of 264 at 16 rows 5% faster at 4096."""
     parts = tl.maximum(tl.minimum(num_parts, total // MIN_BLOCKS_PER_PART), 1)
-    # (not where parts are long: there a 16th fewer SMs costs more than the cuts did)
-    short = total.to(tl.int64) * BLOCK_N <= ALIGN_MAX_KEYS * parts
+    # (not where parts are long: there a 16th fewer SMs costs more than the cuts did). The tensor is the left
+    # operand: Triton 3.8's interpreter fails on a global constexpr times a tensor ("cannot convert ... to tensor").
+    short = total.to(tl.int64) * BLOCK_N <= parts.to(tl.int64) * ALIGN_MAX_KEYS
     uniform = ((total == batch * longest) & (longest > 0) & short).to(tl.int32)
     found = 0
     best = parts

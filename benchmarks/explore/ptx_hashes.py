@@ -1,0 +1,35 @@
+"""A hash of each sm90 spec's PTX (less its .loc / .file debug lines), so a refactor can show that it left the
+compiled code of the shipped kernels unchanged, with no GPU:
+
+    python benchmarks/explore/ptx_hashes.py [name-substring ...] > before.txt   # then edit, re-run, diff
+
+Specs come from ``configs.check`` (every shipped sm90 entry, as check-configs compiles them)."""
+
+import hashlib
+import sys
+
+from triton_mla.configs import check, load_family
+
+
+def ptx_hash(fn, types, constexprs, num_warps, num_stages):
+    ptx = check.compile_for(fn, types, constexprs, 90, num_warps, num_stages).asm["ptx"]
+    body = "\n".join(line for line in ptx.splitlines() if not line.lstrip().startswith((".loc", ".file")))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def main(argv):
+    seen = set()
+    for section, entries in load_family("sm90").items():
+        if section not in check.SECTIONS:
+            continue
+        for entry in entries:
+            for name, fn, types, constexprs, warps, stages in check.section_specs(section, entry):
+                key = (name, repr(sorted(constexprs.items())))
+                if key in seen or (argv and not any(a in name for a in argv)):
+                    continue
+                seen.add(key)
+                print(f"{section:14s} {name:70s} {ptx_hash(fn, types, constexprs, warps, stages)}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
