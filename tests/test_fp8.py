@@ -424,6 +424,41 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
+def test_gpu_sm90_ws_kernel(page_size, split_heavy, monkeypatch):
+    """kernels/decode_sm90_ws.py on the FP8 cache (``WS``: raw bytes copied into the 16-bit tile buffers and
+    dequantized in place by the warpgroup that copied them): 1-128 rows, causal s_q > 1, NaN bytes past each
+    sequence, outliers, one sequence per part or many; every call must take the ws kernel."""
+    from triton_mla.kernels import decode_sm90
+
+    if not decode_sm90.ws_supported():
+        pytest.skip("this Triton does not build the warp-specialized kernel")
+    taken = []
+    use_ws = decode_sm90.use_ws
+    monkeypatch.setattr(decode_sm90, "use_ws", lambda *a, **k: taken.append(use_ws(*a, **k)) or taken[-1])
+    lens = [0, 1, 31, 63, 64, 65, 127, 128, 129, 1000, 4097]
+    split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
+    shapes = [(128, 1), (64, 2), (16, 4), (8, 1), (96, 1), (1, 1), (128, 2)]
+    with configs.overridden(WGMMA=True, WS=True, KEYS_ON_M=False, BLOCK_N=64, **split):
+        for i, (h_q, s_q) in enumerate(shapes):
+            check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
+                             outliers=i == 0)
+    assert taken == [True] * len(shapes)
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("batch", [1, 127, 300])
+def test_gpu_sm90_ws_kernel_many_sequences(batch):
+    """The FP8 ws kernel over many segments a program (segment ends mid-pair, empty sequences among them)."""
+    rnd = random.Random(batch)
+    lens = [rnd.choice([0, 1, 64, 65, 129, rnd.randint(0, 700)]) for _ in range(batch)]
+    with configs.overridden(WGMMA=True, WS=True, KEYS_ON_M=False, BLOCK_N=64, **SPLIT_HEAVY):
+        check_fp8_decode(lens, 1, 128, 64, dtype=torch.bfloat16, seed=batch)
+        check_fp8_decode(lens, 2, 32, 16, dtype=torch.bfloat16, causal=True, seed=batch + 1)
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
+@pytest.mark.parametrize("split_heavy", [False, True])
 @pytest.mark.parametrize("variant", ["f16", "e4m3", "pairs_lazy", "fused", "copy_first"])
 def test_gpu_sm90_keys_on_m_kernel(page_size, split_heavy, variant, monkeypatch):
     """kernels/decode_sm90_fp8.py (<= 16 rows, keys on the MMA's M side, dims permuted in the register operands):

@@ -1,4 +1,4 @@
-"""A hash of each sm90 spec's PTX (less its .loc / .file debug lines), so a refactor can show that it left the
+"""A hash of each sm90 spec's PTX (less its debug lines and sections), so a refactor can show that it left the
 compiled code of the shipped kernels unchanged, with no GPU:
 
     python benchmarks/explore/ptx_hashes.py [name-substring ...] > before.txt   # then edit, re-run, diff
@@ -13,6 +13,8 @@ from triton_mla.configs import check, load_family
 
 def ptx_hash(fn, types, constexprs, num_warps, num_stages):
     ptx = check.compile_for(fn, types, constexprs, 90, num_warps, num_stages).asm["ptx"]
+    debug = ptx.find(".section\t.debug")  # (the DWARF sections hold source line numbers too)
+    ptx = ptx[:debug] if debug >= 0 else ptx
     body = "\n".join(line for line in ptx.splitlines() if not line.lstrip().startswith((".loc", ".file")))
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 

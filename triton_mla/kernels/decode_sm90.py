@@ -707,7 +707,7 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     lse_part = torch.empty(2 * num_parts, rows, dtype=torch.float32, device=q.device)
     rows_first = bool(config.get("ROWS_FIRST", False))
     grid = (row_blocks, num_parts) if rows_first else (num_parts, row_blocks)
-    ws = use_ws(config, b, max_len, num_parts, fp8)
+    ws = use_ws(config, b, max_len, num_parts)
     kernel = _decode_ws_kernel if ws else _decode_sm90_kernel
     extra = ws_launch_args(k_cache, config) if ws else dict(
         PAGE_TILE=page_tile(page_size, config["BLOCK_N"], k_cache.stride(1), config))
@@ -726,14 +726,15 @@ def decode_sm90(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, n
     return out, lse
 
 
-def use_ws(config, b: int, max_len: int, num_parts: int, fp8: bool = False) -> bool:
+def use_ws(config, b: int, max_len: int, num_parts: int) -> bool:
     """Whether to run the warp-specialized kernel (two warpgroups on alternate tiles): the entry asks for it
-    (``WS``), 16-bit cache, 64-key tiles, a Triton that builds it, and at least ``WS_MIN_TILES_PER_PART`` key tiles
-    a part if the entry names a floor (estimated from the block table's width, an upper bound: lengths stay on the
-    GPU). The floor was 32 while the lockstep kernel was faster at small batch (fourteenth session); since the
-    seventeenth the ws kernel is as fast or faster at every batch size and the shipped entry names none
-    (``benchmarks/NOTES.md``)."""
-    if not config.get("WS", False) or fp8 or config["BLOCK_N"] != 64 or not ws_supported():
+    (``WS``; a ``decode_fp8`` entry that names it sends the FP8 cache there, dequantized in place, not yet
+    measured and named by no shipped entry), 64-key tiles, a Triton that builds it, and at least
+    ``WS_MIN_TILES_PER_PART`` key tiles a part if the entry names a floor (estimated from the block table's width, an
+    upper bound: lengths stay on the GPU). The floor was 32 while the lockstep kernel was faster at small batch
+    (fourteenth session); since the seventeenth the ws kernel is as fast or faster at every batch size and the
+    shipped entry names none (``benchmarks/NOTES.md``)."""
+    if not config.get("WS", False) or config["BLOCK_N"] != 64 or not ws_supported():
         return False
     return b * cdiv(max_len, 64) >= config.get("WS_MIN_TILES_PER_PART", 0) * num_parts
 
@@ -749,10 +750,12 @@ def compile_specs(entry, fp8=False):
     """(name, fn, types, constexprs, warps, stages) for check-configs (a ``WGMMA`` decode entry)."""
     ptrs = dict(q_ptr="*bf16", k_ptr="*u8" if fp8 else "*bf16", out_ptr="*bf16", lse_ptr="*fp32",
                 o_part_ptr="*fp32", lse_part_ptr="*fp32")
-    ws = bool(entry.get("WS", False)) and not fp8
+    ws = bool(entry.get("WS", False))
     if ws:
         ptrs = dict(ptrs, k_desc=ws_desc_type())
     for causal, page in ((False, False), (True, False), (False, True)):
+        if ws and fp8 and page:
+            continue  # (the FP8 cache reaches the ws kernel by cp.async only)
         # (the ws kernel: page_tile names its TMA copies)
         yield (f"decode_sm90{'_ws' if ws else ''}{'_fp8' if fp8 else ''}(causal={causal}, "
                f"{'tma' if ws else 'page_tile'}={page})",

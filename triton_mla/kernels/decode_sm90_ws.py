@@ -38,6 +38,7 @@ reloads, was 28 + 6 a step), 3-4% faster at h = 128 (0.81x FlashMLA at s_k = 819
 
 import functools
 
+import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
@@ -62,6 +63,7 @@ from .decode_sm90 import (
     _store_segment,
     _tile_page,
 )
+from .decode_sm90_fp8 import _view
 
 # renamed between Triton 3.6 (async_copy_global_to_shared) and 3.9 (async_load)
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -79,6 +81,11 @@ KREADY = gl.constexpr(4)  # + 2 * buffer + warpgroup: that warpgroup's half of t
 QREADY = gl.constexpr(8)  # + warpgroup: its half of Q landed (128 cp.async)
 SEG_DONE = gl.constexpr(10)  # both warpgroups finished a segment's MMAs and wrote their row sums (2)
 NUM_BARS = gl.constexpr(11)
+# FP8 cache: KREADY then means a half's raw bytes landed (awaited by the warpgroup that copied and converts it);
+# the two halves that the other warpgroup reads get one more mbarrier each, once converted
+CONV_A_HI = gl.constexpr(11)  # dims [256, 512) and the rope of A, converted by warpgroup 1 for warpgroup 0 (1)
+CONV_B_LO = gl.constexpr(12)  # dims [0, 256) and the rope of B, converted by warpgroup 0 for warpgroup 1 (1)
+NUM_BARS_FP8 = gl.constexpr(13)
 
 # rows of the [8, 64] fp32 statistics buffer
 M_A = gl.constexpr(0)
@@ -160,6 +167,103 @@ def _copy_half(kn, kpe, k_ptr, table_row, start, hi, stride_kb, stride_kt, strid
         _async_load(kpe, k_ptr + tok_off[:, None] + offs_pe[None, :], mask=tok_ok[:, None])
 
 
+# -- FP8 cache (triton_mla.fp8: 512 e4m3 bytes, 4 fp32 scales, 64 bf16 rope values = 656 bytes a token) ----------
+# No staging buffers (Q and one tile pair fill 216 of the 227 KB): a half-tile's raw bytes (64 keys x 256) land in
+# the upper half of its own 16-bit buffer, dims [128, 256) of the half, and the warpgroup that copied them
+# dequantizes them in place. The 16-bit tile is stored as 64-dim chunks of [64 keys, 64] (8 KB each, the 128-byte
+# swizzle's width; TMA fills them one box at a time): the raw bytes of the half's value group g (128 dims) fill
+# chunk 2 + g as plain [64 keys, 128 bytes], so group 0's values (chunks 0, 1) overwrite no raw byte.
+
+@gluon.constexpr_function
+def _raw_layout():
+    """[64 keys, 128 bytes] of raw e4m3 values: 16 bytes a thread (one cp.async / one load), a warp over 4 keys."""
+    return gl.BlockedLayout([1, 16], [4, 8], [WG_WARPS, 1], [1, 0])
+
+
+@gluon.constexpr_function
+def _cvt_layout():
+    """[64 keys, 64 dims] converted: 8 values a thread (8 raw bytes in, one 16-byte store of bf16 out)."""
+    return gl.BlockedLayout([1, 8], [4, 8], [WG_WARPS, 1], [1, 0])
+
+
+@gluon.jit
+def _raw_chunk(kn_bufs, buf: gl.constexpr, chunk: gl.constexpr):
+    """Chunk ``chunk`` (dims [64 chunk, +64)) of key buffer ``buf`` as plain bytes [64 keys, 128]."""
+    BN: gl.constexpr = kn_bufs.shape[1]
+    plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])  # (a buffered layout: one rank fewer)
+    return _view(kn_bufs, gl.uint8, [2 * DV // 64, BN, 128], plain).index(buf * (DV // 64) + chunk)
+
+
+@gluon.jit
+def _load_half_fp8(kn_bufs, kpe, scale_bufs, k_ptr, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
+                   page_size, bar, BUF: gl.constexpr, HALF_IDX: gl.constexpr, WITH_ROPE: gl.constexpr,
+                   INDEXED: gl.constexpr):
+    """``_load_half`` over the FP8 cache (``k_ptr`` bytes): the raw values of dims [256 HALF_IDX, +256) of keys
+    [start, start + 64) into the upper half of that half of buffer ``BUF``, their two scales into
+    ``scale_bufs[2 BUF + HALF_IDX]`` ([2 groups, 64 keys]), the rope values (bf16 in the cache) straight into
+    ``kpe`` if ``WITH_ROPE``; cp.async, invalid keys zero-filled (value 0, scale 0); ``bar`` completes when all
+    have landed. ``_convert_half`` then dequantizes."""
+    BN: gl.constexpr = kn_bufs.shape[1]
+    raw_l: gl.constexpr = _raw_layout()
+    tok_off, tok_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                   INDEXED, BN, gl.SliceLayout(1, raw_l))
+    cols = gl.arange(0, 128, layout=gl.SliceLayout(0, raw_l))
+    for g in gl.static_range(2):
+        _async_load(_raw_chunk(kn_bufs, BUF, 4 * HALF_IDX + 2 + g),
+                    k_ptr + tok_off[:, None] + (HALF_IDX * HALF + g * 128 + cols)[None, :], mask=tok_ok[:, None])
+    sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [2, 16], [1, WG_WARPS], [1, 0])
+    sc_off, sc_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                 INDEXED, BN, gl.SliceLayout(0, sc_l))
+    groups = 2 * HALF_IDX + gl.arange(0, 2, layout=gl.SliceLayout(1, sc_l))
+    sc_ptrs = (k_ptr + sc_off[None, :] + DV).to(gl.pointer_type(gl.float32)) + groups[:, None]
+    _async_load(scale_bufs.index(2 * BUF + HALF_IDX), sc_ptrs, mask=sc_ok[None, :])
+    if WITH_ROPE:
+        pe_l: gl.constexpr = _copy_layout()
+        pe_off, pe_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
+                                     INDEXED, BN, gl.SliceLayout(1, pe_l))
+        offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
+        pe_ptrs = (k_ptr + pe_off[:, None] + DV + 16).to(gl.pointer_type(gl.bfloat16)) + offs_pe[None, :]
+        _async_load(kpe, pe_ptrs, mask=pe_ok[:, None])
+    cp.mbarrier_arrive(bar, increment_count=False)
+
+
+@gluon.jit
+def _dequant_chunk(raw, scale, kn, chunk: gl.constexpr):
+    """Raw e4m3 ``raw`` [64 keys, 64] times the keys' ``scale`` into chunk ``chunk`` of the 16-bit tile ``kn``
+    (power-of-two scales: exact in bfloat16)."""
+    v = raw.to(gl.float8e4nv, bitcast=True).to(gl.float32) * scale[:, None]
+    kn.slice(chunk * 64, 64, dim=1).store(v.to(kn.dtype))
+
+
+@gluon.jit
+def _convert_half(kn_bufs, scale_bufs, bar, phase, BUF: gl.constexpr, HALF_IDX: gl.constexpr):
+    """Once ``bar`` (the copy's) completes, dequantize dims [256 HALF_IDX, +256) of buffer ``BUF`` in place (the
+    calling warpgroup's threads), ready for the tensor cores when this returns. Group 0 (chunks 0, 1 of the half)
+    is written over no raw byte; group 1's raw bytes are all read (a warpgroup barrier) before its values
+    overwrite them and group 0's."""
+    cv_l: gl.constexpr = _cvt_layout()
+    key_l: gl.constexpr = gl.SliceLayout(1, cv_l)
+    kn = kn_bufs.index(BUF)
+    # [2 groups, 64 keys] a (buffer, half), seen as one row of keys a group
+    scales = _view(scale_bufs, gl.float32, [8, kn_bufs.shape[1]], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    sc0: gl.constexpr = 2 * (2 * BUF + HALF_IDX)
+    c0: gl.constexpr = 4 * HALF_IDX
+    mbarrier.wait(bar, phase)
+    raw0 = _raw_chunk(kn_bufs, BUF, c0 + 2)
+    s0 = scales.index(sc0).load(key_l)
+    _dequant_chunk(raw0.slice(0, 64, dim=1).load(cv_l), s0, kn, c0)
+    _dequant_chunk(raw0.slice(64, 64, dim=1).load(cv_l), s0, kn, c0 + 1)
+    raw1 = _raw_chunk(kn_bufs, BUF, c0 + 3)
+    x_lo = raw1.slice(0, 64, dim=1).load(cv_l)
+    x_hi = raw1.slice(64, 64, dim=1).load(cv_l)
+    s1 = scales.index(sc0 + 1).load(key_l)
+    _cta_barrier()  # every thread's raw bytes are in registers
+    _dequant_chunk(x_lo, s1, kn, c0 + 2)
+    _dequant_chunk(x_hi, s1, kn, c0 + 3)
+    fence_async_shared()  # written by threads, read by the tensor cores (the async proxy)
+    _cta_barrier()
+
+
 @gluon.jit
 def _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, bar,
                  W: gl.constexpr):
@@ -228,7 +332,7 @@ def _softmax_step(qk, m_prev, stats, bars, M_ROW: gl.constexpr, SCALE_ROW: gl.co
 @gluon.jit
 def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, start, hi, row_limit,
                stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, phase, MORE: gl.constexpr,
-               INDEXED: gl.constexpr, TMA: gl.constexpr):
+               INDEXED: gl.constexpr, TMA: gl.constexpr, FP8: gl.constexpr = False, scale_bufs=None):
     """Warpgroup 0 on the pair whose tile A starts at ``start`` and has scores ``s``: softmax of A, P_A V into its
     256 columns (P in registers; waited), the next pair's dims [0, 256) of A copied if there is one (``MORE``; it
     read them last), P_A handed to warpgroup 1 rescaled to B's max (in A's rope rows, which S_A has finished
@@ -248,8 +352,12 @@ def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_de
     acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op_l), kn_a.slice(0, HALF, dim=1), acc, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
     if MORE:
-        _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start + 2 * BN, hi, stride_kb, stride_kt, stride_table,
-                   limit, page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN, TMA)
+        if FP8:
+            _load_half_fp8(kn_bufs, kpe_a, scale_bufs, k_ptr, table_row, start + 2 * BN, hi, stride_kb, stride_kt,
+                           stride_table, limit, page_size, bars.index(KREADY + 0), 0, 0, False, INDEXED)
+        else:
+            _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start + 2 * BN, hi, stride_kb, stride_kt, stride_table,
+                       limit, page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN, TMA)
     mbarrier.wait(bars.index(SCALE1), phase)
     scale_b = _stat(stats, SCALE_B).load(row_l)
     m_run = _stat(stats, M_B).load(row_l)
@@ -301,7 +409,8 @@ def _reset_first(acc, j):
 @gluon.jit
 def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, lo, hi, row_limit,
                   stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, pairs, INDEXED: gl.constexpr,
-                  W: gl.constexpr, TMA: gl.constexpr, COPY_FIRST: gl.constexpr):
+                  W: gl.constexpr, TMA: gl.constexpr, COPY_FIRST: gl.constexpr, FP8: gl.constexpr = False,
+                  scale_bufs=None):
     """Warpgroup W's share of keys [lo, hi): (its 64 x 256 output block, the row max, its part of the row sum),
     both warpgroups' state relative to the same max. ``pairs``: the pairs this program ran before (the phases of
     the hand-over and copy mbarriers, each of which completes once a pair). Warpgroup 0 must have issued dims
@@ -312,7 +421,11 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
     as their last reader is done; the last pair is finished after the loop. The S instructions appear once (a
     second copy of them for the first pair makes ptxas spill ~1 KB), so step 0 finishes no pair: its P V MMAs
     read whatever the buffers hold, and the accumulator is reset after them (an asynchronous MMA cannot sit in a
-    run-time branch: its result must leave the branch waited)."""
+    run-time branch: its result must leave the branch waited).
+
+    FP8 (``_load_half_fp8``): each half is dequantized by the warpgroup that copied it (``_convert_half``), just
+    before its first reader needs it; A's upper half (warpgroup 1's copy, read by S_A) and B's lower half
+    (warpgroup 0's, read by S_B) are then announced on their CONV mbarriers."""
     BN: gl.constexpr = kn_bufs.shape[1]
     s_l: gl.constexpr = _s_layout(BN)
     o_l: gl.constexpr = _o_layout()
@@ -340,23 +453,38 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
             if j > 0:
                 acc, m_run, l_run = _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc,
                                                table_row, start - 2 * BN, hi, row_limit, stride_kb, stride_kt,
-                                               stride_table, limit, page_size, qk_scale, phase, True, INDEXED, TMA)
+                                               stride_table, limit, page_size, qk_scale, phase, True, INDEXED, TMA,
+                                               FP8, scale_bufs)
             acc = warpgroup_mma(kpe_b.permute((1, 0)), kn_b.slice(0, HALF, dim=1), acc, is_async=True)  # P_B V
-            if COPY_FIRST:
-                # B's copy out before S_A, whose first half may still be landing: warpgroup 1 needs B soon after
-                # its own copies (pays at 128 rows, where keys come from HBM; at 256 the row blocks share them
-                # in L2 and S_A under P_B V pays more: benchmarks/NOTES.md, thirteenth session)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-            else:
-                s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 0, k_phase, s, 0, True, False)
+            if FP8:
+                # A's lower half (this warpgroup's copy; P_B V reads B meanwhile)
+                _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 0), k_phase, 0, 0)
+                s = warpgroup_mma(q_smem.slice(0, HALF, dim=1), kn_s.slice(0, HALF, dim=1).permute((1, 0)), s,
+                                  use_acc=False, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
-            acc = _reset_first(acc, j)
-            # dims [0, 256) and the rope (P_B) of B: this warpgroup read them last
-            _load_half(kn_b, kpe_b, k_ptr, k_desc, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
-                       page_size, bars.index(KREADY + 2), 0, True, INDEXED, BN, TMA)
-            if COPY_FIRST:
-                s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 0, k_phase, s, 0, True, False)
-            s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 1, k_phase, s, 1, False, True)
+                acc = _reset_first(acc, j)
+                _load_half_fp8(kn_bufs, kpe_b, scale_bufs, k_ptr, table_row, start + BN, hi, stride_kb, stride_kt,
+                               stride_table, limit, page_size, bars.index(KREADY + 2), 1, 0, True, INDEXED)
+                s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, CONV_A_HI, k_phase, s, 1, False, True)
+                # B's lower half and rope for S_B (warpgroup 1), converted while S_A runs
+                _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 2), k_phase, 1, 0)
+                mbarrier.arrive(bars.index(CONV_B_LO))
+            else:
+                if COPY_FIRST:
+                    # B's copy out before S_A, whose first half may still be landing: warpgroup 1 needs B soon after
+                    # its own copies (pays at 128 rows, where keys come from HBM; at 256 the row blocks share them
+                    # in L2 and S_A under P_B V pays more: benchmarks/NOTES.md, thirteenth session)
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+                else:
+                    s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 0, k_phase, s, 0, True, False)
+                    acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
+                acc = _reset_first(acc, j)
+                # dims [0, 256) and the rope (P_B) of B: this warpgroup read them last
+                _load_half(kn_b, kpe_b, k_ptr, k_desc, table_row, start + BN, hi, stride_kb, stride_kt, stride_table,
+                           limit, page_size, bars.index(KREADY + 2), 0, True, INDEXED, BN, TMA)
+                if COPY_FIRST:
+                    s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 0, k_phase, s, 0, True, False)
+                s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 1, k_phase, s, 1, False, True)
         else:
             p_op = gl.zeros([BLOCK_H, BN], kn_bufs.dtype, layout=p_op_l)
             if j > 0:
@@ -369,16 +497,31 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
                 fence_async_shared()
             acc = warpgroup_mma(kpe_a.permute((1, 0)), kn_a.slice(HALF, HALF, dim=1), acc, is_async=True)  # P_A V
             acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
-            # dims [256, 512) of B: this warpgroup read them last
-            _load_half(kn_b, kpe_b, k_ptr, k_desc, table_row, start + BN, hi, stride_kb, stride_kt, stride_table, limit,
-                       page_size, bars.index(KREADY + 3), 1, False, INDEXED, BN, TMA)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-            acc = _reset_first(acc, j)
-            # dims [256, 512) and the rope (P_A) of A
-            _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start, hi, stride_kb, stride_kt, stride_table, limit,
-                       page_size, bars.index(KREADY + 1), 1, True, INDEXED, BN, TMA)
-            s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 3, k_phase, s, 1, True, False)
-            s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 2, k_phase, s, 0, False, True)
+            if FP8:
+                _load_half_fp8(kn_bufs, kpe_b, scale_bufs, k_ptr, table_row, start + BN, hi, stride_kb, stride_kt,
+                               stride_table, limit, page_size, bars.index(KREADY + 3), 1, 1, False, INDEXED)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+                acc = _reset_first(acc, j)
+                _load_half_fp8(kn_bufs, kpe_a, scale_bufs, k_ptr, table_row, start, hi, stride_kb, stride_kt,
+                               stride_table, limit, page_size, bars.index(KREADY + 1), 0, 1, True, INDEXED)
+                # A's upper half first: S_A (warpgroup 0) waits for it
+                _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 1), k_phase, 0, 1)
+                mbarrier.arrive(bars.index(CONV_A_HI))
+                _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 3), k_phase, 1, 1)
+                s = warpgroup_mma(q_smem.slice(HALF, HALF, dim=1), kn_s.slice(HALF, HALF, dim=1).permute((1, 0)), s,
+                                  use_acc=False, is_async=True)
+                s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, CONV_B_LO, k_phase, s, 0, False, True)
+            else:
+                # dims [256, 512) of B: this warpgroup read them last
+                _load_half(kn_b, kpe_b, k_ptr, k_desc, table_row, start + BN, hi, stride_kb, stride_kt, stride_table,
+                           limit, page_size, bars.index(KREADY + 3), 1, False, INDEXED, BN, TMA)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+                acc = _reset_first(acc, j)
+                # dims [256, 512) and the rope (P_A) of A
+                _load_half(kn_a, kpe_a, k_ptr, k_desc, table_row, start, hi, stride_kb, stride_kt, stride_table,
+                           limit, page_size, bars.index(KREADY + 1), 1, True, INDEXED, BN, TMA)
+                s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 3, k_phase, s, 1, True, False)
+                s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, KREADY + 2, k_phase, s, 0, False, True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=[s])
     # the last pair: softmax and P V, no S and no copies after it
     start = lo + 2 * (n_pairs - 1) * BN
@@ -415,7 +558,7 @@ def _row_sum(stats, bars, l_run, segs, W: gl.constexpr, BN: gl.constexpr):
 def _attend_segment(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, q_ptr, seq, row_block, s_q, h_q, stride_qb,
                     stride_qs, stride_qh, k_ptr, k_desc, table_row, lo, hi, row_limit, stride_kb, stride_kt,
                     stride_table, limit, page_size, qk_scale, pairs, segs, INDEXED: gl.constexpr, W: gl.constexpr,
-                    TMA: gl.constexpr, COPY_FIRST: gl.constexpr):
+                    TMA: gl.constexpr, COPY_FIRST: gl.constexpr, FP8: gl.constexpr = False, scale_bufs=None):
     """Warpgroup W over one segment, keys [lo, hi) (``_attend_pairs``'s arguments) for the query rows of
     ``_load_q_half``'s: its half of Q copied (and by warpgroup 0 the first tile's first half), both halves of Q
     awaited, the pairs, then both row sums (``_row_sum``). ``segs``: the segments this program ran before (the
@@ -424,13 +567,17 @@ def _attend_segment(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, q_ptr, seq
     _load_q_half(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh,
                  bars.index(QREADY + W), W)
     if W == 0:  # dims [0, 256) of the first tile (_attend_pairs copies the rest)
-        _load_half(kn_bufs.index(0), kpe_bufs.index(0), k_ptr, k_desc, table_row, lo, hi, stride_kb, stride_kt,
-                   stride_table, limit, page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN, TMA)
+        if FP8:
+            _load_half_fp8(kn_bufs, kpe_bufs.index(0), scale_bufs, k_ptr, table_row, lo, hi, stride_kb, stride_kt,
+                           stride_table, limit, page_size, bars.index(KREADY + 0), 0, 0, False, INDEXED)
+        else:
+            _load_half(kn_bufs.index(0), kpe_bufs.index(0), k_ptr, k_desc, table_row, lo, hi, stride_kb, stride_kt,
+                       stride_table, limit, page_size, bars.index(KREADY + 0), 0, False, INDEXED, BN, TMA)
     mbarrier.wait(bars.index(QREADY + 0), segs & 1)
     mbarrier.wait(bars.index(QREADY + 1), segs & 1)
     acc, m_i, l_i, pairs = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row,
                                          lo, hi, row_limit, stride_kb, stride_kt, stride_table, limit, page_size,
-                                         qk_scale, pairs, INDEXED, W, TMA, COPY_FIRST)
+                                         qk_scale, pairs, INDEXED, W, TMA, COPY_FIRST, FP8, scale_bufs)
     return acc, m_i, _row_sum(stats, bars, l_i, segs, W, BN), pairs
 
 
@@ -442,8 +589,9 @@ def _decode_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
     (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb, stride_qs,
      stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob, stride_os, stride_oh,
      stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, k_desc, row_block, part,
-     g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA) = args
+     g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, scale_bufs, CAUSAL, TMA) = args
     BN: gl.constexpr = kn_bufs.shape[1]
+    FP8: gl.constexpr = k_ptr.dtype.element_ty == gl.uint8  # (the FP8 cache comes as bytes)
     s_l: gl.constexpr = _s_layout(BN)
     o_l: gl.constexpr = _o_layout()
     rows_per_seq = s_q * h_q
@@ -464,7 +612,7 @@ def _decode_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
                                                    row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, k_ptr, k_desc,
                                                    bt_row, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp,
                                                    num_blocks, page_size, qk_scale, pairs, segs, False, W, TMA,
-                                                   COPY_FIRST)
+                                                   COPY_FIRST, FP8, scale_bufs)
             segs += 1
 
             # this warpgroup's 256 columns; warpgroup 0 writes the lse
@@ -492,15 +640,16 @@ def _decode_wg1(args):
 
 
 @gluon.jit
-def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr, TMA: gl.constexpr):
-    """Q (72 KB), one pair of 64-key tiles (144 KB), the row statistics, the mbarriers (initialized)."""
+def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr, TMA: gl.constexpr, FP8: gl.constexpr = False):
+    """Q (72 KB), one pair of 64-key tiles (144 KB), the row statistics, the mbarriers (initialized; with
+    ``FP8`` the two CONV ones too)."""
     wide_sl: gl.constexpr = _tile_layout()
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
     qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], wide_sl)
     kn_bufs = gl.allocate_shared_memory(dtype, [2, BN, DV], wide_sl)
     kpe_bufs = gl.allocate_shared_memory(dtype, [2, BN, DR], wide_sl)
     stats = gl.allocate_shared_memory(gl.float32, [8 * BLOCK_H], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
-    bars = gl.allocate_shared_memory(gl.int64, [NUM_BARS, 1], mbarrier.MBarrierLayout())
+    bars = gl.allocate_shared_memory(gl.int64, [NUM_BARS_FP8 if FP8 else NUM_BARS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(4):
         mbarrier.init(bars.index(i), count=1)
     for i in gl.static_range(KREADY, QREADY):  # TMA: one arrival (with the bytes); cp.async: each thread's
@@ -508,6 +657,9 @@ def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr, TMA: gl.constexpr):
     for i in gl.static_range(QREADY, SEG_DONE):
         mbarrier.init(bars.index(i), count=WG_WARPS * 32)
     mbarrier.init(bars.index(SEG_DONE), count=2)
+    if FP8:
+        mbarrier.init(bars.index(CONV_A_HI), count=1)
+        mbarrier.init(bars.index(CONV_B_LO), count=1)
     return q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars
 
 
@@ -526,9 +678,14 @@ def _decode_ws_kernel(
     COPY_FIRST: gl.constexpr,
 ):
     gl.static_assert(BLOCK_N == 64, "the warp-specialized kernel takes 64-key tiles")
-    gl.static_assert(not FP8, "the warp-specialized kernel reads 16-bit caches")
+    gl.static_assert(not (FP8 and TMA), "the FP8 cache is copied by cp.async")
     dtype: gl.constexpr = q_ptr.dtype.element_ty
-    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N, TMA)
+    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N, TMA, FP8)
+    if FP8:  # (after the others, so the 16-bit kernel's buffers keep their offsets)
+        scale_bufs = gl.allocate_shared_memory(gl.float32, [4, 2, BLOCK_N],
+                                               gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+    else:
+        scale_bufs = stats  # (unused)
     if ROWS_FIRST:
         part = gl.program_id(1)
         row_block = gl.program_id(0)
@@ -541,7 +698,8 @@ def _decode_ws_kernel(
     args = (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb,
             stride_qs, stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob, stride_os,
             stride_oh, stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, k_desc,
-            row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, CAUSAL, TMA)
+            row_block, part, g_lo, g_hi, seq, seq_g0, q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, scale_bufs,
+            CAUSAL, TMA)
     if COPY_FIRST:
         gl.warp_specialize([(_decode_wg0_copy_first, (args,)), (_decode_wg1, (args,))], [WG_WARPS], [WORKER_REGS])
     else:
@@ -578,8 +736,9 @@ def ws_launch_args(k_cache, config):
     descriptor is a one-row stand-in that the kernel never reads (the argument exists either way)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    tma_ok = ws_tma(k_cache, config)
-    rows = k_cache.shape[0] * k_cache.shape[1] if tma_ok else 1
-    desc = TensorDescriptor(k_cache, [max(rows, 1), k_cache.shape[3]], [k_cache.stride(1), 1], [64, 64],
-                            _tile_layout())
+    fp8 = k_cache.dtype == torch.uint8  # (the FP8 cache: cp.async only; a 16-bit view for the stand-in)
+    tma_ok = ws_tma(k_cache, config) and not fp8
+    src = k_cache.view(torch.bfloat16) if fp8 else k_cache
+    rows = src.shape[0] * src.shape[1] if tma_ok else 1
+    desc = TensorDescriptor(src, [max(rows, 1), src.shape[3]], [src.stride(1), 1], [64, 64], _tile_layout())
     return dict(k_desc=desc, TMA=tma_ok, COPY_FIRST=bool(config.get("COPY_FIRST", False)))

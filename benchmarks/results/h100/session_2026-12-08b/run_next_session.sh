@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The next device call (written in the twenty-eighth session, which had no device time; repo root, .devrun/ carried
+# with t39.tar.xz made by `bash benchmarks/explore/pack_triton.sh 3.9.0 .devrun/t39.tar.xz`):
+#  (1) the GPU tests of the FP8 cache through the warp-specialized kernel (``WS`` on a decode_fp8 entry: raw bytes
+#      dequantized in place; written without a GPU), then the tests of the twenty-seventh session's shipped configs;
+#  (2) if (1)'s ws tests passed: an A/B of {} against {"WS": true} on FP8 shapes of 64-256 rows (bf16 beside them);
+#  (3) the sparse table and the decode table with the FP8 cache.
+# Limits: T_TESTS, T_AB, T_SPARSE, T_BENCH (0 skips a step).
+set -u
+mkdir -p /tmp/t39 && tar xJf .devrun/t39.tar.xz -C /tmp/t39 && chmod +x /tmp/t39/triton/backends/nvidia/bin/*
+export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1 PYTHONPATH=/tmp/t39:$PWD
+python3 -c 'import torch,triton;print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)'
+NOISE='nanobind\|leaked\|refleaks\|reference counting\|knobs.py\|warn_once\|^ - '
+WS_OK=0
+if [ "${T_TESTS:-200}" != 0 ]; then
+  t0=$(date +%s)
+  for spec in "test_fp8.py:ws_kernel" "test_sparse.py:alone_4 or copy_first" "test_fp8.py:copy_first or many_sequences" \
+              "test_decode.py:many_sequences"; do
+    f=${spec%%:*}; k=${spec#*:}; log=$OUT/tests_${f%.py}_$(echo "$k" | tr -c 'a-z0-9' '_' | cut -c1-20).log
+    left=$(( ${T_TESTS:-200} - $(date +%s) + t0 )); [ $left -le 5 ] && break
+    timeout -k 3 $left python3 -m pytest -v -n 8 -p no:cacheprovider --tb=short tests/$f -k "$k" > $log 2>&1
+    rc=$?
+    echo "$f [$k] rc=$rc at $(( $(date +%s) - t0 )) s: PASSED $(grep -c PASSED $log) FAILED $(grep -c FAILED $log)"
+    grep -E "^FAILED|Error" $log | head -5
+    [ "$k" = ws_kernel ] && [ $rc = 0 ] && WS_OK=1
+  done
+fi
+if [ "${T_AB:-150}" != 0 ] && [ $WS_OK = 1 ]; then
+  t0=$(date +%s)
+  SHAPES="fp8,128,8192,64,1;fp8,128,8192,128,1;fp8,128,8192,128,2;fp8,8,8192,128,1;fp8,128,4096,32,2;bf16,128,8192,64,1;bf16,128,8192,128,1;bf16,8,8192,128,1" \
+  VARIANTS='{}|{"WS": true}' ROUNDS=3 timeout -k 3 ${T_AB:-150} python3 benchmarks/explore/ab_variants.py ws_fp8 \
+    > $OUT/ab_ws_fp8_full.txt 2>&1
+  echo "ab rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "$NOISE" $OUT/ab_ws_fp8_full.txt | tee $OUT/ab_ws_fp8.txt
+fi
+if [ "${T_SPARSE:-90}" != 0 ]; then
+  t0=$(date +%s)
+  timeout -k 3 ${T_SPARSE:-90} python3 -m triton_mla.bench_sparse --out $OUT/sparse.json > $OUT/sparse_full.txt 2>&1
+  echo "sparse rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "^{\|$NOISE" $OUT/sparse_full.txt | tee $OUT/sparse.txt
+fi
+if [ "${T_BENCH:-100}" != 0 ]; then
+  t0=$(date +%s)
+  timeout -k 3 ${T_BENCH:-100} python3 -m triton_mla bench decode --fp8 --out $OUT/decode_fp8.json \
+    > $OUT/decode_fp8_full.txt 2>&1
+  echo "decode rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "^{\|$NOISE" $OUT/decode_fp8_full.txt | tee $OUT/decode_fp8.txt
+fi
