@@ -3,12 +3,14 @@ compiled code of the shipped kernels unchanged, with no GPU:
 
     python benchmarks/explore/ptx_hashes.py [name-substring ...] > before.txt   # then edit, re-run, diff
 
-Specs come from ``configs.check`` (every shipped sm90 entry, as check-configs compiles them)."""
+Specs: ``ptxas_report.sm90_specs`` (every shipped sm90 entry, as check-configs compiles them)."""
 
 import hashlib
 import sys
 
-from triton_mla.configs import check, load_family
+from ptxas_report import sm90_specs
+
+from triton_mla.configs import check
 
 
 def ptx_hash(fn, types, constexprs, num_warps, num_stages):
@@ -20,17 +22,8 @@ def ptx_hash(fn, types, constexprs, num_warps, num_stages):
 
 
 def main(argv):
-    seen = set()
-    for section, entries in load_family("sm90").items():
-        if section not in check.SECTIONS:
-            continue
-        for entry in entries:
-            for name, fn, types, constexprs, warps, stages in check.section_specs(section, entry):
-                key = (name, repr(sorted(constexprs.items())))
-                if key in seen or (argv and not any(a in name for a in argv)):
-                    continue
-                seen.add(key)
-                print(f"{section:14s} {name:70s} {ptx_hash(fn, types, constexprs, warps, stages)}", flush=True)
+    for section, name, *spec in sm90_specs(argv):
+        print(f"{section:14s} {name:70s} {ptx_hash(*spec)}", flush=True)
 
 
 if __name__ == "__main__":

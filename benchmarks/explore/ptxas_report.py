@@ -38,23 +38,29 @@ def report(fn, types, constexprs, num_warps, num_stages):
     return k.metadata.shared, regs, spill, warn
 
 
-def main(argv):
-    family = load_family("sm90")
+def sm90_specs(names):
+    """(section, name, fn, types, constexprs, warps, stages) of every shipped sm90 spec, each once, whose name
+    holds one of ``names`` (all if none)."""
     seen = set()
-    for section, entries in family.items():
+    for section, entries in load_family("sm90").items():
         if section not in check.SECTIONS:
             continue
         for entry in entries:
             for name, fn, types, constexprs, warps, stages in check.section_specs(section, entry):
                 key = (name, repr(sorted(constexprs.items())))
-                if key in seen or (argv and not any(a in name for a in argv)):
+                if key in seen or (names and not any(a in name for a in names)):
                     continue
                 seen.add(key)
-                shared, regs, spill, warn = report(fn, types, constexprs, warps, stages)
-                print(f"{section:14s} {name:60s} smem {shared:7d}  regs {','.join(regs):10s} spill "
-                      f"{','.join(spill)}", flush=True)
-                for w in warn:
-                    print("    ", w[:200])
+                yield section, name, fn, types, constexprs, warps, stages
+
+
+def main(argv):
+    for section, name, *spec in sm90_specs(argv):
+        shared, regs, spill, warn = report(*spec)
+        print(f"{section:14s} {name:60s} smem {shared:7d}  regs {','.join(regs):10s} spill "
+              f"{','.join(spill)}", flush=True)
+        for w in warn:
+            print("    ", w[:200])
 
 
 if __name__ == "__main__":
