@@ -205,21 +205,22 @@ def test_warp_specialized_decode_compiles_for_sm90():
 _WS_FP8_COMPILE = """
 from triton_mla.configs import check, load_family
 from triton_mla.kernels import decode_sm90
-entry = dict(load_family("sm90")["decode_fp8"][-1], WS=True)
-specs = list(decode_sm90.compile_specs(entry, fp8=True))
-for spec in specs:
-    print(spec[0].split("(")[0], spec[4], *check._run_job(("sm90", "label", spec)))
+for late in (False, True):
+    entry = dict(load_family("sm90")["decode_fp8"][-1], WS=True, LATE_B_LO=late)
+    for spec in decode_sm90.compile_specs(entry, fp8=True):
+        print(spec[0].split("(")[0], spec[4], *check._run_job(("sm90", "label", spec)))
 """
 
 
 def test_warp_specialized_decode_compiles_for_the_fp8_cache():
     """The FP8 cache through the warp-specialized decode (a ``decode_fp8`` entry naming ``WS``; no shipped entry
     does until it is measured): raw bytes copied by cp.async into the 16-bit tile buffers and dequantized in
-    place, so it fits sm90's shared memory with only the scales and two mbarriers more than the 16-bit kernel."""
+    place, so it fits sm90's shared memory with only the scales and two mbarriers more than the 16-bit kernel;
+    both schedules of B's lower half (``LATE_B_LO``)."""
     res = _run_compiling(_WS_FP8_COMPILE)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.split("\n")[:-1]
-    assert len(lines) == 2, res.stdout  # causal or not; no TMA form
+    assert len(lines) == 4, res.stdout  # causal or not (no TMA form), B's lower half converted early or late
     for line in lines:
         name, warps, shared, verdict = line.split()
         assert name == "decode_sm90_ws_fp8" and warps == "4" and verdict == "ok", line

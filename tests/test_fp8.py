@@ -424,10 +424,12 @@ def test_gpu_sm90_wgmma_kernel(page_size, split_heavy, raw_stages, monkeypatch):
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("page_size", [1, 16, 64, 128, 192])
 @pytest.mark.parametrize("split_heavy", [False, True])
-def test_gpu_sm90_ws_kernel(page_size, split_heavy, monkeypatch):
+@pytest.mark.parametrize("late_b_lo", [False, True])
+def test_gpu_sm90_ws_kernel(page_size, split_heavy, late_b_lo, monkeypatch):
     """kernels/decode_sm90_ws.py on the FP8 cache (``WS``: raw bytes copied into the 16-bit tile buffers and
-    dequantized in place by the warpgroup that copied them): 1-128 rows, causal s_q > 1, NaN bytes past each
-    sequence, outliers, one sequence per part or many; every call must take the ws kernel."""
+    dequantized in place by the warpgroup that copied them; B's lower half converted after S_A is issued or, with
+    ``LATE_B_LO``, in the next front): 1-256 rows, causal s_q > 1, NaN bytes past each sequence, outliers, one
+    sequence per part or many; every call must take the ws kernel."""
     from triton_mla.kernels import decode_sm90
 
     if not decode_sm90.ws_supported():
@@ -438,7 +440,7 @@ def test_gpu_sm90_ws_kernel(page_size, split_heavy, monkeypatch):
     lens = [0, 1, 31, 63, 64, 65, 127, 128, 129, 1000, 4097]
     split = SPLIT_HEAVY if split_heavy else dict(MIN_BLOCKS_PER_PART=4)
     shapes = [(128, 1), (64, 2), (16, 4), (8, 1), (96, 1), (1, 1), (128, 2)]
-    with configs.overridden(WGMMA=True, WS=True, KEYS_ON_M=False, BLOCK_N=64, **split):
+    with configs.overridden(WGMMA=True, WS=True, LATE_B_LO=late_b_lo, KEYS_ON_M=False, BLOCK_N=64, **split):
         for i, (h_q, s_q) in enumerate(shapes):
             check_fp8_decode(lens, s_q, h_q, page_size, dtype=torch.bfloat16, causal=True, seed=page_size + i,
                              outliers=i == 0)
@@ -447,11 +449,12 @@ def test_gpu_sm90_ws_kernel(page_size, split_heavy, monkeypatch):
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("batch", [1, 127, 300])
-def test_gpu_sm90_ws_kernel_many_sequences(batch):
+@pytest.mark.parametrize("late_b_lo", [False, True])
+def test_gpu_sm90_ws_kernel_many_sequences(batch, late_b_lo):
     """The FP8 ws kernel over many segments a program (segment ends mid-pair, empty sequences among them)."""
     rnd = random.Random(batch)
     lens = [rnd.choice([0, 1, 64, 65, 129, rnd.randint(0, 700)]) for _ in range(batch)]
-    with configs.overridden(WGMMA=True, WS=True, KEYS_ON_M=False, BLOCK_N=64, **SPLIT_HEAVY):
+    with configs.overridden(WGMMA=True, WS=True, LATE_B_LO=late_b_lo, KEYS_ON_M=False, BLOCK_N=64, **SPLIT_HEAVY):
         check_fp8_decode(lens, 1, 128, 64, dtype=torch.bfloat16, seed=batch)
         check_fp8_decode(lens, 2, 32, 16, dtype=torch.bfloat16, causal=True, seed=batch + 1)
 

@@ -764,7 +764,8 @@ def compile_specs(entry, fp8=False):
                     MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
                     ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)), FP8=fp8,
                     RAW_STAGES=entry.get("RAW_STAGES", 1) if fp8 else 1,
-                    **(dict(TMA=page, COPY_FIRST=bool(entry.get("COPY_FIRST", False))) if ws
+                    **(dict(TMA=page, COPY_FIRST=bool(entry.get("COPY_FIRST", False)) and not fp8,
+                            **(dict(LATE_B_LO=True) if fp8 and entry.get("LATE_B_LO", False) else {})) if ws
                        else dict(PAGE_TILE=page))),
                NUM_WARPS.value // 2 if ws else NUM_WARPS.value, 1)
 

@@ -332,11 +332,13 @@ def _softmax_step(qk, m_prev, stats, bars, M_ROW: gl.constexpr, SCALE_ROW: gl.co
 @gluon.jit
 def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, start, hi, row_limit,
                stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, phase, MORE: gl.constexpr,
-               INDEXED: gl.constexpr, TMA: gl.constexpr, FP8: gl.constexpr = False, scale_bufs=None):
+               INDEXED: gl.constexpr, TMA: gl.constexpr, FP8: gl.constexpr = False, scale_bufs=None,
+               CONVERT_B_LO: gl.constexpr = False):
     """Warpgroup 0 on the pair whose tile A starts at ``start`` and has scores ``s``: softmax of A, P_A V into its
     256 columns (P in registers; waited), the next pair's dims [0, 256) of A copied if there is one (``MORE``; it
     read them last), P_A handed to warpgroup 1 rescaled to B's max (in A's rope rows, which S_A has finished
-    reading), and the wait for P_B."""
+    reading), and the wait for P_B. ``CONVERT_B_LO`` (FP8, ``LATE_B_LO``): B's lower half is dequantized here,
+    under P_A V, and announced to warpgroup 1."""
     BN: gl.constexpr = kn_bufs.shape[1]
     o_l: gl.constexpr = _o_layout()
     row_l: gl.constexpr = gl.SliceLayout(1, _s_layout(BN))
@@ -350,6 +352,9 @@ def _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_de
     acc = acc * _rows_o(scale_a)[:, None]
     l_run = l_run * scale_a + gl.sum(p, axis=1)
     acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_op_l), kn_a.slice(0, HALF, dim=1), acc, is_async=True)
+    if CONVERT_B_LO:
+        _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 2), phase, 1, 0)
+        mbarrier.arrive(bars.index(CONV_B_LO))
     acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
     if MORE:
         if FP8:
@@ -410,7 +415,7 @@ def _reset_first(acc, j):
 def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row, lo, hi, row_limit,
                   stride_kb, stride_kt, stride_table, limit, page_size, qk_scale, pairs, INDEXED: gl.constexpr,
                   W: gl.constexpr, TMA: gl.constexpr, COPY_FIRST: gl.constexpr, FP8: gl.constexpr = False,
-                  scale_bufs=None):
+                  scale_bufs=None, LATE_B_LO: gl.constexpr = False):
     """Warpgroup W's share of keys [lo, hi): (its 64 x 256 output block, the row max, its part of the row sum),
     both warpgroups' state relative to the same max. ``pairs``: the pairs this program ran before (the phases of
     the hand-over and copy mbarriers, each of which completes once a pair). Warpgroup 0 must have issued dims
@@ -425,7 +430,8 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
 
     FP8 (``_load_half_fp8``): each half is dequantized by the warpgroup that copied it (``_convert_half``), just
     before its first reader needs it; A's upper half (warpgroup 1's copy, read by S_A) and B's lower half
-    (warpgroup 0's, read by S_B) are then announced on their CONV mbarriers."""
+    (warpgroup 0's, read by S_B) are then announced on their CONV mbarriers. B's lower half is converted after S_A
+    is issued, or with ``LATE_B_LO`` in the next front (under P_A V, when its copy has surely landed)."""
     BN: gl.constexpr = kn_bufs.shape[1]
     s_l: gl.constexpr = _s_layout(BN)
     o_l: gl.constexpr = _o_layout()
@@ -454,7 +460,7 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
                 acc, m_run, l_run = _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc,
                                                table_row, start - 2 * BN, hi, row_limit, stride_kb, stride_kt,
                                                stride_table, limit, page_size, qk_scale, phase, True, INDEXED, TMA,
-                                               FP8, scale_bufs)
+                                               FP8, scale_bufs, FP8 and LATE_B_LO)
             acc = warpgroup_mma(kpe_b.permute((1, 0)), kn_b.slice(0, HALF, dim=1), acc, is_async=True)  # P_B V
             if FP8:
                 # A's lower half (this warpgroup's copy; P_B V reads B meanwhile)
@@ -466,9 +472,10 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
                 _load_half_fp8(kn_bufs, kpe_b, scale_bufs, k_ptr, table_row, start + BN, hi, stride_kb, stride_kt,
                                stride_table, limit, page_size, bars.index(KREADY + 2), 1, 0, True, INDEXED)
                 s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, CONV_A_HI, k_phase, s, 1, False, True)
-                # B's lower half and rope for S_B (warpgroup 1), converted while S_A runs
-                _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 2), k_phase, 1, 0)
-                mbarrier.arrive(bars.index(CONV_B_LO))
+                if not LATE_B_LO:
+                    # B's lower half and rope for S_B (warpgroup 1), converted while S_A runs
+                    _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 2), k_phase, 1, 0)
+                    mbarrier.arrive(bars.index(CONV_B_LO))
             else:
                 if COPY_FIRST:
                     # B's copy out before S_A, whose first half may still be landing: warpgroup 1 needs B soon after
@@ -529,7 +536,7 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
     if W == 0:
         acc, m_run, l_run = _front_wg0(s, acc, m_run, l_run, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row,
                                        start, hi, row_limit, stride_kb, stride_kt, stride_table, limit, page_size,
-                                       qk_scale, phase, False, INDEXED, TMA)
+                                       qk_scale, phase, False, INDEXED, TMA, FP8, scale_bufs, FP8 and LATE_B_LO)
         acc = warpgroup_mma(kpe_b.permute((1, 0)), kn_b.slice(0, HALF, dim=1), acc, is_async=True)  # P_B V
     else:
         p_op, acc, m_run, l_run = _front_wg1(s, acc, l_run, kpe_bufs, stats, bars, table_row, start + BN, hi,
@@ -558,7 +565,8 @@ def _row_sum(stats, bars, l_run, segs, W: gl.constexpr, BN: gl.constexpr):
 def _attend_segment(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, q_ptr, seq, row_block, s_q, h_q, stride_qb,
                     stride_qs, stride_qh, k_ptr, k_desc, table_row, lo, hi, row_limit, stride_kb, stride_kt,
                     stride_table, limit, page_size, qk_scale, pairs, segs, INDEXED: gl.constexpr, W: gl.constexpr,
-                    TMA: gl.constexpr, COPY_FIRST: gl.constexpr, FP8: gl.constexpr = False, scale_bufs=None):
+                    TMA: gl.constexpr, COPY_FIRST: gl.constexpr, FP8: gl.constexpr = False, scale_bufs=None,
+                    LATE_B_LO: gl.constexpr = False):
     """Warpgroup W over one segment, keys [lo, hi) (``_attend_pairs``'s arguments) for the query rows of
     ``_load_q_half``'s: its half of Q copied (and by warpgroup 0 the first tile's first half), both halves of Q
     awaited, the pairs, then both row sums (``_row_sum``). ``segs``: the segments this program ran before (the
@@ -577,15 +585,15 @@ def _attend_segment(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, q_ptr, seq
     mbarrier.wait(bars.index(QREADY + 1), segs & 1)
     acc, m_i, l_i, pairs = _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_desc, table_row,
                                          lo, hi, row_limit, stride_kb, stride_kt, stride_table, limit, page_size,
-                                         qk_scale, pairs, INDEXED, W, TMA, COPY_FIRST, FP8, scale_bufs)
+                                         qk_scale, pairs, INDEXED, W, TMA, COPY_FIRST, FP8, scale_bufs, LATE_B_LO)
     return acc, m_i, _row_sum(stats, bars, l_i, segs, W, BN), pairs
 
 
 @gluon.jit
-def _decode_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
+def _decode_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args, LATE_B_LO: gl.constexpr = False):
     """Warpgroup W's run over the program's segments (decode_sm90's loop); ``args``: the kernel's tuple (below).
     (Arguments reach a partition as tensors, constexprs included: the tile size is read off the buffers' shape,
-    and what must be a constexpr, W and COPY_FIRST, is a literal of the partition's function.)"""
+    and what must be a constexpr, W, COPY_FIRST and LATE_B_LO, is a literal of the partition's function.)"""
     (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr, stride_qb, stride_qs,
      stride_qh, stride_kb, stride_kt, stride_btp, stride_btb, stride_seqlens, stride_ob, stride_os, stride_oh,
      stride_lb, stride_lh, stride_ls, s_q, h_q, num_blocks, page_size, max_len, qk_scale, k_desc, row_block, part,
@@ -612,7 +620,7 @@ def _decode_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
                                                    row_block, s_q, h_q, stride_qb, stride_qs, stride_qh, k_ptr, k_desc,
                                                    bt_row, tok_lo, tok_hi, row_limit, stride_kb, stride_kt, stride_btp,
                                                    num_blocks, page_size, qk_scale, pairs, segs, False, W, TMA,
-                                                   COPY_FIRST, FP8, scale_bufs)
+                                                   COPY_FIRST, FP8, scale_bufs, LATE_B_LO)
             segs += 1
 
             # this warpgroup's 256 columns; warpgroup 0 writes the lse
@@ -632,6 +640,11 @@ def _decode_wg0(args):
 @gluon.jit
 def _decode_wg0_copy_first(args):
     _decode_wg(0, True, args)
+
+
+@gluon.jit
+def _decode_wg0_late_b_lo(args):
+    _decode_wg(0, False, args, True)
 
 
 @gluon.jit
@@ -675,7 +688,7 @@ def _decode_ws_kernel(
     batch, s_q, h_q, num_blocks, page_size, max_len, num_parts, qk_scale, k_desc,
     BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, MIN_BLOCKS_PER_PART: gl.constexpr, CAUSAL: gl.constexpr,
     ROWS_FIRST: gl.constexpr, FP8: gl.constexpr, RAW_STAGES: gl.constexpr, TMA: gl.constexpr,
-    COPY_FIRST: gl.constexpr,
+    COPY_FIRST: gl.constexpr, LATE_B_LO: gl.constexpr = False,
 ):
     gl.static_assert(BLOCK_N == 64, "the warp-specialized kernel takes 64-key tiles")
     gl.static_assert(not (FP8 and TMA), "the FP8 cache is copied by cp.async")
@@ -702,6 +715,9 @@ def _decode_ws_kernel(
             CAUSAL, TMA)
     if COPY_FIRST:
         gl.warp_specialize([(_decode_wg0_copy_first, (args,)), (_decode_wg1, (args,))], [WG_WARPS], [WORKER_REGS])
+    elif LATE_B_LO:
+        gl.static_assert(FP8, "LATE_B_LO: a schedule of the FP8 cache's conversions")
+        gl.warp_specialize([(_decode_wg0_late_b_lo, (args,)), (_decode_wg1, (args,))], [WG_WARPS], [WORKER_REGS])
     else:
         gl.warp_specialize([(_decode_wg0, (args,)), (_decode_wg1, (args,))], [WG_WARPS], [WORKER_REGS])
 
@@ -732,8 +748,9 @@ def ws_tma(k_cache, config) -> bool:
 
 def ws_launch_args(k_cache, config):
     """``_decode_ws_kernel``'s ``k_desc`` (the cache as [tokens, 576], 64 x 64 boxes), ``TMA`` and the entry's
-    ``COPY_FIRST`` (warpgroup 0 copies B's first half before it issues S of A; default off). Without TMA the
-    descriptor is a one-row stand-in that the kernel never reads (the argument exists either way)."""
+    ``COPY_FIRST`` (16-bit: warpgroup 0 copies B's first half before it issues S of A; default off) or
+    ``LATE_B_LO`` (FP8: B's lower half converted in the next front; default off). Without TMA (always for the
+    FP8 cache) the descriptor is a one-row stand-in that the kernel never reads (the argument exists either way)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     fp8 = k_cache.dtype == torch.uint8  # (the FP8 cache: cp.async only; a 16-bit view for the stand-in)
@@ -741,4 +758,6 @@ def ws_launch_args(k_cache, config):
     src = k_cache.view(torch.bfloat16) if fp8 else k_cache
     rows = src.shape[0] * src.shape[1] if tma_ok else 1
     desc = TensorDescriptor(src, [max(rows, 1), src.shape[3]], [src.stride(1), 1], [64, 64], _tile_layout())
-    return dict(k_desc=desc, TMA=tma_ok, COPY_FIRST=bool(config.get("COPY_FIRST", False)))
+    late = fp8 and bool(config.get("LATE_B_LO", False))
+    return dict(k_desc=desc, TMA=tma_ok, COPY_FIRST=bool(config.get("COPY_FIRST", False)) and not fp8,
+                **(dict(LATE_B_LO=True) if late else {}))

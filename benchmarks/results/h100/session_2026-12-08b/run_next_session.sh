@@ -3,7 +3,8 @@
 # with t39.tar.xz made by `bash benchmarks/explore/pack_triton.sh 3.9.0 .devrun/t39.tar.xz`):
 #  (1) the GPU tests of the FP8 cache through the warp-specialized kernel (``WS`` on a decode_fp8 entry: raw bytes
 #      dequantized in place; written without a GPU), then the tests of the twenty-seventh session's shipped configs;
-#  (2) if (1)'s ws tests passed: an A/B of {} against {"WS": true} on FP8 shapes of 64-256 rows (bf16 beside them);
+#  (2) if (1)'s ws tests passed: an A/B of {} against {"WS": true} (and its other schedule, LATE_B_LO) on FP8
+#      shapes of 64-256 rows (bf16 beside them);
 #  (3) the sparse table and the decode table with the FP8 cache.
 # Limits: T_TESTS, T_AB, T_SPARSE, T_BENCH (0 skips a step).
 set -u
@@ -28,7 +29,7 @@ fi
 if [ "${T_AB:-150}" != 0 ] && [ $WS_OK = 1 ]; then
   t0=$(date +%s)
   SHAPES="fp8,128,8192,64,1;fp8,128,8192,128,1;fp8,128,8192,128,2;fp8,8,8192,128,1;fp8,128,4096,32,2;bf16,128,8192,64,1;bf16,128,8192,128,1;bf16,8,8192,128,1" \
-  VARIANTS='{}|{"WS": true}' ROUNDS=3 timeout -k 3 ${T_AB:-150} python3 benchmarks/explore/ab_variants.py ws_fp8 \
+  VARIANTS='{}|{"WS": true}|{"WS": true, "LATE_B_LO": true}' ROUNDS=3 timeout -k 3 ${T_AB:-150} python3 benchmarks/explore/ab_variants.py ws_fp8 \
     > $OUT/ab_ws_fp8_full.txt 2>&1
   echo "ab rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "$NOISE" $OUT/ab_ws_fp8_full.txt | tee $OUT/ab_ws_fp8.txt
 fi
