@@ -3,6 +3,7 @@
 # with t39.tar.xz made by `bash benchmarks/explore/pack_triton.sh 3.9.0 .devrun/t39.tar.xz`):
 #  (1) the GPU tests of the FP8 cache through the warp-specialized kernel (``WS`` on a decode_fp8 entry: raw bytes
 #      dequantized in place; written without a GPU), then the tests of the twenty-seventh session's shipped configs;
+#      if the ws tests failed: benchmarks/explore/ws_fp8_debug.py (error by output half and row) and memcheck;
 #  (2) if (1)'s ws tests passed: an A/B of {} against {"WS": true} (and its other schedule, LATE_B_LO) on FP8
 #      shapes of 64-256 rows (bf16 beside them);
 #  (3) the sparse table and the decode table with the FP8 cache.
@@ -25,6 +26,14 @@ if [ "${T_TESTS:-200}" != 0 ]; then
     grep -E "^FAILED|Error" $log | head -5
     [ "$k" = ws_kernel ] && [ $rc = 0 ] && WS_OK=1
   done
+fi
+if [ "${T_TESTS:-200}" != 0 ] && [ $WS_OK = 0 ]; then
+  # the ws kernel's tests failed (or were cut): where it goes wrong, then what compute-sanitizer sees
+  PYTHONPATH=/tmp/t39:$PWD:$PWD/tests timeout -k 3 90 python3 benchmarks/explore/ws_fp8_debug.py 2>&1 \
+    | grep -v "$NOISE" | tee $OUT/ws_fp8_debug.txt
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 3 120 compute-sanitizer --tool memcheck \
+    python3 benchmarks/explore/ws_memcheck.py > $OUT/ws_memcheck.txt 2>&1
+  echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|Invalid" $OUT/ws_memcheck.txt | head -5
 fi
 if [ "${T_AB:-150}" != 0 ] && [ $WS_OK = 1 ]; then
   t0=$(date +%s)
