@@ -20,7 +20,9 @@ and for a tile that reaches past the keys (zero-filled rows). The loop is softwa
 S of the next pair is issued while the last P V MMAs drain.
 
 Same split plan, partial slots and combine as ``decode_sm90`` / ``decode.py``. Shapes: d = 576, dv = 512,
-bf16/fp16, any number of rows (blocks of 64); tiles of 64 keys, one buffer pair (216 KB with Q).
+bf16/fp16, any number of rows (blocks of 64); tiles of 64 keys, one buffer pair (216 KB with Q). The FP8 cache
+(bf16 queries) takes the same loop with each half-tile dequantized in place by the warpgroup that copied it
+(``_load_half_fp8``, ``_convert_half``; twenty-eighth session, not yet run on a GPU).
 
 Status (``benchmarks/NOTES.md``, thirteenth session): under Triton 3.9, with TMA copies, 1.12-1.19x faster than
 ``decode_sm90`` at 128-256 rows (0.78-0.80x FlashMLA at h = 128, s_k = 8192), slower at 64; Triton 3.6 cannot lower
