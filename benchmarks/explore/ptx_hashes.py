@@ -17,7 +17,9 @@ def ptx_hash(fn, types, constexprs, num_warps, num_stages):
     ptx = check.compile_for(fn, types, constexprs, 90, num_warps, num_stages).asm["ptx"]
     debug = ptx.find(".section\t.debug")  # (the DWARF sections hold source line numbers too)
     ptx = ptx[:debug] if debug >= 0 else ptx
-    body = "\n".join(line for line in ptx.splitlines() if not line.lstrip().startswith((".loc", ".file")))
+    # ($L__tmp labels mark source locations for the debug sections; branches go to $L__BB labels)
+    body = "\n".join(line for line in ptx.splitlines()
+                     if not line.lstrip().startswith((".loc", ".file", "$L__tmp")))
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
