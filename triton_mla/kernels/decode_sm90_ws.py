@@ -287,6 +287,12 @@ def _s_part(q_smem, qpe_smem, kn, kpe, bars, bar, phase, s, HALF_IDX: gl.constex
     (mbarrier ``bar``); asynchronous, so the caller waits."""
     mbarrier.wait(bars.index(bar), phase)
     fence_async_shared()
+    return _s_mma(q_smem, qpe_smem, kn, kpe, s, HALF_IDX, FIRST, WITH_ROPE)
+
+
+@gluon.jit
+def _s_mma(q_smem, qpe_smem, kn, kpe, s, HALF_IDX: gl.constexpr, FIRST: gl.constexpr, WITH_ROPE: gl.constexpr):
+    """``_s_part``'s MMAs, for a part that is ready (its wait and fence done)."""
     s = warpgroup_mma(q_smem.slice(HALF_IDX * HALF, HALF, dim=1),
                       kn.slice(HALF_IDX * HALF, HALF, dim=1).permute((1, 0)), s, use_acc=not FIRST, is_async=True)
     if WITH_ROPE:
@@ -467,8 +473,7 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
             if FP8:
                 # A's lower half (this warpgroup's copy; P_B V reads B meanwhile)
                 _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 0), k_phase, 0, 0)
-                s = warpgroup_mma(q_smem.slice(0, HALF, dim=1), kn_s.slice(0, HALF, dim=1).permute((1, 0)), s,
-                                  use_acc=False, is_async=True)
+                s = _s_mma(q_smem, qpe_smem, kn_s, kpe_s, s, 0, True, False)
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
                 acc = _reset_first(acc, j)
                 _load_half_fp8(kn_bufs, kpe_b, scale_bufs, k_ptr, table_row, start + BN, hi, stride_kb, stride_kt,
@@ -517,8 +522,7 @@ def _attend_pairs(q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, k_ptr, k_des
                 _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 1), k_phase, 0, 1)
                 mbarrier.arrive(bars.index(CONV_A_HI))
                 _convert_half(kn_bufs, scale_bufs, bars.index(KREADY + 3), k_phase, 1, 1)
-                s = warpgroup_mma(q_smem.slice(HALF, HALF, dim=1), kn_s.slice(HALF, HALF, dim=1).permute((1, 0)), s,
-                                  use_acc=False, is_async=True)
+                s = _s_mma(q_smem, qpe_smem, kn_s, kpe_s, s, 1, True, False)
                 s = _s_part(q_smem, qpe_smem, kn_s, kpe_s, bars, CONV_B_LO, k_phase, s, 0, False, True)
             else:
                 # dims [256, 512) of B: this warpgroup read them last
