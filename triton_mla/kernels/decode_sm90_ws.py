@@ -184,7 +184,8 @@ def _raw_layout():
 
 @gluon.constexpr_function
 def _cvt_layout():
-    """[64 keys, 64 dims] converted: 8 values a thread (8 raw bytes in, one 16-byte store of bf16 out)."""
+    """[64 keys, 64 dims] of 16-bit values: 8 a thread (8 raw bytes in, one 16-byte store of bf16 out); keys
+    placed as in ``_raw_layout``, so the rope copy takes the raw copy's key offsets."""
     return gl.BlockedLayout([1, 8], [4, 8], [WG_WARPS, 1], [1, 0])
 
 
@@ -220,9 +221,11 @@ def _load_half_fp8(kn_bufs, kpe, scale_bufs, k_ptr, table_row, start, hi, stride
     sc_ptrs = (k_ptr + sc_off[None, :] + DV).to(gl.pointer_type(gl.float32)) + groups[:, None]
     _async_load(scale_bufs.index(2 * BUF + HALF_IDX), sc_ptrs, mask=sc_ok[None, :])
     if WITH_ROPE:
-        pe_l: gl.constexpr = _copy_layout()
-        pe_off, pe_ok = _key_offsets(table_row, start, hi, stride_kb, stride_kt, stride_table, limit, page_size,
-                                     INDEXED, BN, gl.SliceLayout(1, pe_l))
+        # the rope rows (128 bytes, as a raw group's) placed by key as the raw copy's: its offsets serve, moved to
+        # a layout of the same placement (no data movement, no second page look-up)
+        pe_l: gl.constexpr = _cvt_layout()
+        pe_off = gl.convert_layout(tok_off, gl.SliceLayout(1, pe_l))
+        pe_ok = gl.convert_layout(tok_ok, gl.SliceLayout(1, pe_l))
         offs_pe = gl.arange(0, DR, layout=gl.SliceLayout(0, pe_l))
         pe_ptrs = (k_ptr + pe_off[:, None] + DV + 16).to(gl.pointer_type(gl.bfloat16)) + offs_pe[None, :]
         _async_load(kpe, pe_ptrs, mask=pe_ok[:, None])
