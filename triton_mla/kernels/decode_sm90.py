@@ -764,13 +764,11 @@ def compile_specs(entry, fp8=False):
                     MIN_BLOCKS_PER_PART=entry["MIN_BLOCKS_PER_PART"], CAUSAL=causal,
                     ROWS_FIRST=bool(entry.get("ROWS_FIRST", False)), FP8=fp8,
                     RAW_STAGES=entry.get("RAW_STAGES", 1) if fp8 else 1,
-                    **(dict(TMA=page, COPY_FIRST=bool(entry.get("COPY_FIRST", False)) and not fp8,
-                            **(dict(LATE_B_LO=True) if fp8 and entry.get("LATE_B_LO", False) else {})) if ws
-                       else dict(PAGE_TILE=page))),
+                    **(dict(TMA=page, **ws_schedule(entry, fp8)) if ws else dict(PAGE_TILE=page))),
                NUM_WARPS.value // 2 if ws else NUM_WARPS.value, 1)
 
 
 # at the end: decode_sm90_ws and decode_sm90_fp8 build on this module's helpers
 from .decode_sm90_fp8 import decode_sm90_fp8 as _decode_fp8_keys_on_m  # noqa: E402
 from .decode_sm90_fp8 import max_rows as _keys_on_m_rows  # noqa: E402
-from .decode_sm90_ws import _decode_ws_kernel, ws_desc_type, ws_launch_args, ws_supported  # noqa: E402
+from .decode_sm90_ws import _decode_ws_kernel, ws_desc_type, ws_launch_args, ws_schedule, ws_supported  # noqa: E402

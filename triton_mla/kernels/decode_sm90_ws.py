@@ -767,6 +767,12 @@ def ws_launch_args(k_cache, config):
     src = k_cache.view(torch.bfloat16) if fp8 else k_cache
     rows = src.shape[0] * src.shape[1] if tma_ok else 1
     desc = TensorDescriptor(src, [max(rows, 1), src.shape[3]], [src.stride(1), 1], [64, 64], _tile_layout())
-    late = fp8 and bool(config.get("LATE_B_LO", False))
-    return dict(k_desc=desc, TMA=tma_ok, COPY_FIRST=bool(config.get("COPY_FIRST", False)) and not fp8,
-                **(dict(LATE_B_LO=True) if late else {}))
+    return dict(k_desc=desc, TMA=tma_ok, **ws_schedule(config, fp8))
+
+
+def ws_schedule(config, fp8: bool) -> dict:
+    """The entry's schedule constexprs (launch and check-configs alike): ``COPY_FIRST`` for 16-bit caches,
+    ``LATE_B_LO`` for the FP8 cache."""
+    if fp8:
+        return dict(COPY_FIRST=False, **(dict(LATE_B_LO=True) if config.get("LATE_B_LO", False) else {}))
+    return dict(COPY_FIRST=bool(config.get("COPY_FIRST", False)))
