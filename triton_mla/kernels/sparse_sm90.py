@@ -315,10 +315,9 @@ def plan_config(config, h_q, fp8=False, tokens=None, num_sms=None):
     if keys_on_m(config, h_q, fp8):
         alone = config.get("KEYS_ON_M_ALONE_STAGES")
         # (at <= 16 heads a token is one program before its splits)
-        if alone and tokens is not None and 0 < tokens <= num_sms:
-            return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value, PROGRAMS_PER_SM=1,
-                        RAW_STAGES=alone)
-        return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value, PROGRAMS_PER_SM=2)
+        one_wave = alone and tokens is not None and 0 < tokens <= num_sms
+        per_sm = dict(PROGRAMS_PER_SM=1, RAW_STAGES=alone) if one_wave else dict(PROGRAMS_PER_SM=2)
+        return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value, **per_sm)
     return dict(config, BLOCK_H=BLOCK_H.value, BLOCK_N=BLOCK_N, PROGRAMS_PER_SM=1)
 
 
