@@ -227,6 +227,38 @@ def test_warp_specialized_decode_compiles_for_the_fp8_cache():
         assert 223_000 < int(shared) <= LIMITS["sm90"], line
 
 
+_SPARSE_DUAL_COMPILE = """
+from triton_mla.configs import check, load_family
+from triton_mla.kernels import sparse, sparse_sm90
+if not sparse_sm90.dual_builds():
+    print("unbuilt")
+for entry in load_family("sm90")["sparse_decode"][:2]:
+    config = dict(sparse.fp8_config(entry), KEYS_ON_M_DUAL=True)
+    for spec in sparse_sm90.compile_specs(fp8=True, config=config):
+        if "dual" in spec[0]:
+            print(spec[0].split("(")[0], spec[3]["ROWS"], int(spec[3]["LAZY_PAIRS"]), spec[4],
+                  *check._run_job(("sm90", "label", spec)))
+"""
+
+
+def test_sparse_dual_program_compiles_for_sm90():
+    """The sparse FP8 dual program (``KEYS_ON_M_DUAL``: two warpgroups on alternate top-k tiles, one program an SM;
+    no shipped entry names it until it is measured) compiles for sm90 within its shared memory, at 8 and 16 rows,
+    with and without the lazy max and paired keys of the 16-row entry, split or not."""
+    res = _run_compiling(_SPARSE_DUAL_COMPILE)
+    assert res.returncode == 0, res.stderr
+    if res.stdout.startswith("unbuilt"):
+        pytest.skip("this Triton does not build the dual program (3.9+)")
+    lines = res.stdout.split("\n")[:-1]
+    # the two few-head entries: 8 and 16 rows each, split or not, LAZY_PAIRS as the entry's LAZY_MAX + PAIR_KEYS
+    assert len(lines) == 8, res.stdout
+    for line in lines:
+        name, rows, lazy_pairs, warps, shared, verdict = line.split()
+        assert name == "sparse_sm90_fp8_keys_on_m_dual" and warps == "4" and verdict == "ok", line
+        assert 170_000 < int(shared) <= LIMITS["sm90"], line
+    assert {line.split()[2] for line in lines} == {"0", "1"}
+
+
 def test_tune_candidates():
     """Every candidate says which decode kernel it times, so a tuned file never drops the sm90 Gluon kernel by
     omission; the Gluon candidates appear only on sm90 and from 32 rows up."""

@@ -702,6 +702,59 @@ def test_sparse_keys_on_m_alone_only_within_one_wave():
     assert sm90.plan_config(entry, 16, fp8=False, tokens=8, num_sms=132)["PROGRAMS_PER_SM"] == 1  # (64-head kernel)
 
 
+def test_sparse_dual_only_within_one_wave():
+    """``KEYS_ON_M_DUAL``: the dual program (one an SM) where the tokens fit one wave and this Triton builds it,
+    ahead of ``KEYS_ON_M_ALONE_STAGES``; past one wave, for batch-invariant calls, or on a Triton that does not build
+    it, the entry's other plans."""
+    sm90 = sparse_kernels._sm90
+    if sm90 is None:
+        pytest.skip("no triton.experimental.gluon")
+    builds = sm90.dual_builds()
+    entry = dict(KEYS_ON_M=True, KEYS_ON_M_DUAL=True, KEYS_ON_M_ALONE_STAGES=4, MIN_CHUNKS_PER_SPLIT=2)
+    for tokens, one_wave in [(1, True), (132, True), (133, False), (None, False)]:
+        cfg = sm90.plan_config(entry, 8, fp8=True, tokens=tokens, num_sms=132)
+        assert bool(cfg.get("SPARSE_DUAL")) == (one_wave and builds), tokens
+        assert cfg["PROGRAMS_PER_SM"] == (1 if one_wave else 2), tokens
+        assert cfg.get("RAW_STAGES") == (4 if one_wave and not builds else None), tokens
+    assert not sm90.plan_config(dict(entry, KEYS_ON_M_DUAL=False), 16, True, 8, 132).get("SPARSE_DUAL")
+    assert not sm90.plan_config(entry, 16, fp8=False, tokens=8, num_sms=132).get("SPARSE_DUAL")  # (64-head kernel)
+
+
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("lazy_pairs", [False, True])
+@pytest.mark.parametrize("split_heavy", [False, True])
+@pytest.mark.parametrize("h_q,s_q", [(1, 1), (5, 2), (8, 1), (9, 4), (12, 1), (16, 2)])
+def test_gpu_sm90_sparse_fp8_dual(h_q, s_q, split_heavy, lazy_pairs, monkeypatch):
+    """The FP8 dual program (two warpgroups on alternate top-k tiles, merged in shared memory) against the
+    reference: odd topk, top-k lists of one tile or less (warpgroup 1 idle), topk_length (0 included), sinks,
+    invalid and duplicate ids, pages of 64, 16 and 1, one split or many, with or without the lazy max and paired
+    keys."""
+    sm90 = sparse_kernels._sm90
+    if not sm90.dual_builds():
+        pytest.skip("this Triton does not build the dual program")
+    calls = []
+    kernel = sm90._sparse_sm90_fp8_dual_kernel
+
+    class Counted:
+        def __getitem__(self, grid):
+            return lambda *a, **k: calls.append(1) or kernel[grid](*a, **k)
+
+    monkeypatch.setattr(sm90, "_sparse_sm90_fp8_dual_kernel", Counted())
+    b = 3
+    sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
+    entry = dict(WGMMA=True, FP8_KEYS_ON_M=True, FP8_KEYS_ON_M_DUAL=True, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True,
+                 FP8_COPY_BEFORE_Q=True, FP8_LAZY_MAX=lazy_pairs, FP8_PAIR_KEYS=lazy_pairs)
+    cases = [(577, 64), (2048, 1), (64, 64), (130, 16), (37, 16)]
+    with configs.overridden(**entry, **(SPLIT_HEAVY if split_heavy else {})):
+        for i, (topk, page_size) in enumerate(cases):
+            lengths = _gpu_lengths(b, topk, h_q + i)
+            lengths[-1] = 0 if i == 3 else lengths[-1]
+            check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
+                         num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16, fp8=True, seed=h_q + s_q + i,
+                         invalid_frac=0.1, topk_length=lengths, sink=sink if i != 2 else None)
+    assert len(calls) == len(cases)
+
+
 @pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
 @pytest.mark.parametrize("ws", [False, True])
 @pytest.mark.parametrize("h_q", [1, 16, 64, 128])

@@ -576,7 +576,6 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
     key_l: gl.constexpr = gl.SliceLayout(1, s_l)
     cp.commit_group()
     tile_page = None  # (with PAGE_TILE: the page of the next tile to copy)
-    gl.static_assert(STEP == 1 or not IDS_AHEAD, "entries are loaded ahead for consecutive tiles")
     TILE: gl.constexpr = STEP * BLOCK_N  # keys from one of this loop's tiles to the next
     for i in gl.static_range(1 if ISSUED else 0, STAGES - 1):
         # a tile past hi is all masked: its copy only zero-fills
@@ -590,7 +589,7 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         # top-k entries read an iteration before their use, so no copy waits on an index load: those of the next
         # tile to copy, and those of tile 0 for its key mask
         cp_keys: gl.constexpr = fp8_copy_keys(WARPS, 8)
-        ids_cp = _entries(table_row, lo + (STAGES - 1) * BLOCK_N, hi, stride_table, BLOCK_N, cp_keys)
+        ids_cp = _entries(table_row, lo + (STAGES - 1) * TILE, hi, stride_table, BLOCK_N, cp_keys)
         ids_key = _entries(table_row, lo, hi, stride_table, BLOCK_N, key_l)
     # O^T in PV_PARTS row ranges (acc2, acc3 unused with 2)
     acc0 = gl.zeros([DV // PV_PARTS, ROWS], gl.float32, layout=s_l)
@@ -614,9 +613,9 @@ def _attend_t(q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, k_ptr, tabl
         if PAGE_TILE:
             tile_page = _tile_page(table_row, nxt + TILE, hi, stride_table, limit, page_size)
         if IDS_AHEAD:
-            ids_cp = _entries(table_row, nxt + BLOCK_N, hi, stride_table, BLOCK_N, cp_keys)
+            ids_cp = _entries(table_row, nxt + TILE, hi, stride_table, BLOCK_N, cp_keys)
             _, key_ok = _id_offsets(ids_key, stride_kb, stride_kt, limit, page_size)
-            ids_key = _entries(table_row, start + BLOCK_N, hi, stride_table, BLOCK_N, key_l)
+            ids_key = _entries(table_row, start + TILE, hi, stride_table, BLOCK_N, key_l)
         cp.commit_group()
         stg = stage.index(j % STAGES)
         sc_buf = stage_scale.index(j % STAGES)
@@ -863,6 +862,53 @@ QREADY = gl.constexpr(1)  # warpgroup 0 has put a segment's Q in shared memory (
 DUAL_REGS = gl.constexpr(256)
 
 
+@gluon.constexpr_function
+def _o_other_layout():
+    """Warpgroup 1's O^T handed over in shared memory: plain rows (written and read once a segment)."""
+    return gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+
+
+@gluon.jit
+def _o_other(stage, STAGES: gl.constexpr, ROWS: gl.constexpr):
+    """Where warpgroup 1 of a dual program hands its O^T over: [2 parts, 256, ROWS] fp32 over its own stages
+    (``stage``'s upper STAGES, which it no longer reads then; 64 KB at 32 rows)."""
+    return _view(stage.slice(STAGES, STAGES), gl.float32, [2, DV // 2, ROWS], _o_other_layout())
+
+
+@gluon.jit
+def _hand_over(stats, o_other, acc0, acc1, m_i, l_i, merged):
+    """Warpgroup 1 of a dual program at a segment's end: its row max and sum into ``stats`` rows 1 and 2, its O^T
+    into ``o_other`` (``_o_other``), then an arrival on the mbarrier ``merged``."""
+    ROWS: gl.constexpr = m_i.shape[0]
+    # every warp is done reading the last tile out of the stages that O^T is about to overwrite
+    _cta_barrier()
+    stats.slice(1 * ROWS, ROWS).store(m_i)
+    stats.slice(2 * ROWS, ROWS).store(l_i)
+    o_other.index(0).store(acc0)
+    o_other.index(1).store(acc1)
+    _cta_barrier()
+    mbarrier.arrive(merged)
+
+
+@gluon.jit
+def _take_over(stats, o_other, acc0, acc1, m_i, l_i, merged, phase):
+    """Warpgroup 0's side of ``_hand_over``: waits on ``merged`` (its phase ``phase``), then adds warpgroup 1's
+    state to its own, both relative to the larger max. Returns O^T's two parts, the row max and the row sum."""
+    ROWS: gl.constexpr = m_i.shape[0]
+    col_l: gl.constexpr = m_i.type.layout
+    s_l: gl.constexpr = acc0.type.layout
+    mbarrier.wait(merged, phase)
+    m_1 = stats.slice(1 * ROWS, ROWS).load(col_l)
+    l_1 = stats.slice(2 * ROWS, ROWS).load(col_l)
+    m_new = gl.maximum(m_i, m_1)
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    f_0 = gl.exp2(m_i - m_safe)
+    f_1 = gl.exp2(m_1 - m_safe)
+    acc0 = acc0 * f_0[None, :] + o_other.index(0).load(s_l) * f_1[None, :]
+    acc1 = acc1 * f_0[None, :] + o_other.index(1).load(s_l) * f_1[None, :]
+    return acc0, acc1, m_new, l_i * f_0 + l_1 * f_1
+
+
 @gluon.jit
 def _dual_wg(W: gl.constexpr, args):
     """Warpgroup W of a dual program: tiles W, W + 2, ... of each segment (``_attend_t`` with STEP 2), each
@@ -884,9 +930,7 @@ def _dual_wg(W: gl.constexpr, args):
     col_l: gl.constexpr = gl.SliceLayout(0, s_l)
     rows_per_seq = s_q * h_q
     rows_s = row_block * ROWS + gl.arange(0, ROWS, layout=col_l)
-    # warpgroup 1's O^T, when it hands it over: [2 parts, 256, ROWS] fp32 over its stages (64 KB at 32 rows)
-    o_sl: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
-    o_other = _view(stage.slice(STAGES, STAGES), gl.float32, [2, DV // 2, ROWS], o_sl)
+    o_other = _o_other(stage, STAGES, ROWS)
     segs = 0
     g = g_lo
     while g < g_hi:
@@ -914,25 +958,10 @@ def _dual_wg(W: gl.constexpr, args):
                 page_size, qk_scale, False, ROWS, STAGES, 2, 2 if QK_E4M3 else 1, s_l, False, PAGE_TILE, True, 2,
                 QK_E4M3)
             if W == 1:
-                # every warp is done reading the last tile out of the stages that O^T is about to overwrite
-                _cta_barrier()
-                stats.slice(1 * ROWS, ROWS).store(m_i)
-                stats.slice(2 * ROWS, ROWS).store(l_i)
-                o_other.index(0).store(acc0)
-                o_other.index(1).store(acc1)
-                _cta_barrier()
-                mbarrier.arrive(bars.index(MERGED))
+                _hand_over(stats, o_other, acc0, acc1, m_i, l_i, bars.index(MERGED))
             else:
-                mbarrier.wait(bars.index(MERGED), segs & 1)
-                m_1 = stats.slice(1 * ROWS, ROWS).load(col_l)
-                l_1 = stats.slice(2 * ROWS, ROWS).load(col_l)
-                m_new = gl.maximum(m_i, m_1)
-                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-                f_0 = gl.exp2(m_i - m_safe)
-                f_1 = gl.exp2(m_1 - m_safe)
-                acc0 = acc0 * f_0[None, :] + o_other.index(0).load(s_l) * f_1[None, :]
-                acc1 = acc1 * f_0[None, :] + o_other.index(1).load(s_l) * f_1[None, :]
-                l_i = l_i * f_0 + l_1 * f_1
+                acc0, acc1, m_new, l_i = _take_over(stats, o_other, acc0, acc1, m_i, l_i, bars.index(MERGED),
+                                                    segs & 1)
                 first = g == g_lo
                 whole = (g == seq_g0) & (seg_hi == seq_g0 + n)
                 _store_part(acc0, 0, 2, m_new, l_i, seq, part, first, whole, row_block, rows_per_seq, h_q, out_ptr,

@@ -16,21 +16,42 @@ same epilogue, called per row range of O^T.
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
 from ._common import FP_FUSION, LN2, LOG2E
-from .decode_sm90 import BLOCK_H, DV, NUM_WARPS, _attend, _buffers, _issue_q, o_layout, per_row, row_layout, s_layout
+from .decode_sm90 import (
+    BLOCK_H,
+    DR,
+    DV,
+    NUM_WARPS,
+    _attend,
+    _buffers,
+    _issue_q,
+    o_layout,
+    per_row,
+    row_layout,
+    s_layout,
+)
 from .decode_sm90_fp8 import BLOCK_N as T_BLOCK_N
-from .decode_sm90_fp8 import WARPS as T_WARPS
 from .decode_sm90_fp8 import (
+    DUAL_REGS,
+    MERGED,
+    QREADY,
     _attend_t,
     _buffers_t,
     _copy_ahead,
+    _hand_over,
     _load_q,
     _mma_layout,
+    _o_other,
+    _q_and_stages,
+    _take_over,
     block_rows,
+    dual_builds,
     part_out,
     tile_constexprs,
 )
+from .decode_sm90_fp8 import WARPS as T_WARPS
 from .decode_sm90_ws import (
     HALF,
     WG_WARPS,
@@ -292,6 +313,129 @@ def _epilogue_t(acc, P: gl.constexpr, PARTS: gl.constexpr, m_i, l_i, rb, tok, se
               MAX_LOGITS, SPLIT, P == 0)
 
 
+# -- the FP8 cache at <= 16 heads, two warpgroups on alternate tiles ------------------------------------------------
+@gluon.jit
+def _sparse_dual_wg(W: gl.constexpr, LAZY_PAIRS: gl.constexpr, args):
+    """Warpgroup W of ``_sparse_sm90_fp8_dual_kernel``: top-k tiles W, W + 2, ... of the program's entries
+    (``_attend_t`` with STEP 2, entries loaded ahead, its first tile copied before anything waits), each warpgroup
+    with its own raw-tile stages, P^T and softmax state, Q shared. Warpgroup 0 loads Q and passes each row's scale
+    on (``stats`` row 0, then QREADY); warpgroup 1 then hands its state over (``_hand_over``, MERGED) and
+    warpgroup 0 merges it (``_take_over``) and runs the epilogue. LAZY_PAIRS: ``_attend_t``'s LAZY and PAIRS."""
+    (q_ptr, k_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr, stride_qb, stride_qs, stride_qh,
+     stride_kb, stride_kt, stride_ik, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, h_q,
+     num_tokens, page_size, splits, qk_scale, rb, tok, split, seq, s, lo, hi, idx_row, q_smem, qpe_smem, p_smem,
+     stage, stage_scale, pe_bufs, stats, bars, HAS_SINK, MAX_LOGITS, SPLIT) = args
+    # (arguments reach a partition as tensors, constexprs included: the sizes are read off the buffers)
+    QK_E4M3: gl.constexpr = q_smem.dtype.is_fp8()
+    ROWS: gl.constexpr = q_smem.shape[1] // 2 if QK_E4M3 else q_smem.shape[1]
+    STAGES: gl.constexpr = stage.shape[0] // 2
+    s_l: gl.constexpr = _mma_layout(ROWS)
+    col_l: gl.constexpr = gl.SliceLayout(0, s_l)
+    my_stage = stage.slice(W * STAGES, STAGES)
+    my_scale = stage_scale.slice(W * STAGES, STAGES)
+    my_pe = pe_bufs.slice(W * STAGES, STAGES)
+    first = lo + W * T_BLOCK_N
+    # this warpgroup's first tile is in flight before Q is (or, for warpgroup 1, while it waits for Q)
+    _copy_ahead(my_stage, my_scale, my_pe, 0, k_ptr, idx_row, first, hi, stride_kb, stride_kt, stride_ik,
+                num_tokens, page_size, True, QK_E4M3=QK_E4M3)
+    if W == 0:
+        down = _load_q(q_smem, qpe_smem, q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0,
+                       stride_qh, ROWS, s_l, QK_E4M3)
+        stats.slice(0, ROWS).store(down)
+        # (Q's rope copy shares a group with the first tile's: warpgroup 1's own first tile, issued as early, is
+        # what it waits for next anyway)
+        cp.commit_group()
+        cp.wait_group(0)
+        fence_async_shared()
+        _cta_barrier()
+        mbarrier.arrive(bars.index(QREADY))
+    else:
+        mbarrier.wait(bars.index(QREADY), 0)
+        down = stats.slice(0, ROWS).load(col_l)
+    no_limit = gl.full([ROWS], INT32_MAX, gl.int32, layout=col_l)
+    acc0, acc1, _, _, m_i, l_i = _attend_t(
+        q_smem, qpe_smem, p_smem.index(W), my_stage, my_scale, my_pe, k_ptr, idx_row, first, hi, no_limit,
+        down * qk_scale, stride_kb, stride_kt, stride_ik, num_tokens, page_size, qk_scale, True, ROWS, STAGES, 2, 1,
+        s_l, True, STEP=2, QK_E4M3=QK_E4M3, LAZY=LAZY_PAIRS, PAIRS=LAZY_PAIRS, ISSUED=True)
+    o_other = _o_other(stage, STAGES, ROWS)
+    if W == 1:
+        _hand_over(stats, o_other, acc0, acc1, m_i, l_i, bars.index(MERGED))
+    else:
+        acc0, acc1, m_i, l_i = _take_over(stats, o_other, acc0, acc1, m_i, l_i, bars.index(MERGED), 0)
+        acc_t, offs_o, heads = part_out(acc0, 0, 2, rb, ROWS)
+        _epilogue(acc_t, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
+                  max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                  stride_ls, HAS_SINK, MAX_LOGITS, SPLIT, True)
+        acc_t, offs_o, heads = part_out(acc1, 1, 2, rb, ROWS)
+        _epilogue(acc_t, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr,
+                  max_ptr, o_part_ptr, stat_part_ptr, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                  stride_ls, HAS_SINK, MAX_LOGITS, SPLIT, False)
+
+
+@gluon.jit
+def _sparse_dual_wg0(args):
+    _sparse_dual_wg(0, False, args)
+
+
+@gluon.jit
+def _sparse_dual_wg1(args):
+    _sparse_dual_wg(1, False, args)
+
+
+@gluon.jit
+def _sparse_dual_wg0_lazy_pairs(args):
+    _sparse_dual_wg(0, True, args)
+
+
+@gluon.jit
+def _sparse_dual_wg1_lazy_pairs(args):
+    _sparse_dual_wg(1, True, args)
+
+
+@gluon.jit
+def _sparse_sm90_fp8_dual_kernel(
+    q_ptr, k_ptr, idx_ptr, topk_len_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_kt,
+    stride_ib, stride_is, stride_ik,
+    stride_tl,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    s_q, h_q, topk, num_tokens, page_size, splits, qk_scale,
+    ROWS: gl.constexpr, STAGES: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
+    MAX_LOGITS: gl.constexpr, SPLIT: gl.constexpr, QK_E4M3: gl.constexpr = False, LAZY_PAIRS: gl.constexpr = False,
+):
+    """``_sparse_sm90_fp8_t_kernel``'s program with two warpgroups on alternate tiles (``_sparse_dual_wg``), one
+    program an SM: two tile chains interleave on the SM, as two programs do, but over one query token, with Q
+    loaded once and the halves merged in shared memory instead of by the combine kernel. Same arguments and
+    program order as ``_sparse_sm90_kernel``; STAGES raw tiles a warpgroup."""
+    gl.static_assert(not (MAX_LOGITS and LAZY_PAIRS), "a lazy running max is not max_logits")
+    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    q_smem, stage = _q_and_stages(ROWS, 2 * STAGES, QK_E4M3)
+    qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
+    p_smem = gl.allocate_shared_memory(gl.float16, [2, ROWS, T_BLOCK_N], wide_sl)
+    stage_scale = gl.allocate_shared_memory(gl.float32, [2 * STAGES, T_BLOCK_N, 4],
+                                            gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
+    pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, T_BLOCK_N, DR], wide_sl)
+    stats = gl.allocate_shared_memory(gl.float32, [4 * ROWS], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(bars.index(MERGED), count=1)
+    mbarrier.init(bars.index(QREADY), count=1)
+    rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, ROWS, T_BLOCK_N,
+                                              HAS_TOPK_LEN)
+    idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
+    _cta_barrier()  # the mbarriers are initialized before either warpgroup uses them
+    args = (q_ptr, k_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr, stride_qb, stride_qs,
+            stride_qh, stride_kb, stride_kt, stride_ik, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+            stride_ls, h_q, num_tokens, page_size, splits, qk_scale, rb, tok, split, seq, s, lo, hi, idx_row, q_smem,
+            qpe_smem, p_smem, stage, stage_scale, pe_bufs, stats, bars, HAS_SINK, MAX_LOGITS, SPLIT)
+    if LAZY_PAIRS:
+        gl.warp_specialize([(_sparse_dual_wg0_lazy_pairs, (args,)), (_sparse_dual_wg1_lazy_pairs, (args,))],
+                           [T_WARPS], [DUAL_REGS])
+    else:
+        gl.warp_specialize([(_sparse_dual_wg0, (args,)), (_sparse_dual_wg1, (args,))], [T_WARPS], [DUAL_REGS])
+
+
 # Fixed, not config fields: 64-key tiles in 2 buffers (32-key tiles in 3 were slower on 11 of 12 anchor shapes,
 # benchmarks/NOTES.md), and ~230 KB of shared memory leave room for one program an SM.
 BLOCK_N = 64
@@ -304,19 +448,31 @@ def keys_on_m(config, h_q, fp8) -> bool:
     return bool(fp8) and bool(config.get("KEYS_ON_M", False)) and h_q <= 16
 
 
+def dual(config) -> bool:
+    """Whether the entry asks for ``_sparse_sm90_fp8_dual_kernel`` (config key ``KEYS_ON_M_DUAL``) and this Triton
+    builds it (``decode_sm90_fp8.dual_builds``)."""
+    return bool(config.get("KEYS_ON_M_DUAL", False)) and dual_builds()
+
+
 def plan_config(config, h_q, fp8=False, tokens=None, num_sms=None):
     """The fields ``sparse.num_splits`` plans with when a kernel of this file runs: 64 heads and 64 keys a program,
-    one program an SM; with ``keys_on_m``, 8 or 16 heads a program and two programs an SM, or (config key
-    ``KEYS_ON_M_ALONE_STAGES``) one program an SM with that many raw tiles in flight where the ``tokens``
-    programs fit one wave of ``num_sms`` alone. Alone, a program runs a tile in ~2.6 us against ~4.3 us for each of
-    a pair (more tiles in flight, the SM to itself) but an SM holds half as many: at b = 128, s_q = 1 it is 3-4%
-    faster (benchmarks/NOTES.md, twenty-seventh session), past one wave it would leave half the programs for a
-    second. ``tokens`` None (batch-invariant calls): never alone, so the kernel does not depend on the batch."""
+    one program an SM; with ``keys_on_m``, 8 or 16 heads a program and two programs an SM, or one program an SM
+    where the ``tokens`` programs fit one wave of ``num_sms`` alone: the dual program (config key
+    ``KEYS_ON_M_DUAL``, ``SPARSE_DUAL`` set here), else one warpgroup with ``KEYS_ON_M_ALONE_STAGES`` raw tiles in
+    flight. Alone, a program runs a tile in ~2.6 us against ~4.3 us for each of a pair (more tiles in flight, the SM
+    to itself) but an SM holds half as many: at b = 128, s_q = 1 it is 3-4% faster (benchmarks/NOTES.md,
+    twenty-seventh session), past one wave it would leave half the programs for a second. ``tokens`` None
+    (batch-invariant calls): two programs an SM, so the kernel does not depend on the batch."""
     if keys_on_m(config, h_q, fp8):
         alone = config.get("KEYS_ON_M_ALONE_STAGES")
         # (at <= 16 heads a token is one program before its splits)
-        one_wave = alone and tokens is not None and 0 < tokens <= num_sms
-        per_sm = dict(PROGRAMS_PER_SM=1, RAW_STAGES=alone) if one_wave else dict(PROGRAMS_PER_SM=2)
+        one_wave = tokens is not None and 0 < tokens <= num_sms
+        if one_wave and dual(config):
+            per_sm = dict(PROGRAMS_PER_SM=1, SPARSE_DUAL=True)
+        elif one_wave and alone:
+            per_sm = dict(PROGRAMS_PER_SM=1, RAW_STAGES=alone)
+        else:
+            per_sm = dict(PROGRAMS_PER_SM=2)
         return dict(config, BLOCK_H=block_rows(h_q), BLOCK_N=T_BLOCK_N.value, **per_sm)
     return dict(config, BLOCK_H=BLOCK_H.value, BLOCK_N=BLOCK_N, PROGRAMS_PER_SM=1)
 
@@ -324,6 +480,18 @@ def plan_config(config, h_q, fp8=False, tokens=None, num_sms=None):
 def _t_constexprs(config, rows):
     """``_sparse_sm90_fp8_t_kernel``'s constexprs from an entry (``FP8_*`` applied) for ``rows`` heads a program."""
     return dict(tile_constexprs(config, rows), IDS_AHEAD=bool(config.get("IDS_AHEAD", False)))
+
+
+DUAL_STAGES = 2  # raw tiles a warpgroup of the dual program (three would need ~250 KB of shared memory)
+
+
+def _dual_constexprs(config, rows):
+    """``_sparse_sm90_fp8_dual_kernel``'s constexprs from an entry (``FP8_*`` applied): LAZY_PAIRS where the entry
+    has both ``LAZY_MAX`` and ``PAIR_KEYS`` (the dual program takes them together or not at all). Its other loop
+    options are fixed: entries loaded ahead, the first tiles copied before Q, two value parts, one QK wave."""
+    lazy_pairs = bool(config.get("LAZY_MAX", False)) and bool(config.get("PAIR_KEYS", False))
+    return dict(ROWS=rows, STAGES=DUAL_STAGES, QK_E4M3=tile_constexprs(config, rows)["QK_E4M3"],
+                LAZY_PAIRS=lazy_pairs)
 
 
 def use_ws(config, fp8) -> bool:
@@ -340,6 +508,10 @@ def launch(args, splits, grid, flags, fp8, config, h_q):
         _sparse_ws_kernel[grid](*args, BLOCK_N=BLOCK_N, SPLIT=splits > 1,
                                 COPY_FIRST=bool(config.get("COPY_FIRST", False)), **FP_FUSION,
                                 num_warps=WG_WARPS.value, **flags)
+        return
+    if keys_on_m(config, h_q, fp8) and config.get("SPARSE_DUAL"):
+        _sparse_sm90_fp8_dual_kernel[grid](*args, SPLIT=splits > 1, **FP_FUSION, num_warps=T_WARPS.value,
+                                           **_dual_constexprs(config, block_rows(h_q)), **flags)
         return
     if keys_on_m(config, h_q, fp8):
         rows = block_rows(h_q)
@@ -368,6 +540,11 @@ def compile_specs(prefill=False, fp8=False, config=None):
                     yield (f"sparse_sm90_fp8_keys_on_m(rows={rows}, split={int(split)}"
                            f"{f', alone, stages={stages}' if stages else ''})", _sparse_sm90_fp8_t_kernel,
                            types, dict(SPLIT=split, **_t_constexprs(cfg, rows), **flags), T_WARPS.value, 1)
+            if dual(config):
+                for rows in (8, 16):
+                    yield (f"sparse_sm90_fp8_keys_on_m_dual(rows={rows}, split={int(split)})",
+                           _sparse_sm90_fp8_dual_kernel, types,
+                           dict(SPLIT=split, **_dual_constexprs(config, rows), **flags), T_WARPS.value, 1)
         elif use_ws(config, fp8):
             yield (f"sparse_sm90_ws(split={int(split)})", _sparse_ws_kernel, types,
                    dict(BLOCK_N=BLOCK_N, SPLIT=split, COPY_FIRST=bool(config.get("COPY_FIRST", False)), **flags),
