@@ -259,6 +259,28 @@ def test_sparse_dual_program_compiles_for_sm90():
     assert {line.split()[2] for line in lines} == {"0", "1"}
 
 
+_SPARSE_FP8_WS_COMPILE = """
+from triton_mla.configs import check, load_family
+from triton_mla.kernels import sparse, sparse_sm90
+entry = next(e for e in load_family("sm90")["sparse_decode"] if e["max_rows"] is None)
+for spec in sparse_sm90.compile_specs(fp8=True, config=dict(sparse.fp8_config(entry), FP8_WS=True)):
+    print(spec[0].split("(")[0], spec[4], *check._run_job(("sm90", "label", spec)))
+"""
+
+
+def test_sparse_fp8_ws_compiles_for_sm90():
+    """The FP8 cache through the warp-specialized sparse kernel (``FP8_WS``, 64+ heads; no shipped entry names it
+    until it is measured) compiles for sm90 within its shared memory, split or not."""
+    res = _run_compiling(_SPARSE_FP8_WS_COMPILE)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.split("\n")[:-1]
+    assert len(lines) == 2, res.stdout
+    for line in lines:
+        name, warps, shared, verdict = line.split()
+        assert name == "sparse_sm90_fp8_ws" and warps == "4" and verdict == "ok", line
+        assert 223_000 < int(shared) <= LIMITS["sm90"], line
+
+
 def test_tune_candidates():
     """Every candidate says which decode kernel it times, so a tuned file never drops the sm90 Gluon kernel by
     omission; the Gluon candidates appear only on sm90 and from 32 rows up."""

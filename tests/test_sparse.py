@@ -702,6 +702,67 @@ def test_sparse_keys_on_m_alone_only_within_one_wave():
     assert sm90.plan_config(entry, 16, fp8=False, tokens=8, num_sms=132)["PROGRAMS_PER_SM"] == 1  # (64-head kernel)
 
 
+@pytest.mark.skipif(not SM90, reason="needs an sm90 GPU (the Gluon warpgroup-MMA kernel)")
+@pytest.mark.parametrize("split_heavy", [False, True])
+@pytest.mark.parametrize("h_q,s_q", [(1, 1), (8, 2), (16, 4), (32, 1), (64, 2), (100, 1), (128, 2)])
+def test_gpu_sm90_sparse_fp8_ws(h_q, s_q, split_heavy, monkeypatch):
+    """The FP8 cache through the warp-specialized sparse kernel (``FP8_WS``; keys-on-M off, so every head count
+    takes it, in 64-row blocks) against the reference: odd topk, topk_length (0 included), sinks, invalid and
+    duplicate ids, pages of 64, 16 and 1, one split or many."""
+    sm90 = sparse_kernels._sm90
+    if not sm90.ws_supported():
+        pytest.skip("this Triton does not build the warp-specialized kernel")
+    calls = []
+    kernel = sm90._sparse_ws_kernel
+
+    class Counted:
+        def __getitem__(self, grid):
+            return lambda *a, **k: calls.append(1) or kernel[grid](*a, **k)
+
+    monkeypatch.setattr(sm90, "_sparse_ws_kernel", Counted())
+    b = 3
+    sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
+    cases = [(577, 64), (2048, 1), (64, 64), (130, 16)]
+    with configs.overridden(WGMMA=True, FP8_WS=True, FP8_KEYS_ON_M=False, **(SPLIT_HEAVY if split_heavy else {})):
+        for i, (topk, page_size) in enumerate(cases):
+            lengths = _gpu_lengths(b, topk, h_q + i)
+            lengths[-1] = 0 if i == 3 else lengths[-1]
+            check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
+                         num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16, fp8=True, seed=h_q + s_q + i,
+                         invalid_frac=0.1, topk_length=lengths, sink=sink if i != 2 else None)
+    assert len(calls) == len(cases)
+
+
+def test_sparse_fp8_ws_only_where_asked():
+    """A 16-bit entry's ``WS`` never sends the FP8 cache to the warp-specialized kernel; ``FP8_WS`` does (where this
+    Triton builds it), and the FP8 cache at <= 16 heads keeps keys on M even then."""
+    sm90 = sparse_kernels._sm90
+    if sm90 is None:
+        pytest.skip("no triton.experimental.gluon")
+    builds = sm90.ws_supported()
+    assert sm90.use_ws(sparse_kernels.fp8_config(dict(WS=True)), fp8=True) is False
+    assert sm90.use_ws(dict(WS=True), fp8=False) is builds
+    assert sm90.use_ws(sparse_kernels.fp8_config(dict(FP8_WS=True)), fp8=True) is builds
+    assert sm90.use_ws(dict(FP8_WS=True), fp8=False) is False  # (a 16-bit call reads the entry as it is)
+    launched = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: launched.append(self.name)
+
+    import unittest.mock as mock
+
+    names = ["_sparse_ws_kernel", "_sparse_sm90_fp8_t_kernel", "_sparse_sm90_fp8_dual_kernel", "_sparse_sm90_kernel"]
+    with mock.patch.multiple(sm90, **{n: Recorder(n) for n in names}):
+        config = sparse_kernels.fp8_config(dict(FP8_WS=True, FP8_KEYS_ON_M=True))
+        sm90.launch((), 1, (1,), {}, True, config, 16)
+        sm90.launch((), 1, (1,), {}, True, config, 17)
+    assert launched == ["_sparse_sm90_fp8_t_kernel", "_sparse_ws_kernel" if builds else "_sparse_sm90_kernel"]
+
+
 def test_sparse_dual_only_within_one_wave():
     """``KEYS_ON_M_DUAL``: the dual program (one an SM) where the tokens fit one wave and this Triton builds it,
     ahead of ``KEYS_ON_M_ALONE_STAGES``; past one wave, for batch-invariant calls, or on a Triton that does not build

@@ -180,8 +180,9 @@ def _sparse_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
     (q_ptr, k_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr, stride_qb, stride_qs, stride_qh,
      stride_kb, stride_kt, stride_ik, stride_ob, stride_os, stride_oh, stride_lb, stride_lh, stride_ls, h_q,
      num_tokens, page_size, splits, qk_scale, rb, tok, split, seq, s, lo, hi, idx_row, q_smem, qpe_smem, kn_bufs,
-     kpe_bufs, stats, bars, HAS_SINK, MAX_LOGITS, SPLIT) = args
+     kpe_bufs, stats, bars, scale_bufs, HAS_SINK, MAX_LOGITS, SPLIT) = args
     BN: gl.constexpr = kn_bufs.shape[1]
+    FP8: gl.constexpr = k_ptr.dtype.element_ty == gl.uint8  # (the FP8 cache comes as bytes)
     s_l: gl.constexpr = _s_layout(BN)
     o_l: gl.constexpr = _o_layout()
     row_l: gl.constexpr = gl.SliceLayout(1, s_l)
@@ -195,7 +196,7 @@ def _sparse_wg(W: gl.constexpr, COPY_FIRST: gl.constexpr, args):
                                            q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0,
                                            stride_qh, k_ptr, k_ptr, idx_row, lo, hi, no_limit, stride_kb, stride_kt,
                                            stride_ik, num_tokens, page_size, qk_scale, 0, 0, True, W, False,
-                                           COPY_FIRST)
+                                           COPY_FIRST, FP8, scale_bufs)
     heads = rb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, o_l))
     offs_o = W * HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, o_l))
     _epilogue(acc, heads, offs_o, m_i, l_i, tok, seq, s, split, splits, h_q, sink_ptr, out_ptr, lse_ptr, max_ptr,
@@ -231,11 +232,18 @@ def _sparse_ws_kernel(
     BLOCK_N: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr, MAX_LOGITS: gl.constexpr,
     SPLIT: gl.constexpr, COPY_FIRST: gl.constexpr,
 ):
-    """16-bit cache, the two warpgroups on alternate key tiles (``decode_sm90_ws``'s pipeline, gathered keys by
-    ``cp.async``). Same arguments, programs and epilogue as ``_sparse_sm90_kernel``."""
+    """The two warpgroups on alternate key tiles (``decode_sm90_ws``'s pipeline, gathered keys by ``cp.async``; the
+    FP8 cache, as bytes, dequantized in place as there). Same arguments, programs and epilogue as
+    ``_sparse_sm90_kernel``."""
     gl.static_assert(BLOCK_N == 64, "the warp-specialized kernel takes 64-key tiles")
     dtype: gl.constexpr = q_ptr.dtype.element_ty
-    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N, False)
+    FP8: gl.constexpr = k_ptr.dtype.element_ty == gl.uint8
+    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N, False, FP8)
+    if FP8:  # (after the others, so the 16-bit kernel's buffers keep their offsets)
+        scale_bufs = gl.allocate_shared_memory(gl.float32, [4, 2, BLOCK_N],
+                                               gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+    else:
+        scale_bufs = stats  # (unused)
     rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, BLOCK_H, BLOCK_N,
                                               HAS_TOPK_LEN)
     idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
@@ -243,7 +251,7 @@ def _sparse_ws_kernel(
     args = (q_ptr, k_ptr, sink_ptr, out_ptr, lse_ptr, max_ptr, o_part_ptr, stat_part_ptr, stride_qb, stride_qs,
             stride_qh, stride_kb, stride_kt, stride_ik, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
             stride_ls, h_q, num_tokens, page_size, splits, qk_scale, rb, tok, split, seq, s, lo, hi, idx_row, q_smem,
-            qpe_smem, kn_bufs, kpe_bufs, stats, bars, HAS_SINK, MAX_LOGITS, SPLIT)
+            qpe_smem, kn_bufs, kpe_bufs, stats, bars, scale_bufs, HAS_SINK, MAX_LOGITS, SPLIT)
     if COPY_FIRST:
         gl.warp_specialize([(_sparse_wg0_copy_first, (args,)), (_sparse_wg1, (args,))], [WG_WARPS], [WORKER_REGS])
     else:
@@ -495,20 +503,24 @@ def _dual_constexprs(config, rows):
 
 
 def use_ws(config, fp8) -> bool:
-    """Whether ``_sparse_ws_kernel`` serves the call: a 16-bit cache, an entry with ``WS``, a Triton that builds the
-    warp-specialized kernel (3.7+; else the lockstep kernel)."""
-    return not fp8 and bool(config.get("WS", False)) and ws_supported()
+    """Whether ``_sparse_ws_kernel`` serves the call: an entry with ``WS`` (16-bit cache) or ``FP8_WS`` (the FP8
+    cache above 16 heads, or wherever keys-on-M is off; no shipped entry has it until it is measured), a Triton that
+    builds the warp-specialized kernel (3.7+; else the lockstep kernel). (``fp8_config`` keeps an entry's ``FP8_``
+    keys beside the fields it makes of them, so a 16-bit ``WS`` does not reach the FP8 cache.)"""
+    return bool(config.get("FP8_WS" if fp8 else "WS", False)) and ws_supported()
+
+
+def _copy_first(config, fp8) -> bool:
+    """The ws kernel's ``COPY_FIRST`` (a schedule of 16-bit copies; the FP8 cache's loop has its own)."""
+    return not fp8 and bool(config.get("COPY_FIRST", False))
 
 
 def launch(args, splits, grid, flags, fp8, config, h_q):
     """Launch over ``sparse.sparse_attention``'s argument tuple (same kernel signature as ``_sparse_kernel``) for an
-    entry ``config`` (its ``FP8_*`` fields applied with ``fp8``); FP8 raw tiles in flight: ``RAW_STAGES``; a 16-bit
-    cache with ``WS``: the warp-specialized kernel (``COPY_FIRST`` as in ``decode_sm90_ws``)."""
-    if use_ws(config, fp8):
-        _sparse_ws_kernel[grid](*args, BLOCK_N=BLOCK_N, SPLIT=splits > 1,
-                                COPY_FIRST=bool(config.get("COPY_FIRST", False)), **FP_FUSION,
-                                num_warps=WG_WARPS.value, **flags)
-        return
+    entry ``config`` (its ``FP8_*`` fields applied with ``fp8``): the FP8 cache at <= 16 heads keys on M (the dual
+    program where ``plan_config`` set ``SPARSE_DUAL``); else with ``use_ws`` the warp-specialized kernel
+    (``COPY_FIRST`` as in ``decode_sm90_ws``, 16-bit caches only); else the lockstep kernel, FP8 raw tiles in flight:
+    ``RAW_STAGES``."""
     if keys_on_m(config, h_q, fp8) and config.get("SPARSE_DUAL"):
         _sparse_sm90_fp8_dual_kernel[grid](*args, SPLIT=splits > 1, **FP_FUSION, num_warps=T_WARPS.value,
                                            **_dual_constexprs(config, block_rows(h_q)), **flags)
@@ -517,6 +529,10 @@ def launch(args, splits, grid, flags, fp8, config, h_q):
         rows = block_rows(h_q)
         _sparse_sm90_fp8_t_kernel[grid](*args, SPLIT=splits > 1, **FP_FUSION, num_warps=T_WARPS.value,
                                         **_t_constexprs(config, rows), **flags)
+        return
+    if use_ws(config, fp8):
+        _sparse_ws_kernel[grid](*args, BLOCK_N=BLOCK_N, SPLIT=splits > 1, COPY_FIRST=_copy_first(config, fp8),
+                                **FP_FUSION, num_warps=WG_WARPS.value, **flags)
         return
     _sparse_sm90_kernel[grid](*args, BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, SPLIT=splits > 1, FP8=bool(fp8),
                               RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, **FP_FUSION,
@@ -546,8 +562,8 @@ def compile_specs(prefill=False, fp8=False, config=None):
                            _sparse_sm90_fp8_dual_kernel, types,
                            dict(SPLIT=split, **_dual_constexprs(config, rows), **flags), T_WARPS.value, 1)
         elif use_ws(config, fp8):
-            yield (f"sparse_sm90_ws(split={int(split)})", _sparse_ws_kernel, types,
-                   dict(BLOCK_N=BLOCK_N, SPLIT=split, COPY_FIRST=bool(config.get("COPY_FIRST", False)), **flags),
+            yield (f"sparse_sm90{'_fp8' if fp8 else ''}_ws(split={int(split)})", _sparse_ws_kernel, types,
+                   dict(BLOCK_N=BLOCK_N, SPLIT=split, COPY_FIRST=_copy_first(config, fp8), **flags),
                    WG_WARPS.value, 1)
         else:
             yield (f"sparse_sm90{'_fp8' if fp8 else ''}(split={int(split)})", _sparse_sm90_kernel, types,
