@@ -592,6 +592,19 @@ def sm90_calls(monkeypatch):
     return calls
 
 
+def _count_launches(monkeypatch, name):
+    """A list that grows by one at each launch of ``kernels/sparse_sm90.py``'s kernel ``name`` (still launched)."""
+    calls = []
+    kernel = getattr(sparse_kernels._sm90, name)
+
+    class Counted:
+        def __getitem__(self, grid):
+            return lambda *a, **k: calls.append(1) or kernel[grid](*a, **k)
+
+    monkeypatch.setattr(sparse_kernels._sm90, name, Counted())
+    return calls
+
+
 @gpu
 @pytest.mark.parametrize("fp8", [False, True])
 @pytest.mark.parametrize("h_q", [8, 16, 64, 128])
@@ -649,14 +662,7 @@ def test_gpu_sm90_sparse_fp8_keys_on_m(h_q, s_q, split_heavy, pieces, monkeypatc
     MMAs (QK_E4M3), V^T's bytes paired by key and the lazy running max (PAIR_KEYS, LAZY_MAX), the first tile
     copied before Q (COPY_BEFORE_Q), one program an SM with four raw tiles (``KEYS_ON_M_ALONE_STAGES``: b = 3 fits
     one wave)."""
-    calls = []
-    kernel = sparse_kernels._sm90._sparse_sm90_fp8_t_kernel
-
-    class Counted:
-        def __getitem__(self, grid):
-            return lambda *a, **k: calls.append(1) or kernel[grid](*a, **k)
-
-    monkeypatch.setattr(sparse_kernels._sm90, "_sparse_sm90_fp8_t_kernel", Counted())
+    calls = _count_launches(monkeypatch, "_sparse_sm90_fp8_t_kernel")
     b = 3
     sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
     with configs.overridden(WGMMA=True, FP8_KEYS_ON_M=True, **pieces, **(SPLIT_HEAVY if split_heavy else {})):
@@ -712,14 +718,7 @@ def test_gpu_sm90_sparse_fp8_ws(h_q, s_q, split_heavy, monkeypatch):
     sm90 = sparse_kernels._sm90
     if not sm90.ws_supported():
         pytest.skip("this Triton does not build the warp-specialized kernel")
-    calls = []
-    kernel = sm90._sparse_ws_kernel
-
-    class Counted:
-        def __getitem__(self, grid):
-            return lambda *a, **k: calls.append(1) or kernel[grid](*a, **k)
-
-    monkeypatch.setattr(sm90, "_sparse_ws_kernel", Counted())
+    calls = _count_launches(monkeypatch, "_sparse_ws_kernel")
     b = 3
     sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
     cases = [(577, 64), (2048, 1), (64, 64), (130, 16)]
@@ -793,14 +792,7 @@ def test_gpu_sm90_sparse_fp8_dual(h_q, s_q, split_heavy, lazy_pairs, monkeypatch
     sm90 = sparse_kernels._sm90
     if not sm90.dual_builds():
         pytest.skip("this Triton does not build the dual program")
-    calls = []
-    kernel = sm90._sparse_sm90_fp8_dual_kernel
-
-    class Counted:
-        def __getitem__(self, grid):
-            return lambda *a, **k: calls.append(1) or kernel[grid](*a, **k)
-
-    monkeypatch.setattr(sm90, "_sparse_sm90_fp8_dual_kernel", Counted())
+    calls = _count_launches(monkeypatch, "_sparse_sm90_fp8_dual_kernel")
     b = 3
     sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
     entry = dict(WGMMA=True, FP8_KEYS_ON_M=True, FP8_KEYS_ON_M_DUAL=True, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True,

@@ -989,6 +989,25 @@ def _dual_wg1(args):
 
 
 @gluon.jit
+def _dual_buffers(ROWS: gl.constexpr, STAGES: gl.constexpr, QK_E4M3: gl.constexpr):
+    """Shared memory of a dual program (dense or sparse): Q once, then for each warpgroup its P^T and STAGES raw
+    tiles (warpgroup W's are stages [W STAGES, +STAGES)), the row statistics it passes on (``stats`` rows 0-2:
+    row scales, max, sum), and the two mbarriers (initialized; the caller's CTA barrier must follow)."""
+    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    q_smem, stage = _q_and_stages(ROWS, 2 * STAGES, QK_E4M3)
+    qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
+    p_smem = gl.allocate_shared_memory(gl.float16, [2, ROWS, BLOCK_N], wide_sl)
+    stage_scale = gl.allocate_shared_memory(gl.float32, [2 * STAGES, BLOCK_N, 4],
+                                            gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
+    pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, BLOCK_N, DR], wide_sl)
+    stats = gl.allocate_shared_memory(gl.float32, [4 * ROWS], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(bars.index(MERGED), count=1)
+    mbarrier.init(bars.index(QREADY), count=1)
+    return q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, stats, bars
+
+
+@gluon.jit
 def _decode_sm90_fp8_dual_kernel(
     q_ptr, k_ptr, block_table_ptr, seqlens_ptr, out_ptr, lse_ptr, o_part_ptr, lse_part_ptr,
     stride_qb, stride_qs, stride_qh,
@@ -1005,18 +1024,7 @@ def _decode_sm90_fp8_dual_kernel(
     one program fills an SM's shared memory (Q 36 KB once, STAGES raw tiles a warpgroup), and one warpgroup's
     conversions and MMAs run while the other's do. (Not with PAIR_KEYS / LAZY_MAX: ptxas spills with them, and the
     program ran 12% slower; ``benchmarks/NOTES.md``.)"""
-    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    q_smem, stage = _q_and_stages(ROWS, 2 * STAGES, QK_E4M3)
-    qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
-    p_smem = gl.allocate_shared_memory(gl.float16, [2, ROWS, BLOCK_N], wide_sl)
-    stage_scale = gl.allocate_shared_memory(gl.float32, [2 * STAGES, BLOCK_N, 4],
-                                            gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
-    pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, BLOCK_N, DR], wide_sl)
-    stats = gl.allocate_shared_memory(gl.float32, [4 * ROWS], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
-    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(bars.index(MERGED), count=1)
-    mbarrier.init(bars.index(QREADY), count=1)
-
+    q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, stats, bars = _dual_buffers(ROWS, STAGES, QK_E4M3)
     part = gl.program_id(0)
     row_block = gl.program_id(1)
     g_lo, g_hi, seq, seq_g0 = _part_range(seqlens_ptr, stride_seqlens, batch, max_len, num_parts, part,

@@ -21,7 +21,6 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from ._common import FP_FUSION, LN2, LOG2E
 from .decode_sm90 import (
     BLOCK_H,
-    DR,
     DV,
     NUM_WARPS,
     _attend,
@@ -40,11 +39,11 @@ from .decode_sm90_fp8 import (
     _attend_t,
     _buffers_t,
     _copy_ahead,
+    _dual_buffers,
     _hand_over,
     _load_q,
     _mma_layout,
     _o_other,
-    _q_and_stages,
     _take_over,
     block_rows,
     dual_builds,
@@ -418,17 +417,7 @@ def _sparse_sm90_fp8_dual_kernel(
     loaded once and the halves merged in shared memory instead of by the combine kernel. Same arguments and
     program order as ``_sparse_sm90_kernel``; STAGES raw tiles a warpgroup."""
     gl.static_assert(not (MAX_LOGITS and LAZY_PAIRS), "a lazy running max is not max_logits")
-    wide_sl: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    q_smem, stage = _q_and_stages(ROWS, 2 * STAGES, QK_E4M3)
-    qpe_smem = gl.allocate_shared_memory(gl.bfloat16, [ROWS, DR], wide_sl)
-    p_smem = gl.allocate_shared_memory(gl.float16, [2, ROWS, T_BLOCK_N], wide_sl)
-    stage_scale = gl.allocate_shared_memory(gl.float32, [2 * STAGES, T_BLOCK_N, 4],
-                                            gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
-    pe_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, T_BLOCK_N, DR], wide_sl)
-    stats = gl.allocate_shared_memory(gl.float32, [4 * ROWS], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
-    bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(bars.index(MERGED), count=1)
-    mbarrier.init(bars.index(QREADY), count=1)
+    q_smem, qpe_smem, p_smem, stage, stage_scale, pe_bufs, stats, bars = _dual_buffers(ROWS, STAGES, QK_E4M3)
     rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, ROWS, T_BLOCK_N,
                                               HAS_TOPK_LEN)
     idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
