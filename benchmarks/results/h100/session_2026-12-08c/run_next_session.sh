@@ -42,6 +42,12 @@ if [ "${T_TESTS:-220}" != 0 ] && [ $DUAL_OK = 0 ]; then
     -p no:cacheprovider tests/test_sparse.py -k "sparse_fp8_dual and (1-1 or 16-2)" > $OUT/dual_memcheck.txt 2>&1
   echo "dual memcheck rc=$?"; grep -E "ERROR SUMMARY|Invalid|passed|failed" $OUT/dual_memcheck.txt | head -8
 fi
+if [ "${T_TESTS:-220}" != 0 ] && [ $SPWS_OK = 0 ]; then
+  # the sparse FP8 ws kernel's tests failed (or were cut): compute-sanitizer over two of them
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 3 100 compute-sanitizer --tool memcheck python3 -m pytest -x -q \
+    -p no:cacheprovider tests/test_sparse.py -k "sparse_fp8_ws and (1-1 or 128-2) and False" > $OUT/spws_memcheck.txt 2>&1
+  echo "spws memcheck rc=$?"; grep -E "ERROR SUMMARY|Invalid|passed|failed" $OUT/spws_memcheck.txt | head -8
+fi
 if [ "${T_TESTS:-220}" != 0 ] && [ $WS_OK = 0 ]; then
   # the ws kernel's tests failed (or were cut): where it goes wrong, then what compute-sanitizer sees
   PYTHONPATH=/tmp/t39:$PWD:$PWD/tests timeout -k 3 90 python3 benchmarks/explore/ws_fp8_debug.py 2>&1 \
