@@ -108,3 +108,20 @@ def test_random_prefill(seed):
                           dtype=rng.choice(DTYPES), causal=rng.random() < 0.5,
                           softmax_scale=rng.choice([None, 0.1]), seed=seed,
                           max_seqlen_q=max(lens_q) + rng.choice([0, 0, 7]), **prefill.SMALL_TILES)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_sparse_prefill(seed):
+    rng = _rng(seed, "sparse_prefill")
+    s_q = rng.randint(1, 12)
+    h_q = _heads(rng, 64 if not HAS_GPU else 128)
+    topk = rng.choice([1, 7, 64, 65, rng.randint(1, 300)])
+    dv, dr = rng.choice(LATENTS)
+    lens = sink = None
+    if rng.random() < 0.5:
+        lens = [rng.choice([0, 1, topk, topk + 9, rng.randint(0, topk)]) for _ in range(s_q)]
+    if rng.random() < 0.5:
+        sink = [rng.choice([-1.0, 0.3, 2.0, float("inf"), float("-inf")]) for _ in range(h_q)]
+    sparse.check_prefill(s_q, h_q, topk, s_kv=rng.randint(1, 200), dv=dv, dr=dr, dtype=rng.choice(DTYPES),
+                         seed=seed, invalid_frac=rng.choice([0.0, 0.2, 0.9]), topk_length=lens, sink=sink,
+                         sm_scale=rng.choice([0.05, 0.1, (dv + dr) ** -0.5]))
