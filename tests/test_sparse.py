@@ -592,6 +592,22 @@ def sm90_calls(monkeypatch):
     return calls
 
 
+FP8_CASES = [(577, 64), (2048, 1), (64, 64), (130, 16)]  # (topk, page size) of the Gluon FP8 kernels' GPU tests
+
+
+def _check_fp8_cases(h_q, s_q, cases, b=3):
+    """``check_decode`` over the FP8 cache at DeepSeek's dims, three sequences, for each (topk, page size) of
+    ``cases``: invalid and duplicate ids, random topk_length (the fourth case's last sequence 0), sinks (not in the
+    third case)."""
+    sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
+    for i, (topk, page_size) in enumerate(cases):
+        lengths = _gpu_lengths(b, topk, h_q + i)
+        lengths[-1] = 0 if i == 3 else lengths[-1]
+        check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
+                     num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16, fp8=True, seed=h_q + s_q + i,
+                     invalid_frac=0.1, topk_length=lengths, sink=sink if i != 2 else None)
+
+
 def _count_launches(monkeypatch, name):
     """A list that grows by one at each launch of ``kernels/sparse_sm90.py``'s kernel ``name`` (still launched)."""
     calls = []
@@ -663,16 +679,9 @@ def test_gpu_sm90_sparse_fp8_keys_on_m(h_q, s_q, split_heavy, pieces, monkeypatc
     copied before Q (COPY_BEFORE_Q), one program an SM with four raw tiles (``KEYS_ON_M_ALONE_STAGES``: b = 3 fits
     one wave)."""
     calls = _count_launches(monkeypatch, "_sparse_sm90_fp8_t_kernel")
-    b = 3
-    sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
     with configs.overridden(WGMMA=True, FP8_KEYS_ON_M=True, **pieces, **(SPLIT_HEAVY if split_heavy else {})):
-        for i, (topk, page_size) in enumerate([(577, 64), (2048, 1), (64, 64), (130, 16)]):
-            lengths = _gpu_lengths(b, topk, h_q + i)
-            lengths[-1] = 0 if i == 3 else lengths[-1]
-            check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
-                         num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16, fp8=True, seed=h_q + s_q + i,
-                         invalid_frac=0.1, topk_length=lengths, sink=sink if i != 2 else None)
-    assert len(calls) == 4
+        _check_fp8_cases(h_q, s_q, FP8_CASES)
+    assert len(calls) == len(FP8_CASES)
 
 
 def test_sparse_keys_on_m_dispatch():
@@ -719,17 +728,9 @@ def test_gpu_sm90_sparse_fp8_ws(h_q, s_q, split_heavy, monkeypatch):
     if not sm90.ws_supported():
         pytest.skip("this Triton does not build the warp-specialized kernel")
     calls = _count_launches(monkeypatch, "_sparse_ws_kernel")
-    b = 3
-    sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
-    cases = [(577, 64), (2048, 1), (64, 64), (130, 16)]
     with configs.overridden(WGMMA=True, FP8_WS=True, FP8_KEYS_ON_M=False, **(SPLIT_HEAVY if split_heavy else {})):
-        for i, (topk, page_size) in enumerate(cases):
-            lengths = _gpu_lengths(b, topk, h_q + i)
-            lengths[-1] = 0 if i == 3 else lengths[-1]
-            check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
-                         num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16, fp8=True, seed=h_q + s_q + i,
-                         invalid_frac=0.1, topk_length=lengths, sink=sink if i != 2 else None)
-    assert len(calls) == len(cases)
+        _check_fp8_cases(h_q, s_q, FP8_CASES)
+    assert len(calls) == len(FP8_CASES)
 
 
 def test_sparse_fp8_ws_only_where_asked():
@@ -793,18 +794,11 @@ def test_gpu_sm90_sparse_fp8_dual(h_q, s_q, split_heavy, lazy_pairs, monkeypatch
     if not sm90.dual_builds():
         pytest.skip("this Triton does not build the dual program")
     calls = _count_launches(monkeypatch, "_sparse_sm90_fp8_dual_kernel")
-    b = 3
-    sink = torch.randn(h_q, generator=torch.Generator().manual_seed(h_q)).tolist()
     entry = dict(WGMMA=True, FP8_KEYS_ON_M=True, FP8_KEYS_ON_M_DUAL=True, FP8_IDS_AHEAD=True, FP8_QK_E4M3=True,
                  FP8_COPY_BEFORE_Q=True, FP8_LAZY_MAX=lazy_pairs, FP8_PAIR_KEYS=lazy_pairs)
-    cases = [(577, 64), (2048, 1), (64, 64), (130, 16), (37, 16)]
+    cases = FP8_CASES + [(37, 16)]  # (a list of one partial tile: warpgroup 1 has none)
     with configs.overridden(**entry, **(SPLIT_HEAVY if split_heavy else {})):
-        for i, (topk, page_size) in enumerate(cases):
-            lengths = _gpu_lengths(b, topk, h_q + i)
-            lengths[-1] = 0 if i == 3 else lengths[-1]
-            check_decode(b=b, s_q=s_q, h_q=h_q, topk=topk, dv=512, dr=64, page_size=page_size,
-                         num_blocks=max(8, 4096 // page_size), dtype=torch.bfloat16, fp8=True, seed=h_q + s_q + i,
-                         invalid_frac=0.1, topk_length=lengths, sink=sink if i != 2 else None)
+        _check_fp8_cases(h_q, s_q, cases)
     assert len(calls) == len(cases)
 
 

@@ -876,6 +876,28 @@ def _o_other(stage, STAGES: gl.constexpr, ROWS: gl.constexpr):
 
 
 @gluon.jit
+def _pass_q(stats, down, qready):
+    """Warpgroup 0 of a dual program, its Q just issued (``_load_q``, whose row scales are ``down``): the scales into
+    ``stats`` row 0, Q landed for every thread (its rope copy, with whatever else this warpgroup has issued), then
+    an arrival on the mbarrier ``qready``."""
+    ROWS: gl.constexpr = down.shape[0]
+    stats.slice(0 * ROWS, ROWS).store(down)
+    cp.commit_group()
+    cp.wait_group(0)
+    fence_async_shared()
+    _cta_barrier()
+    mbarrier.arrive(qready)
+
+
+@gluon.jit
+def _wait_q(stats, qready, phase, col_l: gl.constexpr):
+    """Warpgroup 1's side of ``_pass_q``: waits on ``qready`` (its phase ``phase``); returns Q's row scales."""
+    ROWS: gl.constexpr = stats.shape[0] // 4  # (``_dual_buffers``: four rows of ROWS)
+    mbarrier.wait(qready, phase)
+    return stats.slice(0, ROWS).load(col_l)
+
+
+@gluon.jit
 def _hand_over(stats, o_other, acc0, acc1, m_i, l_i, merged):
     """Warpgroup 1 of a dual program at a segment's end: its row max and sum into ``stats`` rows 1 and 2, its O^T
     into ``o_other`` (``_o_other``), then an arrival on the mbarrier ``merged``."""
@@ -942,15 +964,9 @@ def _dual_wg(W: gl.constexpr, args):
                 # warpgroup 1 finished reading the previous Q before it arrived on MERGED, which this one awaited
                 down = _load_q(q_smem, qpe_smem, q_ptr, seq, row_block, s_q, h_q, stride_qb, stride_qs, stride_qh,
                                ROWS, s_l, QK_E4M3)
-                stats.slice(0 * ROWS, ROWS).store(down)
-                cp.commit_group()
-                cp.wait_group(0)
-                fence_async_shared()
-                _cta_barrier()
-                mbarrier.arrive(bars.index(QREADY))
+                _pass_q(stats, down, bars.index(QREADY))
             else:
-                mbarrier.wait(bars.index(QREADY), segs & 1)
-                down = stats.slice(0 * ROWS, ROWS).load(col_l)
+                down = _wait_q(stats, bars.index(QREADY), segs & 1, col_l)
             acc0, acc1, acc2, acc3, m_i, l_i = _attend_t(
                 q_smem, qpe_smem, p_smem.index(W), stage.slice(W * STAGES, STAGES),
                 stage_scale.slice(W * STAGES, STAGES), pe_bufs.slice(W * STAGES, STAGES), k_ptr, table_row,

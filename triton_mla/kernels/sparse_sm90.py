@@ -16,7 +16,6 @@ same epilogue, called per row range of O^T.
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
 from ._common import FP_FUSION, LN2, LOG2E
 from .decode_sm90 import (
@@ -44,7 +43,9 @@ from .decode_sm90_fp8 import (
     _load_q,
     _mma_layout,
     _o_other,
+    _pass_q,
     _take_over,
+    _wait_q,
     block_rows,
     dual_builds,
     part_out,
@@ -348,17 +349,11 @@ def _sparse_dual_wg(W: gl.constexpr, LAZY_PAIRS: gl.constexpr, args):
     if W == 0:
         down = _load_q(q_smem, qpe_smem, q_ptr + s.to(gl.int64) * stride_qs, seq, rb, 1, h_q, stride_qb, 0,
                        stride_qh, ROWS, s_l, QK_E4M3)
-        stats.slice(0, ROWS).store(down)
         # (Q's rope copy shares a group with the first tile's: warpgroup 1's own first tile, issued as early, is
         # what it waits for next anyway)
-        cp.commit_group()
-        cp.wait_group(0)
-        fence_async_shared()
-        _cta_barrier()
-        mbarrier.arrive(bars.index(QREADY))
+        _pass_q(stats, down, bars.index(QREADY))
     else:
-        mbarrier.wait(bars.index(QREADY), 0)
-        down = stats.slice(0, ROWS).load(col_l)
+        down = _wait_q(stats, bars.index(QREADY), 0, col_l)
     no_limit = gl.full([ROWS], INT32_MAX, gl.int32, layout=col_l)
     acc0, acc1, _, _, m_i, l_i = _attend_t(
         q_smem, qpe_smem, p_smem.index(W), my_stage, my_scale, my_pe, k_ptr, idx_row, first, hi, no_limit,
