@@ -664,7 +664,8 @@ def _decode_wg1(args):
 @gluon.jit
 def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr, TMA: gl.constexpr, FP8: gl.constexpr = False):
     """Q (72 KB), one pair of 64-key tiles (144 KB), the row statistics, the mbarriers (initialized; with
-    ``FP8`` the two CONV ones too)."""
+    ``FP8`` the two CONV ones too) and, with ``FP8``, the scales of the four half-tiles (``_load_half_fp8``;
+    else ``stats`` stands in, unused)."""
     wide_sl: gl.constexpr = _tile_layout()
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DV], wide_sl)
     qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_H, DR], wide_sl)
@@ -682,7 +683,11 @@ def _buffers_ws(dtype: gl.constexpr, BN: gl.constexpr, TMA: gl.constexpr, FP8: g
     if FP8:
         mbarrier.init(bars.index(CONV_A_HI), count=1)
         mbarrier.init(bars.index(CONV_B_LO), count=1)
-    return q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars
+        # (after the others, so the 16-bit kernel's buffers keep their offsets)
+        scale_bufs = gl.allocate_shared_memory(gl.float32, [4, 2, BN], gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+    else:
+        scale_bufs = stats
+    return q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, scale_bufs
 
 
 @gluon.jit
@@ -702,12 +707,7 @@ def _decode_ws_kernel(
     gl.static_assert(BLOCK_N == 64, "the warp-specialized kernel takes 64-key tiles")
     gl.static_assert(not (FP8 and TMA), "the FP8 cache is copied by cp.async")
     dtype: gl.constexpr = q_ptr.dtype.element_ty
-    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N, TMA, FP8)
-    if FP8:  # (after the others, so the 16-bit kernel's buffers keep their offsets)
-        scale_bufs = gl.allocate_shared_memory(gl.float32, [4, 2, BLOCK_N],
-                                               gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-    else:
-        scale_bufs = stats  # (unused)
+    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, scale_bufs = _buffers_ws(dtype, BLOCK_N, TMA, FP8)
     if ROWS_FIRST:
         part = gl.program_id(1)
         row_block = gl.program_id(0)

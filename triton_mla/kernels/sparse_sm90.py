@@ -61,6 +61,7 @@ from .decode_sm90_ws import (
     _cta_barrier,
     _o_layout,
     _s_layout,
+    ws_schedule,
     ws_supported,
 )
 
@@ -238,12 +239,7 @@ def _sparse_ws_kernel(
     gl.static_assert(BLOCK_N == 64, "the warp-specialized kernel takes 64-key tiles")
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     FP8: gl.constexpr = k_ptr.dtype.element_ty == gl.uint8
-    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars = _buffers_ws(dtype, BLOCK_N, False, FP8)
-    if FP8:  # (after the others, so the 16-bit kernel's buffers keep their offsets)
-        scale_bufs = gl.allocate_shared_memory(gl.float32, [4, 2, BLOCK_N],
-                                               gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-    else:
-        scale_bufs = stats  # (unused)
+    q_smem, qpe_smem, kn_bufs, kpe_bufs, stats, bars, scale_bufs = _buffers_ws(dtype, BLOCK_N, False, FP8)
     rb, tok, split, seq, s, lo, hi = _program(topk_len_ptr, stride_tl, s_q, h_q, topk, splits, BLOCK_H, BLOCK_N,
                                               HAS_TOPK_LEN)
     idx_row = idx_ptr + seq.to(gl.int64) * stride_ib + s.to(gl.int64) * stride_is
@@ -494,11 +490,6 @@ def use_ws(config, fp8) -> bool:
     return bool(config.get("FP8_WS" if fp8 else "WS", False)) and ws_supported()
 
 
-def _copy_first(config, fp8) -> bool:
-    """The ws kernel's ``COPY_FIRST`` (a schedule of 16-bit copies; the FP8 cache's loop has its own)."""
-    return not fp8 and bool(config.get("COPY_FIRST", False))
-
-
 def launch(args, splits, grid, flags, fp8, config, h_q):
     """Launch over ``sparse.sparse_attention``'s argument tuple (same kernel signature as ``_sparse_kernel``) for an
     entry ``config`` (its ``FP8_*`` fields applied with ``fp8``): the FP8 cache at <= 16 heads keys on M (the dual
@@ -515,8 +506,10 @@ def launch(args, splits, grid, flags, fp8, config, h_q):
                                         **_t_constexprs(config, rows), **flags)
         return
     if use_ws(config, fp8):
-        _sparse_ws_kernel[grid](*args, BLOCK_N=BLOCK_N, SPLIT=splits > 1, COPY_FIRST=_copy_first(config, fp8),
-                                **FP_FUSION, num_warps=WG_WARPS.value, **flags)
+        # (the FP8 cache's loop takes the default schedule: ws_schedule's COPY_FIRST is off for it)
+        _sparse_ws_kernel[grid](*args, BLOCK_N=BLOCK_N, SPLIT=splits > 1,
+                                COPY_FIRST=ws_schedule(config, fp8)["COPY_FIRST"], **FP_FUSION,
+                                num_warps=WG_WARPS.value, **flags)
         return
     _sparse_sm90_kernel[grid](*args, BLOCK_N=BLOCK_N, NUM_BUF=NUM_BUF, SPLIT=splits > 1, FP8=bool(fp8),
                               RAW_STAGES=config.get("RAW_STAGES", 1) if fp8 else 1, **FP_FUSION,
@@ -547,7 +540,7 @@ def compile_specs(prefill=False, fp8=False, config=None):
                            dict(SPLIT=split, **_dual_constexprs(config, rows), **flags), T_WARPS.value, 1)
         elif use_ws(config, fp8):
             yield (f"sparse_sm90{'_fp8' if fp8 else ''}_ws(split={int(split)})", _sparse_ws_kernel, types,
-                   dict(BLOCK_N=BLOCK_N, SPLIT=split, COPY_FIRST=_copy_first(config, fp8), **flags),
+                   dict(BLOCK_N=BLOCK_N, SPLIT=split, COPY_FIRST=ws_schedule(config, fp8)["COPY_FIRST"], **flags),
                    WG_WARPS.value, 1)
         else:
             yield (f"sparse_sm90{'_fp8' if fp8 else ''}(split={int(split)})", _sparse_sm90_kernel, types,
