@@ -56,27 +56,19 @@ if [ "${T_TESTS:-220}" != 0 ] && [ $WS_OK = 0 ]; then
     python3 benchmarks/explore/ws_memcheck.py > $OUT/ws_memcheck.txt 2>&1
   echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|Invalid" $OUT/ws_memcheck.txt | head -5
 fi
-if [ "${T_AB:-130}" != 0 ] && [ $WS_OK = 1 ]; then
-  t0=$(date +%s)
-  SHAPES="fp8,128,8192,64,1;fp8,128,8192,128,1;fp8,128,8192,128,2;fp8,8,8192,128,1;fp8,128,4096,32,2;bf16,128,8192,64,1;bf16,128,8192,128,1;bf16,8,8192,128,1" \
-  VARIANTS='{}|{"WS": true}|{"WS": true, "LATE_B_LO": true}' ROUNDS=3 timeout -k 3 ${T_AB:-130} python3 benchmarks/explore/ab_variants.py ws_fp8 \
-    > $OUT/ab_ws_fp8_full.txt 2>&1
-  echo "ab rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "$NOISE" $OUT/ab_ws_fp8_full.txt | tee $OUT/ab_ws_fp8.txt
-fi
-if [ "${T_DUAL:-100}" != 0 ] && [ $DUAL_OK = 1 ]; then
-  t0=$(date +%s)
-  SHAPES="sparse,128,2048,16,1;sparse,128,2048,8,1;sparse,64,2048,16,1;sparse,32,2048,16,1;sparse,128,1024,16,1" \
-  VARIANTS='{}|{"FP8_KEYS_ON_M_DUAL": true}' ROUNDS=4 timeout -k 3 ${T_DUAL:-100} python3 benchmarks/explore/ab_variants.py dual \
-    > $OUT/ab_sparse_dual_full.txt 2>&1
-  echo "ab dual rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "$NOISE" $OUT/ab_sparse_dual_full.txt | tee $OUT/ab_sparse_dual.txt
-fi
-if [ "${T_SPWS:-80}" != 0 ] && [ $SPWS_OK = 1 ]; then
-  t0=$(date +%s)
-  SHAPES="sparse,128,2048,128,2;sparse,64,2048,128,2;sparse,128,2048,64,1" \
-  VARIANTS='{}|{"FP8_WS": true}' ROUNDS=3 timeout -k 3 ${T_SPWS:-80} python3 benchmarks/explore/ab_variants.py spws \
-    > $OUT/ab_sparse_fp8_ws_full.txt 2>&1
-  echo "ab spws rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "$NOISE" $OUT/ab_sparse_fp8_ws_full.txt | tee $OUT/ab_sparse_fp8_ws.txt
-fi
+ab() {  # ab TAG LIMIT ROUNDS SHAPES VARIANTS: benchmarks/explore/ab_variants.py, its output in $OUT/ab_TAG.txt
+  local t0=$(date +%s)
+  SHAPES="$4" VARIANTS="$5" ROUNDS=$3 timeout -k 3 $2 python3 benchmarks/explore/ab_variants.py $1 > $OUT/ab_$1_full.txt 2>&1
+  echo "ab $1 rc=$? in $(( $(date +%s) - t0 )) s"; grep -v "$NOISE" $OUT/ab_$1_full.txt | tee $OUT/ab_$1.txt
+}
+[ "${T_AB:-130}" != 0 ] && [ $WS_OK = 1 ] && ab ws_fp8 ${T_AB:-130} 3 \
+  "fp8,128,8192,64,1;fp8,128,8192,128,1;fp8,128,8192,128,2;fp8,8,8192,128,1;fp8,128,4096,32,2;bf16,128,8192,64,1;bf16,128,8192,128,1;bf16,8,8192,128,1" \
+  '{}|{"WS": true}|{"WS": true, "LATE_B_LO": true}'
+[ "${T_DUAL:-100}" != 0 ] && [ $DUAL_OK = 1 ] && ab sparse_dual ${T_DUAL:-100} 4 \
+  "sparse,128,2048,16,1;sparse,128,2048,8,1;sparse,64,2048,16,1;sparse,32,2048,16,1;sparse,128,1024,16,1" \
+  '{}|{"FP8_KEYS_ON_M_DUAL": true}'
+[ "${T_SPWS:-80}" != 0 ] && [ $SPWS_OK = 1 ] && ab sparse_fp8_ws ${T_SPWS:-80} 3 \
+  "sparse,128,2048,128,2;sparse,64,2048,128,2;sparse,128,2048,64,1" '{}|{"FP8_WS": true}'
 if [ "${T_SPARSE:-0}" != 0 ]; then
   t0=$(date +%s)
   timeout -k 3 ${T_SPARSE:-0} python3 -m triton_mla.bench_sparse --out $OUT/sparse.json > $OUT/sparse_full.txt 2>&1
